@@ -47,8 +47,10 @@ flags.DEFINE_integer("local_steps", 18, "local SGD steps per client per round")
 flags.DEFINE_integer("batch_size", 32, "examples per local step")
 flags.DEFINE_integer("examples_per_client", 600, "examples each synthetic client holds (MNIST / 100)")
 flags.DEFINE_integer("repeats", 5, "timed runs per measurement (after one compile run)")
-flags.DEFINE_list("executions", ["vmap", "chunked:10", "chunked:25", "sequential"],
-                  "client execution strategies: vmap, sequential, auto, chunked:<clients per chunk>")
+flags.DEFINE_list("executions", ["vmap", "chunked:10", "sequential", "parallel"],
+                  "client execution strategies: vmap, sequential, parallel, auto, chunked:<clients per chunk>")
+flags.DEFINE_integer("cpu_cores", 0, "CPU cores exposed as JAX devices for --executions=parallel "
+                     "(fljax.use_cpu_cores); 0: every core this process may use", lower_bound=0)
 flags.DEFINE_list("aggregators", ["mean", "median", "trimmed_mean", "krum"],
                   "REGISTRY names to time on the round's updates, or 'all'")
 flags.DEFINE_bool("torch", True, "also time the round as a plain PyTorch per-client loop, and torch.median")
@@ -314,6 +316,7 @@ def time_aggregators(title: str, updates: jax.Array, train_seconds: float) -> No
 
 def main(argv) -> None:
     del argv
+    fljax.use_cpu_cores(FLAGS.cpu_cores or None)
     device = jax.devices()[0]
     print(f"jax {jax.__version__}, backend {jax.default_backend()}, device {device.device_kind} "
           f"({jax.device_count()} device(s)); {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")

@@ -21,6 +21,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
+from fljax.client import use_cpu_cores as use_cores
 from fljax import checkpoint as checkpoint_lib
 from fljax import sharding as sharding_lib
 from experiments.configs import base_config, load_config_file, replace_fields
@@ -55,6 +56,8 @@ flags.DEFINE_string("workdir", None, "checkpoint the run here (config, full run 
                     "command with the same --workdir resumes from the newest checkpoint")
 flags.DEFINE_integer("checkpoint_every", 1, "with --workdir: checkpoint after every k evaluation blocks "
                      "(of --eval_every rounds) and after the last", lower_bound=1)
+flags.DEFINE_integer("cpu_cores", 0, "on CPU, expose this many cores as JAX devices so --execution=auto (parallel) "
+                     "trains one stream of clients per core; 0: every core this process may use", lower_bound=0)
 flags.DEFINE_bool("distributed", False, "join a multi-process run (jax.distributed.initialize, before anything else) "
                   "and shard each round's cohort over every process's devices (implies --shard_clients); on TPU pod "
                   "slices, Slurm and Open MPI the next three flags may be left unset (auto-detected)")
@@ -258,8 +261,19 @@ def start_distributed(config):
     return dataclasses.replace(config, shard_clients=True)
 
 
+def use_cpu_cores() -> None:
+    """``--cpu_cores``: ``fljax.use_cpu_cores`` before the first JAX computation (no effect on
+    GPU/TPU runs; with one core, one device). Called in a process whose JAX already runs (a test,
+    a notebook), it leaves that process's devices as they are."""
+    try:
+        use_cores(FLAGS.cpu_cores or None)
+    except RuntimeError:
+        pass
+
+
 def main(argv) -> int:
     logging.set_verbosity(logging.WARNING)
+    use_cpu_cores()
     try:
         config = start_distributed(config_with_preset(FLAGS.config))
     except ValueError as e:

@@ -756,6 +756,7 @@ def spec_from_flags() -> SweepSpec:
 
 def main(argv) -> int:
     logging.set_verbosity(logging.WARNING)
+    run_lib.use_cpu_cores()
     try:
         if len(argv) > 1:
             raise ValueError(f"unexpected positional argument(s) {' '.join(argv[1:])!r}; settings are flags")

@@ -6,7 +6,7 @@ is one jit-compiled XLA program and a whole run is one ``lax.scan``.
 
 from fljax import aggregators, attacks, client, data, metrics, models, precision, sharding
 from fljax.api import aggregate, apply_attack
-from fljax.client import Batch, ClientData, classification_loss, fedavg, fedsgd
+from fljax.client import Batch, ClientData, classification_loss, fedavg, fedsgd, use_cpu_cores
 from fljax.data import FederatedData, federate
 from fljax.metrics import make_evaluate
 from fljax.rounds import Round, make_round
@@ -20,5 +20,5 @@ __all__ = [
     "AggregationContext", "Aggregator", "AttackContext", "Batch", "ClientData", "DataAttack", "FederatedData",
     "History", "ModelAttack", "Round", "ServerState", "Train", "TrainState", "aggregate", "aggregators",
     "apply_attack", "attacks", "classification_loss", "client", "data", "fedavg", "federate", "fedsgd",
-    "make_evaluate", "make_round", "make_train", "metrics", "models", "precision", "sharding",
+    "make_evaluate", "make_round", "make_train", "metrics", "models", "precision", "sharding", "use_cpu_cores",
 ]

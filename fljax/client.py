@@ -11,6 +11,7 @@ loss and gradient.
 from __future__ import annotations
 
 import math
+import os
 from typing import Callable, NamedTuple, Optional
 
 import jax
@@ -20,7 +21,7 @@ from jax import lax
 
 from fljax.types import Array, PyTree
 
-EXECUTIONS = ("auto", "vmap", "chunked", "sequential")
+EXECUTIONS = ("auto", "vmap", "chunked", "sequential", "parallel")
 
 
 class Batch(NamedTuple):
@@ -120,30 +121,70 @@ def fedavg(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, local_st
         k_perm, k_data, k_loss = jax.random.split(key, 3)
         real = jnp.arange(width) < count
 
+        def epoch_order(epoch):  # a fresh permutation of the real examples (padding sorts last)
+            return jnp.argsort(jnp.where(real, jax.random.uniform(jax.random.fold_in(k_perm, epoch), (width,)), 2.0))
+
         def step(carry, t):
-            p, opt_state = carry
+            p, opt_state, order = carry
             epoch, b = t // steps_per_epoch, t % steps_per_epoch
-            order = jnp.argsort(jnp.where(real, jax.random.uniform(jax.random.fold_in(k_perm, epoch), (width,)), 2.0))
+            # Drawn at the first step of each epoch only (a real branch under sequential execution).
+            order = lax.cond(b == 0, lambda: epoch_order(epoch), lambda: order)
             pos = b * batch_size + jnp.arange(batch_size)
             mask = pos < count
             idx = data.indices[order[jnp.minimum(pos, width - 1)]]
             x, y = transform(data.x[idx], data.y[idx], jax.random.fold_in(k_data, t))
             grads = grad_fn(p, Batch(x, y, mask), jax.random.fold_in(k_loss, t))
             upd, new_opt_state = optimizer.update(grads, opt_state, p)
-            new_p = optax.apply_updates(p, upd)
-            active = (t < active_steps) & (count > 0)
-            keep = lambda new, old: jnp.where(active, new, old)
-            return (jax.tree.map(keep, new_p, p), jax.tree.map(keep, new_opt_state, opt_state)), None
+            return (optax.apply_updates(p, upd), new_opt_state, order), None
 
-        (local, _), _ = lax.scan(step, (params, optimizer.init(params)), jnp.arange(total))
-        return jax.tree.map(lambda a, b: a - b, local, params)
+        def masked_step(carry, t):  # E epochs: steps past this client's E * ceil(n / B) are no-ops
+            return lax.cond(t < active_steps, step, lambda c, _: (c, None), carry, t)
+
+        body = step if local_steps is not None else masked_step
+        start = (params, optimizer.init(params), jnp.arange(width))
+        (local, _, _), _ = lax.scan(body, start, jnp.arange(total))
+        # A client with no data sends a zero update (selected once here, not at every step).
+        return jax.tree.map(lambda a, b: jnp.where(count > 0, a - b, jnp.zeros_like(a)), local, params)
 
     return update
 
 
 def default_execution() -> str:
-    """``sequential`` on CPU, ``vmap`` on accelerators (measured: DESIGN.md, benchmark.py)."""
-    return "sequential" if jax.default_backend() == "cpu" else "vmap"
+    """Measured per backend (DESIGN.md, ``experiments/benchmark.py``): ``vmap`` on accelerators;
+    on CPU ``parallel`` when the cores are exposed as several devices (``use_cpu_cores``), else
+    ``sequential``."""
+    if jax.default_backend() != "cpu":
+        return "vmap"
+    return "parallel" if jax.local_device_count() > 1 else "sequential"
+
+
+def use_cpu_cores(count: Optional[int] = None) -> None:
+    """Exposes ``count`` CPU cores (default: all this process may use) as separate JAX devices,
+    so that ``parallel`` client execution trains one sequential stream of clients per core.
+
+    XLA's CPU backend runs one small matmul per local training step on a single core (measured
+    on a 2-core machine: a 100-client MLP round takes the same time pinned to one core), so
+    without this a CPU round uses one core whatever the strategy. Call it before the first JAX
+    computation of the process (it sets ``jax_num_cpu_devices``, read when the backend starts).
+    """
+    if count is None:
+        count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"use_cpu_cores: count must be an integer >= 1, got {count!r}")
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError as e:  # JAX reads the setting once, when its backends start
+        raise RuntimeError("use_cpu_cores: call it before the first JAX computation of the process "
+                           f"(JAX's backends are already running with {jax.local_device_count()} device(s))") from e
+
+
+def _pad_rows(xs, multiple: int):
+    """Pads the leading axis of every leaf to a multiple of ``multiple`` with copies of row 0."""
+    n = jax.tree.leaves(xs)[0].shape[0]
+    pad = -n % multiple
+    if pad:
+        xs = jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[:1], pad, axis=0)]), xs)
+    return xs, n
 
 
 def map_clients(fn: Callable, xs, execution: str = "auto", chunk_size: int = 8):
@@ -151,7 +192,10 @@ def map_clients(fn: Callable, xs, execution: str = "auto", chunk_size: int = 8):
 
     ``vmap``: all clients at once (fastest on GPU/TPU, memory O(cohort)); ``chunked``: vmap over
     chunks of ``chunk_size`` clients inside a sequential loop (memory O(chunk)); ``sequential``:
-    one client at a time (fastest on a few CPU cores); ``auto``: ``default_execution()``.
+    one client at a time; ``parallel``: the clients split over the local devices with
+    ``jax.pmap``, each device running its share one at a time (fastest on a multi-core CPU after
+    ``use_cpu_cores()``; with one device it is ``sequential``); ``auto``: ``default_execution()``.
+    Every strategy computes the same per-client function, so results agree to float rounding.
     """
     if execution == "auto":
         execution = default_execution()
@@ -161,4 +205,12 @@ def map_clients(fn: Callable, xs, execution: str = "auto", chunk_size: int = 8):
         return lax.map(fn, xs, batch_size=chunk_size)
     if execution == "sequential":
         return lax.map(fn, xs)
+    if execution == "parallel":
+        devices = jax.local_device_count()
+        if devices == 1:
+            return lax.map(fn, xs)
+        xs, n = _pad_rows(xs, devices)  # padding rows (copies of client 0) are trained and dropped
+        split = jax.tree.map(lambda a: a.reshape(devices, a.shape[0] // devices, *a.shape[1:]), xs)
+        out = jax.pmap(lambda shard: lax.map(fn, shard))(split)
+        return jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:])[:n], out)
     raise ValueError(f"execution: unknown client execution {execution!r}; valid: {', '.join(EXECUTIONS)}")

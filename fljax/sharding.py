@@ -7,7 +7,11 @@ devices after ``jax.distributed.initialize``):
 
 * local training runs under ``jax.shard_map``: each device trains its own ``ceil(n / D)`` clients
   with the round's execution strategy (``sequential``, ``chunked`` or ``vmap``; see
-  ``fljax.client.map_clients``), so even the CPU default ``sequential`` runs D clients at once.
+  ``fljax.client.map_clients``; ``auto`` and ``parallel`` mean ``vmap`` on accelerators and
+  ``sequential`` on CPU inside the shard). On accelerators the devices train at once. On CPU
+  devices made with ``use_cpu_cores`` a sharded ``jit`` was measured to run the shards one
+  after another (jax 0.10, 2 cores), so there ``execution="parallel"`` without sharding is the
+  fast way to use every core; sharding on CPU is for testing the multi-device program.
   When D does not divide n the cohort is padded with copies of its last client, whose updates
   are dropped (at most D - 1 wasted client trainings per round; pick n a multiple of D to avoid
   them);
@@ -108,6 +112,8 @@ def map_clients_sharded(fn: Callable, xs, mesh: Mesh, execution: str = "auto", c
     ``shard_map`` they are replicated on every device. The result is constrained to the same
     client sharding as ``xs``.
     """
+    if execution in ("auto", "parallel"):  # no pmap inside shard_map: the mesh already splits the cohort
+        execution = "sequential" if jax.default_backend() == "cpu" else "vmap"
     n = jax.tree.leaves(xs)[0].shape[0]
     pad = padded_cohort(n, mesh) - n
     if pad:  # copies of the last client fill the cohort up to a multiple of D; their rows are dropped

@@ -66,7 +66,8 @@ def main() -> dict:
     runs = {}
     # 16 clients: 2 per device; 12 clients: padded to 16 (copies of the last client, dropped).
     for label, execution, shard, n in (("reference16", "sequential", False, 16), ("sequential", "sequential", True, 16),
-                                       ("reference12", "sequential", False, 12), ("vmap_padded", "vmap", True, 12)):
+                                       ("reference12", "sequential", False, 12), ("vmap_padded", "vmap", True, 12),
+                                       ("parallel_padded", "parallel", False, 12)):
         rnd = fljax.make_round(update, RULES["median"], clients_per_round=n, num_malicious=6,
                                data_attack=attacks.label_flip(num_classes=NUM_CLASSES, source=1, target=2),
                                execution=execution, shard_clients=shard, jit=False)
@@ -79,7 +80,8 @@ def main() -> dict:
                           "partitions": f"mhlo.num_partitions = {devices}" in text}
     out["moved"] = max_diff(runs["reference16"][0], init(jax.random.split(jax.random.PRNGKey(7))[0]))
     out["runs"] = {}
-    for label, ref in (("sequential", "reference16"), ("vmap_padded", "reference12")):
+    out["auto"] = fljax.client.default_execution()  # 'parallel' with several CPU devices
+    for label, ref in (("sequential", "reference16"), ("vmap_padded", "reference12"), ("parallel_padded", "reference12")):
         (p, h), (ref_p, ref_h) = runs[label], runs[ref]
         out["runs"][label] = {"params_diff": max_diff(ref_p, p), "history_diff": max_diff(ref_h, h)}
 

@@ -86,3 +86,18 @@ def test_execution_strategies_agree(execution):
 def test_unknown_execution_lists_valid_ones():
     with pytest.raises(ValueError, match="valid: auto, vmap, chunked, sequential"):
         map_clients(lambda a: a, jnp.ones(2), "threads")
+
+
+def test_use_cpu_cores_validates_count_and_needs_a_fresh_process():
+    from fljax.client import use_cpu_cores
+    with pytest.raises(ValueError, match="count must be an integer >= 1, got 0"):
+        use_cpu_cores(0)
+    jnp.zeros(1).block_until_ready()  # JAX's backends are running in this process now
+    with pytest.raises(RuntimeError, match="before the first JAX computation"):
+        use_cpu_cores(2)
+
+
+def test_parallel_execution_with_one_device_is_sequential():
+    xs = (jnp.arange(5.0), jnp.arange(5.0) * 3)
+    out = jax.jit(lambda v: map_clients(lambda a: a[0] * a[1] + 1, v, "parallel"))(xs)
+    np.testing.assert_allclose(out, xs[0] * xs[1] + 1)

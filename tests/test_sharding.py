@@ -35,11 +35,13 @@ def test_worker_saw_eight_devices_and_a_per_device_program(eight_devices):
     assert eight_devices["hlo"] == {"manual_clients": True, "partitions": True}
 
 
-@pytest.mark.parametrize("case", ["sequential", "vmap_padded"])
+@pytest.mark.parametrize("case", ["sequential", "vmap_padded", "parallel_padded"])
 def test_sharded_run_equals_unsharded_run(eight_devices, case):
     """Whole runs (3 rounds of median with label flippers, evaluation folded in) give the same
     params and history with local training split over 8 devices as on one device: 16 clients
-    (2 per device, sequential) and 12 clients (padded to 16, vmap on each device)."""
+    (2 per device, sequential), 12 clients (padded to 16, vmap on each device), and 12 clients
+    under ``execution="parallel"`` (pmap over the 8 devices, no mesh sharding)."""
+    assert eight_devices["auto"] == "parallel"
     assert eight_devices["moved"] > 0.05  # the run trains (a broken round would leave params at init)
     case = eight_devices["runs"][case]
     assert case["params_diff"] <= 1e-6 and case["history_diff"] <= 1e-6, case
