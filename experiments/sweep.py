@@ -13,8 +13,10 @@ sampling, local batches, attack randomness). A cell builds its data once and run
 ``jax.vmap(run)(keys)`` over those keys, so seed ``s == --seed`` gives exactly what
 ``python -m experiments.run --seed=s`` computes for that cell.
 
-``--seed_execution=map`` runs a cell's seeds one after another inside the same single program
-(``lax.map``, memory of one seed) instead of batched (``vmap``, the default).
+``--seed_execution``: how the seeds share that one program: ``vmap`` (batched; the default on
+GPU/TPU), ``parallel`` (``pmap``: the seeds split over the local devices, one stream per CPU
+core; the default on a multi-core CPU, where ``experiments.run``'s ``--cpu_cores`` exposes the
+cores as devices), or ``map`` (``lax.map``: one after another, memory of one seed).
 
 Programs: a cell's program takes the federated data as an argument, so cells that differ only
 in the partition's values (e.g. ``iid`` and ``shards:2``, whose client tables have equal shapes)
@@ -52,6 +54,7 @@ from absl import app, flags, logging
 
 from experiments import run as run_lib
 from experiments.configs import SweepSpec, load_config_file, replace_fields
+import fljax
 from fljax import aggregators as aggregators_lib
 from fljax import attacks as attacks_lib
 from fljax.data import PARTITIONS, load
@@ -226,17 +229,37 @@ def check_cell(config: ExperimentConfig) -> Optional[str]:
 # ----------------------------------------------------------------------------- programs
 
 
-SEED_EXECUTIONS = ("vmap", "map")
+SEED_EXECUTIONS = ("auto", "vmap", "map", "parallel")
 """How a cell's seeds run inside its one program: ``vmap`` (batched: one wide program, for
-hardware with parallelism to spare) or ``map`` (``lax.map``: one seed after another, memory of
-one seed; for runs whose batched seeds would not fit)."""
+hardware with parallelism to spare), ``map`` (``lax.map``: one seed after another, memory of
+one seed; for runs whose batched seeds would not fit), ``parallel`` (the seeds split over the
+local devices with ``pmap``, e.g. one seed per CPU core after ``fljax.use_cpu_cores``), or
+``auto``: ``parallel`` on a CPU with several devices, else ``vmap``."""
+
+
+def resolve_seed_execution(mode: str) -> str:
+    """``auto`` -> ``parallel`` on a multi-device CPU, ``vmap`` elsewhere; other modes as given."""
+    if mode not in SEED_EXECUTIONS + ("single",):
+        raise ValueError(f"--seed_execution must be one of {', '.join(SEED_EXECUTIONS)}, got {mode!r}")
+    if mode == "auto":
+        return "parallel" if jax.default_backend() == "cpu" and jax.local_device_count() > 1 else "vmap"
+    return mode
+
+
+def build_cell(config: ExperimentConfig):
+    """``build(config)`` for a seeds program: clients that would run ``parallel`` (``pmap`` over
+    the CPU devices) run ``sequential`` instead, since the seeds program owns the devices (and a
+    ``pmap`` under the seeds' ``vmap`` was measured ~35x slower with median on 2 CPU devices)."""
+    execution = config.execution if config.execution != "auto" else fljax.client.default_execution()
+    if execution == "parallel":
+        config = dataclasses.replace(config, execution="sequential")
+    return build(config)
 
 
 def seeds_program(train, mode: str = "vmap"):
     """The jitted run of ``train`` on several keys: ``(data, keys [S, 2]) -> (diverged_round [S],
     History with a leading seed axis)``; ``mode="single"``: ``(data, key [2])``, no seed axis."""
-    if mode not in SEED_EXECUTIONS + ("single",):
-        raise ValueError(f"--seed_execution must be one of {', '.join(SEED_EXECUTIONS)}, got {mode!r}")
+    mode = resolve_seed_execution(mode)
 
     def one(data, key):
         state, history = train.run(train.init(key), data)
@@ -246,6 +269,8 @@ def seeds_program(train, mode: str = "vmap"):
         return jax.jit(one)
     if mode == "map":
         return jax.jit(lambda data, keys: jax.lax.map(lambda k: one(data, k), keys))
+    if mode == "parallel":
+        return jax.jit(lambda data, keys: fljax.client.map_clients(lambda k: one(data, k), keys, "parallel"))
     return jax.jit(jax.vmap(one, in_axes=(None, 0)))
 
 
@@ -318,7 +343,7 @@ def summarize(seeds, diverged_round, history) -> dict:
 def run_cell(cell: Cell, seeds: Sequence[int], cache: ProgramCache, seed_execution: str = "vmap") -> dict:
     """Builds ``cell`` and runs all ``seeds`` as one program; returns its result dict."""
     t0 = time.perf_counter()
-    exp = build(cell.config)
+    exp = build_cell(cell.config)
     keys = _keys(seeds)
     build_seconds = time.perf_counter() - t0
     program, compile_seconds, shared = cache.get(exp, keys, seed_execution)
@@ -366,7 +391,7 @@ def compare_seed_execution(config: ExperimentConfig, seeds: Sequence[int], cache
     same seeds run one by one (one compiled single-seed program called per seed; each timed once
     after compiling), and checks that both give the same accuracies."""
     cache = ProgramCache() if cache is None else cache
-    exp = build(config)
+    exp = build_cell(config)
     keys = _keys(seeds)
     vmapped, vmap_compile, _ = cache.get(exp, keys, seed_execution)
     single, single_compile, _ = cache.get(exp, keys[0], "single")
@@ -416,10 +441,11 @@ def _progress(total: int, enabled: bool):
 
 def run_sweep(spec: SweepSpec, output_dir: Optional[str] = None, *, log: Callable = print, progress: bool = True,
               compare_sequential_seeds: bool = False, allow_missing: bool = False,
-              cache: Optional[ProgramCache] = None, seed_execution: str = "vmap") -> SweepResult:
+              cache: Optional[ProgramCache] = None, seed_execution: str = "auto") -> SweepResult:
     """Runs every cell of ``spec`` (skipping finished ones in ``output_dir``) and writes the
     outputs (see the module docstring) when ``output_dir`` is given. Each cell's seeds run as
-    one program, vmapped (``seed_execution="vmap"``) or one after another (``"map"``).
+    one program (``seed_execution``: ``vmap``, ``parallel``, ``map`` or ``auto``; see
+    ``SEED_EXECUTIONS``).
 
     Raises:
       ValueError: an attack or aggregator is not registered (unless ``allow_missing``), or an
@@ -429,6 +455,7 @@ def run_sweep(spec: SweepSpec, output_dir: Optional[str] = None, *, log: Callabl
     start = time.perf_counter()
     if seed_execution not in SEED_EXECUTIONS:
         raise ValueError(f"--seed_execution must be one of {', '.join(SEED_EXECUTIONS)}, got {seed_execution!r}")
+    seed_execution = resolve_seed_execution(seed_execution)
     spec = check_registered(spec, allow_missing, log)
     cells = make_cells(spec)
     cache = ProgramCache() if cache is None else cache
@@ -699,8 +726,9 @@ flags.DEFINE_string("output_dir", "results/sweep", "where the cells and the resu
 flags.DEFINE_bool("compare_sequential_seeds", False, "also time the first cell's seeds one by one against the vmapped run")
 flags.DEFINE_bool("allow_missing", False, "sweep only the registered attacks/aggregators of a preset naming missing ones")
 flags.DEFINE_bool("progress", True, "show a progress bar over cells")
-flags.DEFINE_enum("seed_execution", "vmap", SEED_EXECUTIONS, "how a cell's seeds run in its one program: vmap "
-                  "(batched) or map (lax.map: one after another, memory of one seed)")
+flags.DEFINE_enum("seed_execution", "auto", SEED_EXECUTIONS, "how a cell's seeds run in its one program: vmap "
+                  "(batched), map (lax.map: one after another, memory of one seed), parallel (pmap: seeds "
+                  "over the CPU cores' devices), auto (parallel on a multi-core CPU, else vmap)")
 
 _RUNNER_ONLY = ("output", "workdir", "checkpoint_every", "quiet")
 

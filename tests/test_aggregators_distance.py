@@ -217,7 +217,8 @@ def test_geometric_median_ignores_non_finite_rows():
     rng = np.random.default_rng(12)
     honest = rng.normal(size=(6, 3))
     x = np.concatenate([honest, [[np.nan, 0, 0], [np.inf, 1, 1]]])
-    for rule in (geometric_median(), rfa()):
+    # Converged tightly: the non-finite rows change geometric_median's start, not its minimizer.
+    for rule in (geometric_median(tol=1e-9, max_iter=1000), rfa()):
         out, w, _ = run(rule, x)
         np.testing.assert_allclose(out, run(rule, honest)[0], atol=1e-6)
         assert w[6:].sum() == 0

@@ -64,11 +64,9 @@ NOT_ROBUST = {
                      "weighted average"),
     "rlr": (HUGE, "by design: sign voting sets a per-coordinate learning rate for the plain mean, which huge "
                   "rows dominate"),
-    "dnc": (HUGE, "numerical: centers by the mean and scores by squared projections, which overflow fp32 "
-                  "for rows of 1e30"),
-    "geometric_median": (HUGE, "numerical: Weiszfeld starts at the mean and its distances overflow fp32 "
-                               "(||x||^2 of a 1e30 row), so the loop stops after one step at a bad point"),
-    "cluster_filter": (("float_max",), "numerical: the 2-means centroids overflow near the float32 maximum"),
+    "rfa": (("huge",), "by design: the paper's few-iteration variant starts from the mean, which rows of 1e30 "
+                       "move ~1e29 away, and T = 3 Weiszfeld steps cannot come back (geometric_median, run to "
+                       "convergence from a robust start, is robust); rows beyond the float range get weight 0"),
 }
 
 

@@ -84,9 +84,6 @@ KNOWN_VIOLATIONS = {
                              "decides which one is selected",
     ("signguard", PERMUTATION): "the mean-shift step breaks ties between equally large sign clusters by client "
                                 "order (sign features are discrete: with few coordinates, ties are common)",
-    ("geometric_median", BOUNDED_PROP): "Weiszfeld stops when a step moves z by at most tol * sum_i ||z - x_i||: "
-                                        "far outliers inflate that sum, so with outliers 1e6 away it stops up to "
-                                        "~1e-5 * 1e6 away from the geometric median, beyond the breakdown bound",
 }
 
 

@@ -95,12 +95,23 @@ def pairwise_sq_distances(updates: Array) -> Array:
     return jnp.where(jnp.eye(updates.shape[0], dtype=bool), 0.0, d)
 
 
-def _max_scaled(x: Array) -> tuple[Array, Array]:
+def max_scaled(x: Array) -> tuple[Array, Array]:
     """``(x / m, m)`` with ``m [n]`` the largest absolute entry of each (finite) row, so that
     squares of the scaled rows never overflow (zero rows stay zero, with ``m = 1``)."""
     m = jnp.max(jnp.abs(x), axis=1)
     m = jnp.where(m > 0, m, 1.0)
-    return x / m[:, None], m
+
+    def plain():
+        return x / m[:, None]
+
+    def huge():
+        # XLA divides by multiplying with the reciprocal, and 1 / m for m near the float32 maximum
+        # is a denormal that CPUs flush to zero: divide (x / 8) by (m / 8), which the barrier keeps
+        # XLA from simplifying back.
+        xs, ms = jax.lax.optimization_barrier((x * 0.125, m * 0.125))
+        return xs / ms[:, None]
+
+    return jax.lax.cond(jnp.any(m > 2.0 ** 120), huge, plain), m
 
 
 def cosine_similarity_matrix(updates: Array, eps: float = 1e-12) -> Array:
@@ -108,7 +119,7 @@ def cosine_similarity_matrix(updates: Array, eps: float = 1e-12) -> Array:
     zero rows get similarity 0. Rows are scaled by their largest entry before normalizing, so
     huge finite rows (1e30) neither overflow nor turn into NaN."""
     finite = finite_rows(updates)
-    scaled, _ = _max_scaled(jnp.where(finite[:, None], updates, 0.0))
+    scaled, _ = max_scaled(jnp.where(finite[:, None], updates, 0.0))
     norms = jnp.sqrt(jnp.sum(scaled * scaled, axis=1))
     unit = scaled / jnp.maximum(norms, eps)[:, None]
     return jnp.dot(unit, unit.T, precision=jax.lax.Precision.HIGHEST)
@@ -119,7 +130,7 @@ def safe_norms(updates: Array) -> Array:
     ``m * ||x / m||`` (m the row's largest entry), so a norm overflows only when it exceeds
     the float range, not when its square does."""
     finite = finite_rows(updates)
-    scaled, m = _max_scaled(jnp.where(finite[:, None], updates, 0.0))
+    scaled, m = max_scaled(jnp.where(finite[:, None], updates, 0.0))
     return jnp.where(finite, m * jnp.sqrt(jnp.sum(scaled * scaled, axis=1)), jnp.inf)
 
 

@@ -22,10 +22,22 @@ from fljax.types import Aggregator, Array
 _HI = jax.lax.Precision.HIGHEST
 
 
-def _weiszfeld_weights(z: Array, x: Array, a: Array, nu: float) -> Array:
-    """``b_i = a_i / max(nu, ||z - x_i||)`` (the sqrt of ``max(., nu^2)`` has finite gradients)."""
+def _distances(z: Array, x: Array, nu: float) -> Array:
+    """``max(nu, ||z - x_i||)`` per row, computed as ``m ||(z - x_i) / m||`` (``m`` the row's
+    largest entry; the norm's homogeneity makes the gradient through m vanish exactly), so
+    rows of 1e30 get their true distance instead of an overflowed square; +inf only beyond the
+    float range."""
     diff = x - z[None, :]
-    return a / jnp.sqrt(jnp.maximum(jnp.sum(diff * diff, axis=1), nu * nu))
+    scaled, m = _common.max_scaled(diff)
+    nonzero = jnp.any(diff != 0, axis=1)
+    squares = jnp.where(nonzero, jnp.sum(scaled * scaled, axis=1), 1.0)  # >= 1 where used: finite gradient
+    norms = jnp.where(nonzero, m * jnp.sqrt(squares), 0.0)
+    return jnp.maximum(jnp.where(jnp.isnan(norms), jnp.inf, norms), nu)
+
+
+def _weiszfeld_weights(z: Array, x: Array, a: Array, nu: float) -> Array:
+    """``b_i = a_i / max(nu, ||z - x_i||)`` (0 for a row beyond the float range)."""
+    return a / _distances(z, x, nu)
 
 
 def weiszfeld_step(z: Array, x: Array, a: Array, nu: float) -> Array:
@@ -35,9 +47,22 @@ def weiszfeld_step(z: Array, x: Array, a: Array, nu: float) -> Array:
     return jnp.dot(b, x, precision=_HI) / jnp.where(total > 0, total, 1.0)
 
 
-def _objective(z: Array, x: Array, a: Array) -> Array:
-    diff = x - z[None, :]
-    return jnp.dot(a, jnp.sqrt(jnp.sum(diff * diff, axis=1)), precision=_HI)
+def _robust_start(x: Array, a: Array, nu: float) -> Array:
+    """The ``a``-weighted mean of the rows no farther from the coordinate-wise median than the
+    median distance: a start that fewer than half of the rows cannot drag away, whatever their
+    size, and that is not itself a data point (where smoothed Weiszfeld would stay)."""
+    center, _ = _common.kth_smallest_and_largest(jnp.where(a[:, None] > 0, x, jnp.inf), (x.shape[0] - 1) // 2)
+    center = jnp.where(jnp.isfinite(center), center, 0.0)
+    near = (a > 0) & (_distances(center, x, nu) <= _length_scale(center, x, a, nu))
+    return jax.lax.stop_gradient(_common.weighted_average(x, jnp.where(near, a, 0.0)))
+
+
+def _length_scale(z: Array, x: Array, a: Array, nu: float) -> Array:
+    """The lower median of the distances ``||z - x_i||`` of the rows with ``a_i > 0``: the
+    honest cloud's size as seen from z, which fewer than half of the rows cannot inflate."""
+    d = jnp.where(a > 0, _distances(z, x, nu), jnp.inf)
+    count = jnp.sum(a > 0)
+    return jnp.sort(d)[jnp.maximum(count - 1, 0) // 2]
 
 
 def _prepare(updates: Array, weights: Array, weighted: bool) -> tuple[Array, Array]:
@@ -57,11 +82,16 @@ def geometric_median(nu: float = 1e-6, tol: Optional[float] = 1e-5, max_iter: Op
                      weighted: bool = True) -> Aggregator:
     """Geometric median ``argmin_z sum_i a_i ||z - x_i||`` by smoothed Weiszfeld iterations.
 
-    Starts from the weighted mean and stops when a step moves z by at most ``tol * g(z)``
-    (``g(z) = sum_i a_i ||z - x_i||``, the cloud's own length scale, so the test is scale and
-    translation invariant) or after ``max_iter`` steps. The RFA code instead stops on the
-    objective's relative change, which is quadratic in the error near the optimum and in fp32
-    stops while z still moves; the implicit gradient needs a converged fixed point. ``a_i`` are the example counts, normalized; a non-finite update gets
+    Starts from the weighted mean of the half of the updates nearest the coordinate-wise median
+    and stops when a step moves z by at most ``tol * s(z)``
+    (``s(z)`` the median distance from z to the updates: the honest cloud's own length scale, so
+    the test is scale and translation invariant and far outliers cannot loosen it) or after
+    ``max_iter`` steps. The RFA code starts from the mean and stops on the objective's relative
+    change; the minimizer is the same (the objective is convex), but a plain mean start lies ~1e29 away
+    when attackers send rows of 1e30, and the objective's change is quadratic in the error near
+    the optimum (in fp32 it stops while z still moves; the implicit gradient needs a converged
+    fixed point). Distances are computed overflow-free (rows of 1e30 keep their true, tiny
+    Weiszfeld weight). ``a_i`` are the example counts, normalized; a non-finite update gets
     ``a_i = 0``. The geometric median has breakdown point 1/2: fewer than half of the (weighted)
     updates, however large, move it by a bounded amount. ``info["weights"]`` are the Weiszfeld
     weights ``b_i / sum b`` at the returned point (at the fixed point the aggregate equals
@@ -97,9 +127,9 @@ def geometric_median(nu: float = 1e-6, tol: Optional[float] = 1e-5, max_iter: Op
             it, z, _ = carry
             z_new = weiszfeld_step(z, x, a, nu)
             moved = jnp.linalg.norm(z_new - z)
-            return it + 1, z_new, jnp.where(moved > tol * _objective(z_new, x, a), moved, 0.0)
+            return it + 1, z_new, jnp.where(moved > tol * _length_scale(z_new, x, a, nu), moved, 0.0)
 
-        z0 = jnp.dot(a, x, precision=_HI)
+        z0 = _robust_start(x, a, nu)
         it, z, _ = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), z0, jnp.asarray(jnp.inf, x.dtype)))
         return z, it
 

@@ -24,6 +24,10 @@ def dnc_keep(updates: Array, finite: Array, key: Array, subsample_dim: int, num_
     n, d = updates.shape
     coords = jax.random.choice(key, d, (subsample_dim,), replace=False) if subsample_dim < d else jnp.arange(d)
     sub = jnp.where(finite[:, None], updates[:, coords], 0.0)
+    # A row whose squared norm overflows fp32 (entries ~1e20 and up) would overflow the mean and
+    # the Gram matrix; in exact arithmetic it dominates v and scores highest, so it scores +inf.
+    finite = finite & jnp.isfinite(jnp.sum(sub * sub, axis=1))
+    sub = jnp.where(finite[:, None], sub, 0.0)
     mu = jnp.dot(_common.normalize(finite.astype(sub.dtype)), sub, precision=jax.lax.Precision.HIGHEST)
     centered = jnp.where(finite[:, None], sub - mu, 0.0)
     eigenvalues, eigenvectors = jnp.linalg.eigh(jnp.dot(centered, centered.T, precision=jax.lax.Precision.HIGHEST))
@@ -42,8 +46,8 @@ def dnc(num_byzantine: int, num_iterations: Optional[int] = 5, subsample_dim: Op
     ``s_i = ((x_i - mu) . v)^2`` and keep the ``n - floor(c f)`` lowest; intersect the kept sets
     and return the uniform mean of the survivors (the paper averages uniformly).
 
-    Deviations: non-finite updates are excluded before the spectral step (they would make every
-    score NaN); if the intersection is empty (possible when k c f >= n), the first pass's kept
+    Deviations: non-finite updates, and those whose squared norm overflows fp32, score +inf
+    before the spectral step (they would make every score NaN; exactly, they would score highest); if the intersection is empty (possible when k c f >= n), the first pass's kept
     set is used; b is capped at d. Selection runs under ``stop_gradient`` (the aggregate is
     differentiable in the kept updates).
 
