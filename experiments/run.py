@@ -183,6 +183,8 @@ def summary_table(results: dict) -> str:
     ]
     if "attack_success_rate" in f:
         rows.append(("attack success rate", f"{f['attack_success_rate']:.4f}"))
+    if "source_recall" in f:
+        rows.append(("source-class recall", f"{f['source_recall']:.4f}"))
     rows += [
         ("detection TPR / FPR", f"{f['detection_tpr']:.3f} / {f['detection_fpr']:.3f}"),
         ("time", f"{f['seconds']:.1f} s ({f['rounds_per_second']:.2f} rounds/s) + {f['compile_seconds']:.1f} s compile"),

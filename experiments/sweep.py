@@ -246,12 +246,13 @@ def resolve_seed_execution(mode: str) -> str:
     return mode
 
 
-def build_cell(config: ExperimentConfig):
-    """``build(config)`` for a seeds program: clients that would run ``parallel`` (``pmap`` over
-    the CPU devices) run ``sequential`` instead, since the seeds program owns the devices (and a
-    ``pmap`` under the seeds' ``vmap`` was measured ~35x slower with median on 2 CPU devices)."""
+def build_cell(config: ExperimentConfig, seed_execution: str = "vmap"):
+    """``build(config)`` for a seeds program: under ``vmap`` or ``parallel`` seeds, clients that
+    would run ``parallel`` (``pmap`` over the CPU devices) run ``sequential`` instead, since the
+    seeds program owns the devices (and a ``pmap`` under the seeds' ``vmap`` was measured ~35x
+    slower with median on 2 CPU devices); under ``map`` (one seed at a time) they keep them."""
     execution = config.execution if config.execution != "auto" else fljax.client.default_execution()
-    if execution == "parallel":
+    if execution == "parallel" and resolve_seed_execution(seed_execution) in ("vmap", "parallel"):
         config = dataclasses.replace(config, execution="sequential")
     return build(config)
 
@@ -343,7 +344,7 @@ def summarize(seeds, diverged_round, history) -> dict:
 def run_cell(cell: Cell, seeds: Sequence[int], cache: ProgramCache, seed_execution: str = "vmap") -> dict:
     """Builds ``cell`` and runs all ``seeds`` as one program; returns its result dict."""
     t0 = time.perf_counter()
-    exp = build_cell(cell.config)
+    exp = build_cell(cell.config, seed_execution)
     keys = _keys(seeds)
     build_seconds = time.perf_counter() - t0
     program, compile_seconds, shared = cache.get(exp, keys, seed_execution)
@@ -391,7 +392,7 @@ def compare_seed_execution(config: ExperimentConfig, seeds: Sequence[int], cache
     same seeds run one by one (one compiled single-seed program called per seed; each timed once
     after compiling), and checks that both give the same accuracies."""
     cache = ProgramCache() if cache is None else cache
-    exp = build_cell(config)
+    exp = build_cell(config, seed_execution)
     keys = _keys(seeds)
     vmapped, vmap_compile, _ = cache.get(exp, keys, seed_execution)
     single, single_compile, _ = cache.get(exp, keys[0], "single")
@@ -621,7 +622,11 @@ def markdown(result: SweepResult) -> str:
     for s in slices(spec):
         name = _slice_name(s)
         lines += [f"## {_slice_title(s)}", ""]
-        for metric, title in (("accuracy", "Test accuracy"), ("attack_success_rate", "Attack success rate")):
+        for metric, title in (("accuracy", "Test accuracy"), ("attack_success_rate", "Attack success rate"),
+                              ("source_recall", "Source-class recall (targeted attacks: attack examples classified "
+                                                "as their true label)"),
+                              ("detection_tpr", "Detection TPR (malicious clients flagged, mean over rounds)"),
+                              ("detection_fpr", "Detection FPR (honest clients flagged, mean over rounds)")):
             attacks, rules, _, _ = matrix(result, s, metric)
             rows = {(r["cell"]["attack"], r["cell"]["aggregator"]): r["final"].get(metric)
                     for r in result.cells if all(r["cell"].get(k) == v for k, v in s.items())}

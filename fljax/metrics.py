@@ -29,7 +29,9 @@ def make_evaluate(apply_fn: Callable[[PyTree, Array], Array], data_attack: Optio
 
     The attack success rate is the share of the attack's test examples (``DataAttack.targeted``:
     e.g. source-class examples for a targeted flip, triggered non-target examples for a
-    backdoor) that the model classifies as the attacker's label. Runs in test batches of
+    backdoor) that the model classifies as the attacker's label; ``source_recall`` the share it
+    classifies as their true label (for a targeted flip, Tolpegin et al.'s source-class recall;
+    for a backdoor, the accuracy on triggered inputs). Runs in test batches of
     ``batch_size`` (``lax.map``) so memory stays bounded for large test sets.
     """
 
@@ -53,7 +55,10 @@ def make_evaluate(apply_fn: Callable[[PyTree, Array], Array], data_attack: Optio
         if data_attack is not None and data_attack.targeted is not None:
             xt, yt, valid = data_attack.targeted(x, y)
             hits_t, _, total_t = counts(params, xt, yt, valid)
-            out["attack_success_rate"] = jnp.where(total_t > 0, hits_t / jnp.maximum(total_t, 1), jnp.nan)
+            hits_true, _, _ = counts(params, xt, y, valid)
+            share = lambda hits: jnp.where(total_t > 0, hits / jnp.maximum(total_t, 1), jnp.nan)
+            out["attack_success_rate"] = share(hits_t)
+            out["source_recall"] = share(hits_true)
         return out
 
     return evaluate
