@@ -56,7 +56,7 @@ flags.DEFINE_string("workdir", None, "checkpoint the run here (config, full run 
                     "command with the same --workdir resumes from the newest checkpoint")
 flags.DEFINE_integer("checkpoint_every", 1, "with --workdir: checkpoint after every k evaluation blocks "
                      "(of --eval_every rounds) and after the last", lower_bound=1)
-flags.DEFINE_integer("cpu_cores", 0, "on CPU, expose this many cores as JAX devices so --execution=auto (parallel) "
+flags.DEFINE_integer("cpu_cores", 0, "on CPU, expose this many cores as JAX devices so --execution=parallel "
                      "trains one stream of clients per core; 0: every core this process may use", lower_bound=0)
 flags.DEFINE_bool("distributed", False, "join a multi-process run (jax.distributed.initialize, before anything else) "
                   "and shard each round's cohort over every process's devices (implies --shard_clients); on TPU pod "

@@ -13,10 +13,10 @@ sampling, local batches, attack randomness). A cell builds its data once and run
 ``jax.vmap(run)(keys)`` over those keys, so seed ``s == --seed`` gives exactly what
 ``python -m experiments.run --seed=s`` computes for that cell.
 
-``--seed_execution``: how the seeds share that one program: ``vmap`` (batched; the default on
-GPU/TPU), ``parallel`` (``pmap``: the seeds split over the local devices, one stream per CPU
-core; the default on a multi-core CPU, where ``experiments.run``'s ``--cpu_cores`` exposes the
-cores as devices), or ``map`` (``lax.map``: one after another, memory of one seed).
+``--seed_execution``: how the seeds share that one program: ``vmap`` (batched; the default),
+``parallel`` (``pmap``: the seeds split over the local devices, one stream per CPU core, which
+``--cpu_cores`` exposes as devices), or ``map`` (``lax.map``: one after another, memory of one
+seed).
 
 Programs: a cell's program takes the federated data as an argument, so cells that differ only
 in the partition's values (e.g. ``iid`` and ``shards:2``, whose client tables have equal shapes)
@@ -233,16 +233,17 @@ SEED_EXECUTIONS = ("auto", "vmap", "map", "parallel")
 """How a cell's seeds run inside its one program: ``vmap`` (batched: one wide program, for
 hardware with parallelism to spare), ``map`` (``lax.map``: one seed after another, memory of
 one seed; for runs whose batched seeds would not fit), ``parallel`` (the seeds split over the
-local devices with ``pmap``, e.g. one seed per CPU core after ``fljax.use_cpu_cores``), or
-``auto``: ``parallel`` on a CPU with several devices, else ``vmap``."""
+local devices with ``pmap``, e.g. one seed per CPU core after ``fljax.use_cpu_cores``; opt-in,
+see ``resolve_seed_execution``), or ``auto``: ``vmap``."""
 
 
 def resolve_seed_execution(mode: str) -> str:
-    """``auto`` -> ``parallel`` on a multi-device CPU, ``vmap`` elsewhere; other modes as given."""
+    """``auto`` -> ``vmap`` (``parallel`` is opt-in: on 2 CPU devices a DnC run stalled under
+    ``pmap``); other modes as given."""
     if mode not in SEED_EXECUTIONS + ("single",):
         raise ValueError(f"--seed_execution must be one of {', '.join(SEED_EXECUTIONS)}, got {mode!r}")
     if mode == "auto":
-        return "parallel" if jax.default_backend() == "cpu" and jax.local_device_count() > 1 else "vmap"
+        return "vmap"
     return mode
 
 
@@ -733,7 +734,7 @@ flags.DEFINE_bool("allow_missing", False, "sweep only the registered attacks/agg
 flags.DEFINE_bool("progress", True, "show a progress bar over cells")
 flags.DEFINE_enum("seed_execution", "auto", SEED_EXECUTIONS, "how a cell's seeds run in its one program: vmap "
                   "(batched), map (lax.map: one after another, memory of one seed), parallel (pmap: seeds "
-                  "over the CPU cores' devices), auto (parallel on a multi-core CPU, else vmap)")
+                  "over the CPU cores' devices), auto (vmap)")
 
 _RUNNER_ONLY = ("output", "workdir", "checkpoint_every", "quiet")
 

@@ -150,17 +150,16 @@ def fedavg(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, local_st
 
 
 def default_execution() -> str:
-    """Measured per backend (DESIGN.md, ``experiments/benchmark.py``): ``vmap`` on accelerators;
-    on CPU ``parallel`` when the cores are exposed as several devices (``use_cpu_cores``), else
-    ``sequential``."""
-    if jax.default_backend() != "cpu":
-        return "vmap"
-    return "parallel" if jax.local_device_count() > 1 else "sequential"
+    """Measured per backend (DESIGN.md, ``experiments/benchmark.py``): ``vmap`` on accelerators,
+    ``sequential`` on CPU. ``parallel`` (faster on a multi-core CPU for local training) is opt-in:
+    on 2 CPU devices, runs whose rule calls LAPACK inside the program (DnC's ``eigh``) stalled
+    under ``pmap``."""
+    return "sequential" if jax.default_backend() == "cpu" else "vmap"
 
 
 def use_cpu_cores(count: Optional[int] = None) -> None:
     """Exposes ``count`` CPU cores (default: all this process may use) as separate JAX devices,
-    so that ``parallel`` client execution trains one sequential stream of clients per core.
+    so that ``execution="parallel"`` trains one sequential stream of clients per core.
 
     XLA's CPU backend runs one small matmul per local training step on a single core (measured
     on a 2-core machine: a 100-client MLP round takes the same time pinned to one core), so
@@ -193,8 +192,9 @@ def map_clients(fn: Callable, xs, execution: str = "auto", chunk_size: int = 8):
     ``vmap``: all clients at once (fastest on GPU/TPU, memory O(cohort)); ``chunked``: vmap over
     chunks of ``chunk_size`` clients inside a sequential loop (memory O(chunk)); ``sequential``:
     one client at a time; ``parallel``: the clients split over the local devices with
-    ``jax.pmap``, each device running its share one at a time (fastest on a multi-core CPU after
-    ``use_cpu_cores()``; with one device it is ``sequential``); ``auto``: ``default_execution()``.
+    ``jax.pmap``, each device running its share one at a time (fastest local training on a
+    multi-core CPU after ``use_cpu_cores()``; with one device it is ``sequential``; see
+    ``default_execution`` for its caveat); ``auto``: ``default_execution()``.
     Every strategy computes the same per-client function, so results agree to float rounding.
     """
     if execution == "auto":

@@ -80,7 +80,6 @@ def main() -> dict:
                           "partitions": f"mhlo.num_partitions = {devices}" in text}
     out["moved"] = max_diff(runs["reference16"][0], init(jax.random.split(jax.random.PRNGKey(7))[0]))
     out["runs"] = {}
-    out["auto"] = fljax.client.default_execution()  # 'parallel' with several CPU devices
     for label, ref in (("sequential", "reference16"), ("vmap_padded", "reference12"), ("parallel_padded", "reference12")):
         (p, h), (ref_p, ref_h) = runs[label], runs[ref]
         out["runs"][label] = {"params_diff": max_diff(ref_p, p), "history_diff": max_diff(ref_h, h)}

@@ -41,7 +41,6 @@ def test_sharded_run_equals_unsharded_run(eight_devices, case):
     params and history with local training split over 8 devices as on one device: 16 clients
     (2 per device, sequential), 12 clients (padded to 16, vmap on each device), and 12 clients
     under ``execution="parallel"`` (pmap over the 8 devices, no mesh sharding)."""
-    assert eight_devices["auto"] == "parallel"
     assert eight_devices["moved"] > 0.05  # the run trains (a broken round would leave params at init)
     case = eight_devices["runs"][case]
     assert case["params_diff"] <= 1e-6 and case["history_diff"] <= 1e-6, case

@@ -1,9 +1,9 @@
 """Tolpegin, Truex, Gursoy, Liu, "Data Poisoning Attacks Against Federated Learning Systems",
 ESORICS 2020: targeted label flipping (source class -> target class) as the malicious share of
 the population grows from 2% to 50%, under plain FedAvg (and robust rules for comparison).
-The paper reports the source class's recall and the global accuracy; fljax measures the global
-accuracy and the attack success rate (the share of source-class test images classified as the
-target class).
+The paper reports the source class's recall and the global accuracy; fljax measures both
+(``source_recall``: the share of source-class test images classified as the source class) and
+the attack success rate (the share classified as the target class).
 
     python -m experiments.sweep --config=experiments/configs/tolpegin2020.py --output_dir=results/tolpegin2020
 
