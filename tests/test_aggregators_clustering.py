@@ -9,20 +9,13 @@ import fljax
 from fljax.aggregators import REGISTRY, cluster_filter, flame
 from fljax.aggregators.clustering import cosine_distances, majority_cluster, single_linkage_levels
 from fljax.experiment import ExperimentConfig, build_aggregator
+from tests.helpers import aggregate_once
 
-_JITTED = {}
 
 
 def step(rule, x, weights=None, key=0):
     """One jitted aggregation (compiled once per rule object and shape): (aggregate, info)."""
-    x = jnp.asarray(x, jnp.float32)
-    n, d = x.shape
-    ctx = fljax.AggregationContext(weights=jnp.ones(n) if weights is None else jnp.asarray(weights, jnp.float32),
-                                   key=jax.random.PRNGKey(key), client_ids=jnp.arange(n),
-                                   params=jnp.zeros(d), reference=jnp.zeros(d))
-    update = _JITTED.setdefault(id(rule), (rule, jax.jit(rule.update)))[1]
-    out, _, info = update(x, rule.init(jnp.zeros(d)), ctx)
-    return np.asarray(out), jax.tree.map(np.asarray, info)
+    return aggregate_once(rule, x, weights, key)
 
 
 FLAME_EXACT = flame(noise_lambda=0.0)

@@ -10,21 +10,15 @@ import fljax
 from fljax.aggregators import bulyan, geometric_median, rfa
 from fljax.aggregators.bulyan import closest_to_median_mean, iterated_krum
 from fljax.aggregators.krum import krum_scores
+from tests.helpers import aggregate_once
 
 
-_JITTED = {}
 BULYAN1, BULYAN2, GM = bulyan(num_byzantine=1), bulyan(num_byzantine=2), geometric_median()  # shared compilations
 
 
 def run(rule, x, weights=None, key=0):
-    x = jnp.asarray(x, jnp.float32)
-    n, d = x.shape
-    ctx = fljax.AggregationContext(weights=jnp.ones(n) if weights is None else jnp.asarray(weights, jnp.float32),
-                                   key=jax.random.PRNGKey(key), client_ids=jnp.arange(n),
-                                   params=jnp.zeros(d), reference=jnp.zeros(d))
-    update = _JITTED.setdefault(id(rule), (rule, jax.jit(rule.update)))[1]
-    out, _, info = update(x, rule.init(jnp.zeros(d)), ctx)
-    return np.asarray(out), np.asarray(info["weights"]), info
+    out, info = aggregate_once(rule, x, weights, key)
+    return out, info["weights"], info
 
 
 def bulyan_reference(x, f):

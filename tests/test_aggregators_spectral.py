@@ -8,16 +8,12 @@ import pytest
 import fljax
 from fljax.aggregators import dnc, rlr, signguard
 from fljax.aggregators.sign import estimate_bandwidth, mean_shift_largest_cluster
+from tests.helpers import aggregate_once
 
 
 def run(rule, x, weights=None, key=0):
-    x = jnp.asarray(x, jnp.float32)
-    n, d = x.shape
-    ctx = fljax.AggregationContext(weights=jnp.ones(n) if weights is None else jnp.asarray(weights, jnp.float32),
-                                   key=jax.random.PRNGKey(key), client_ids=jnp.arange(n),
-                                   params=jnp.zeros(d), reference=jnp.zeros(d))
-    out, _, info = jax.jit(rule.update)(x, rule.init(jnp.zeros(d)), ctx)
-    return np.asarray(out), np.asarray(info["weights"]), info
+    out, info = aggregate_once(rule, x, weights, key)
+    return out, info["weights"], info
 
 
 # ---------------------------------------------------------------- DnC
