@@ -35,15 +35,19 @@ def fltrust() -> Aggregator:
         finite = _common.finite_rows(updates)
         x = jnp.where(finite[:, None], updates, 0.0)
         g0 = jnp.where(jnp.isfinite(context.reference), context.reference, 0.0).astype(x.dtype)
-        norms = _common.safe_norms(x)
         g0_norm = jnp.sqrt(jnp.sum(g0 * g0))
-        dots = jnp.dot(x, g0, precision=jax.lax.Precision.HIGHEST)
-        usable = finite & (norms > 0) & (g0_norm > 0)
-        cos = jnp.where(usable, dots / jnp.where(usable, norms * g0_norm, 1.0), 0.0)
+        # (||g0|| / ||x_i||) x_i = ||g0|| u_i with u_i = x_i / ||x_i||, computed from the rows
+        # scaled by their largest entry, so that rows near the float32 maximum neither overflow
+        # the dot products nor the norms.
+        scaled, _ = _common.max_scaled(x)
+        lengths = jnp.sqrt(jnp.sum(scaled * scaled, axis=1))
+        usable = finite & (lengths > 0) & (g0_norm > 0)
+        unit = scaled / jnp.where(usable, lengths, 1.0)[:, None]
+        cos = jnp.where(usable, jnp.dot(unit, g0, precision=jax.lax.Precision.HIGHEST)
+                        / jnp.where(g0_norm > 0, g0_norm, 1.0), 0.0)
         trust = jnp.maximum(cos, 0.0)
-        scale = jnp.where(usable, g0_norm / jnp.where(usable, norms, 1.0), 0.0)
         total = jnp.sum(trust)
-        aggregate = jnp.dot(trust * scale, x, precision=jax.lax.Precision.HIGHEST) / jnp.where(total > 0, total, 1.0)
+        aggregate = g0_norm * jnp.dot(trust, unit, precision=jax.lax.Precision.HIGHEST) / jnp.where(total > 0, total, 1.0)
         return aggregate, state, _common.info(trust, trust_scores=trust)
 
     return Aggregator(init=lambda params: (), update=update, needs_reference=True)
