@@ -177,12 +177,14 @@ def use_cpu_cores(count: Optional[int] = None) -> None:
                            f"(JAX's backends are already running with {jax.local_device_count()} device(s))") from e
 
 
-def _pad_rows(xs, multiple: int):
-    """Pads the leading axis of every leaf to a multiple of ``multiple`` with copies of row 0."""
+def pad_clients(xs, multiple: int):
+    """``(padded, n)``: the leading (client) axis of every leaf padded to a multiple of
+    ``multiple`` with copies of the last client, whose results callers drop; ``n`` the original
+    count."""
     n = jax.tree.leaves(xs)[0].shape[0]
     pad = -n % multiple
     if pad:
-        xs = jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[:1], pad, axis=0)]), xs)
+        xs = jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]), xs)
     return xs, n
 
 
@@ -209,7 +211,7 @@ def map_clients(fn: Callable, xs, execution: str = "auto", chunk_size: int = 8):
         devices = jax.local_device_count()
         if devices == 1:
             return lax.map(fn, xs)
-        xs, n = _pad_rows(xs, devices)  # padding rows (copies of client 0) are trained and dropped
+        xs, n = pad_clients(xs, devices)  # the padding clients are trained and dropped
         split = jax.tree.map(lambda a: a.reshape(devices, a.shape[0] // devices, *a.shape[1:]), xs)
         out = jax.pmap(lambda shard: lax.map(fn, shard))(split)
         return jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:])[:n], out)

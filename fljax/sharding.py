@@ -33,11 +33,10 @@ from __future__ import annotations
 from typing import Callable, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from fljax.client import map_clients
+from fljax.client import map_clients, pad_clients
 
 CLIENT_AXIS = "clients"
 """Name of the mesh axis the cohort's client axis is split over."""
@@ -114,19 +113,14 @@ def map_clients_sharded(fn: Callable, xs, mesh: Mesh, execution: str = "auto", c
     """
     if execution in ("auto", "parallel"):  # no pmap inside shard_map: the mesh already splits the cohort
         execution = "sequential" if jax.default_backend() == "cpu" else "vmap"
-    n = jax.tree.leaves(xs)[0].shape[0]
-    pad = padded_cohort(n, mesh) - n
-    if pad:  # copies of the last client fill the cohort up to a multiple of D; their rows are dropped
-        xs = jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]), xs)
+    xs, n = pad_clients(xs, num_shards(mesh))  # copies of the last client fill the cohort up to a multiple of D
     xs = constrain_clients(xs, mesh)
     # check_vma=False: client updates mix replicated values (params, examples) with per-device
     # ones (ids, keys) in scans and conds; JAX's varying-axes type check would reject some of them.
     local = jax.shard_map(lambda shard: map_clients(fn, shard, execution, chunk_size), mesh=mesh,
                           in_specs=PartitionSpec(CLIENT_AXIS), out_specs=PartitionSpec(CLIENT_AXIS),
                           check_vma=False)
-    out = local(xs)
-    if pad:
-        out = jax.tree.map(lambda a: a[:n], out)
+    out = jax.tree.map(lambda a: a[:n], local(xs))  # the padding clients' rows dropped
     return constrain_clients(out, mesh)
 
 

@@ -40,11 +40,15 @@ def _weiszfeld_weights(z: Array, x: Array, a: Array, nu: float) -> Array:
     return a / _distances(z, x, nu)
 
 
-def weiszfeld_step(z: Array, x: Array, a: Array, nu: float) -> Array:
-    """One smoothed Weiszfeld step from ``z`` (rows with ``a_i = 0`` must be finite, e.g. zeros)."""
-    b = _weiszfeld_weights(z, x, a, nu)
+def _normalized_average(b: Array, x: Array) -> Array:
+    """``sum_i b_i x_i / sum_i b_i`` (zero when every b_i is zero)."""
     total = jnp.sum(b)
     return jnp.dot(b, x, precision=_HI) / jnp.where(total > 0, total, 1.0)
+
+
+def weiszfeld_step(z: Array, x: Array, a: Array, nu: float) -> Array:
+    """One smoothed Weiszfeld step from ``z`` (rows with ``a_i = 0`` must be finite, e.g. zeros)."""
+    return _normalized_average(_weiszfeld_weights(z, x, a, nu), x)
 
 
 def _robust_start(x: Array, a: Array, nu: float) -> Array:
@@ -53,14 +57,15 @@ def _robust_start(x: Array, a: Array, nu: float) -> Array:
     size, and that is not itself a data point (where smoothed Weiszfeld would stay)."""
     center, _ = _common.kth_smallest_and_largest(jnp.where(a[:, None] > 0, x, jnp.inf), (x.shape[0] - 1) // 2)
     center = jnp.where(jnp.isfinite(center), center, 0.0)
-    near = (a > 0) & (_distances(center, x, nu) <= _length_scale(center, x, a, nu))
+    dist = _distances(center, x, nu)
+    near = (a > 0) & (dist <= _length_scale(dist, a))
     return jax.lax.stop_gradient(_common.weighted_average(x, jnp.where(near, a, 0.0)))
 
 
-def _length_scale(z: Array, x: Array, a: Array, nu: float) -> Array:
-    """The lower median of the distances ``||z - x_i||`` of the rows with ``a_i > 0``: the
+def _length_scale(dist: Array, a: Array) -> Array:
+    """The lower median of the distances ``dist = ||z - x_i||`` of the rows with ``a_i > 0``: the
     honest cloud's size as seen from z, which fewer than half of the rows cannot inflate."""
-    d = jnp.where(a > 0, _distances(z, x, nu), jnp.inf)
+    d = jnp.where(a > 0, dist, jnp.inf)
     count = jnp.sum(a > 0)
     return jnp.sort(d)[jnp.maximum(count - 1, 0) // 2]
 
@@ -120,17 +125,19 @@ def geometric_median(nu: float = 1e-6, tol: Optional[float] = 1e-5, max_iter: Op
 
     def solve(x, a):
         def cond(carry):
-            it, _, step = carry
+            it, _, _, step = carry
             return (it < max_iter) & (step > 0)
 
-        def body(carry):
-            it, z, _ = carry
-            z_new = weiszfeld_step(z, x, a, nu)
+        def body(carry):  # one weiszfeld_step, with the distances at z carried from the last step
+            it, z, dist, _ = carry
+            z_new = _normalized_average(a / dist, x)
+            dist_new = _distances(z_new, x, nu)
             moved = jnp.linalg.norm(z_new - z)
-            return it + 1, z_new, jnp.where(moved > tol * _length_scale(z_new, x, a, nu), moved, 0.0)
+            return it + 1, z_new, dist_new, jnp.where(moved > tol * _length_scale(dist_new, a), moved, 0.0)
 
         z0 = _robust_start(x, a, nu)
-        it, z, _ = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), z0, jnp.asarray(jnp.inf, x.dtype)))
+        start = (jnp.zeros((), jnp.int32), z0, _distances(z0, x, nu), jnp.asarray(jnp.inf, x.dtype))
+        it, z, _, _ = jax.lax.while_loop(cond, body, start)
         return z, it
 
     @jax.custom_vjp
