@@ -35,29 +35,31 @@ def make_evaluate(apply_fn: Callable[[PyTree, Array], Array], data_attack: Optio
     ``batch_size`` (``lax.map``) so memory stays bounded for large test sets.
     """
 
-    def counts(params, x, y, mask):
-        (xb, yb, mb), real = _padded_batches((x, y, mask), batch_size)
+    def counts(params, x, labels, mask):
+        """Over the masked examples of ``x``: hits against each label array of ``labels`` (one
+        forward pass), the summed loss against the first, and their number."""
+        (xb, mb, *lb), real = _padded_batches((x, mask, *labels), batch_size)
 
         def one(batch):
-            bx, by, bm, br = batch
+            bx, bm, br, *bl = batch
             logits = apply_fn(params, bx)
             keep = bm & br
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, by)
-            hits = (jnp.argmax(logits, -1) == by) & keep
-            return jnp.sum(hits), jnp.sum(jnp.where(keep, loss, 0.0)), jnp.sum(keep)
+            predicted = jnp.argmax(logits, -1)
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, bl[0])
+            hits = jnp.stack([jnp.sum((predicted == by) & keep) for by in bl])
+            return hits, jnp.sum(jnp.where(keep, loss, 0.0)), jnp.sum(keep)
 
-        hits, loss, total = lax.map(one, (xb, yb, mb, real))
-        return jnp.sum(hits), jnp.sum(loss), jnp.sum(total)
+        hits, loss, total = lax.map(one, (xb, mb, real, *lb))
+        return jnp.sum(hits, axis=0), jnp.sum(loss), jnp.sum(total)
 
     def evaluate(params, x, y):
-        hits, loss, total = counts(params, x, y, jnp.ones(y.shape, bool))
-        out = {"accuracy": hits / total, "loss": loss / total}
+        hits, loss, total = counts(params, x, (y,), jnp.ones(y.shape, bool))
+        out = {"accuracy": hits[0] / total, "loss": loss / total}
         if data_attack is not None and data_attack.targeted is not None:
             xt, yt, valid = data_attack.targeted(x, y)
-            hits_t, _, total_t = counts(params, xt, yt, valid)
-            hits_true, _, _ = counts(params, xt, y, valid)
+            (hits_target, hits_true), _, total_t = counts(params, xt, (yt, y), valid)
             share = lambda hits: jnp.where(total_t > 0, hits / jnp.maximum(total_t, 1), jnp.nan)
-            out["attack_success_rate"] = share(hits_t)
+            out["attack_success_rate"] = share(hits_target)
             out["source_recall"] = share(hits_true)
         return out
 
