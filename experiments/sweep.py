@@ -59,7 +59,7 @@ from fljax import aggregators as aggregators_lib
 from fljax import attacks as attacks_lib
 from fljax.data import PARTITIONS, load
 from fljax.experiment import (ExperimentConfig, attack_names, build, build_aggregator, build_attacks,
-                              effective_num_byzantine, validate)
+                              effective_num_byzantine, partition_in_program, validate)
 
 FORMAT_VERSION = 1
 """Version of the cell files; a file of another version is recomputed."""
@@ -277,7 +277,8 @@ def seeds_program(train, mode: str = "vmap"):
 
 
 def _static_key(config: ExperimentConfig, data, keys, mode: str) -> str:
-    fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in PARTITION_FIELDS}
+    shared = () if partition_in_program(config) else PARTITION_FIELDS  # else the partition is only the data argument
+    fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in shared}
     shapes = [(tuple(a.shape), str(a.dtype)) for a in jax.tree.leaves((data, keys))]
     return json.dumps([fields, shapes, mode], sort_keys=True, default=str)
 

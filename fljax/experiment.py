@@ -16,10 +16,14 @@ import typing
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
+from jax.flatten_util import ravel_pytree
 
 from fljax import aggregators as aggregators_lib
 from fljax import attacks as attacks_lib
+from fljax.attacks.adaptive import triggered_loss
 from fljax import models as models_lib
 from fljax.client import EXECUTIONS, classification_loss, fedavg, fedsgd
 from fljax.data import EMBEDDED, PARTITIONS, FederatedData, federate, load
@@ -67,7 +71,8 @@ class ExperimentConfig:
     alpha: Optional[float] = _field(None, "constrain_and_scale: weight of the task loss vs the distance to the global model, in (0, 1] (default 0.7)")
     norm_bound: Optional[float] = _field(None, "pgd: radius of the L2 ball ||w - G|| <= norm_bound (default 1)")
     mask_ratio: Optional[float] = _field(None, "neurotoxin: share of coordinates the attacker may change, in (0, 1] (default 0.95)")
-    objective: Optional[str] = _field(None, "adaptive: untargeted (default) or deviation")
+    objective: Optional[str] = _field(None, "adaptive: untargeted (default), deviation, or targeted (with --data_attack: "
+                                            "the attacker's loss on its own triggered examples after the server step)")
     constraint: Optional[str] = _field(None, "adaptive: max_norm (default), distance or none")
     attack_steps: Optional[int] = _field(None, "adaptive: optimisation steps (default 50)")
     attack_lr: Optional[float] = _field(None, "adaptive: step size as a fraction of the constraint radius (default 0.25)")
@@ -277,9 +282,33 @@ def build_aggregator(config: ExperimentConfig):
     return aggregators_lib.with_preaggregation(aggregator, *pre)
 
 
-def build_attacks(config: ExperimentConfig, num_classes: int, x_train=None):
+ATTACKER_EXAMPLES = 256
+"""Most examples of the malicious clients that the targeted adaptive attack's loss reads."""
+
+
+def attacker_examples(data: FederatedData, num_malicious: int) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``ATTACKER_EXAMPLES`` training examples held by the malicious clients (ids
+    ``0..num_malicious-1``), in client order."""
+    indices = np.asarray(data.client_indices)[:num_malicious]
+    counts = np.asarray(data.client_counts)[:num_malicious]
+    own = np.concatenate([row[:n] for row, n in zip(indices, counts)] + [np.zeros(0, np.int64)])[:ATTACKER_EXAMPLES]
+    return np.asarray(data.x)[own], np.asarray(data.y)[own]
+
+
+def partition_in_program(config: ExperimentConfig) -> bool:
+    """Whether the run's program holds partition-dependent constants, so that programs of
+    different partitions cannot be shared: the targeted adaptive attack's loss closes over the
+    malicious clients' examples."""
+    return config.attack == "adaptive" and config.objective == "targeted"
+
+
+def build_attacks(config: ExperimentConfig, num_classes: int, x_train=None, *, model: Optional[Model] = None,
+                  data: Optional[FederatedData] = None):
     """``(data_attack or None, model_attack or None)`` for ``config.attack`` and ``config.data_attack``;
-    ``x_train`` (the training inputs) gives triggers the input shape to validate against."""
+    ``x_train`` (the training inputs) gives triggers the input shape to validate against.
+    ``model`` and ``data`` give ``--objective=targeted`` its loss (``attacks.adaptive.triggered_loss``
+    on the malicious clients' examples); without them (a check of the settings only) that
+    objective is a constant."""
     values = dict(dataclasses.asdict(config), num_classes=num_classes, source=config.source_class,
                   target=config.target_class, num_byzantine=effective_num_byzantine(config),
                   target_label=config.target_class, x_train=x_train,
@@ -301,6 +330,15 @@ def build_attacks(config: ExperimentConfig, num_classes: int, x_train=None):
         return _call_with_config("attack", name, attacks_lib.DATA_ATTACKS[name], values), None
     paired = None if config.data_attack is None else _call_with_config(
         "data attack", config.data_attack, attacks_lib.DATA_ATTACKS[config.data_attack], values)
+    if name == "adaptive" and config.objective == "targeted":
+        _check(paired is not None and paired.targeted is not None,
+               "--objective=targeted: the adaptive attack needs a targeted --data_attack (backdoor, dba, feature_trigger "
+               "or label_flip) whose success test defines the attacker's loss")
+        values["target_loss"] = lambda flat_params: jnp.zeros((), flat_params.dtype)
+        if model is not None and data is not None:
+            _, unravel = ravel_pytree(model.init(jax.random.PRNGKey(0)))
+            values["target_loss"] = triggered_loss(model.apply, unravel, paired,
+                                                                *attacker_examples(data, config.num_malicious))
     strength = attacks_lib.STRENGTH.get(name)
     if strength is not None:
         values[strength] = config.attack_scale
@@ -334,9 +372,6 @@ def build(config: ExperimentConfig) -> Experiment:
     aggregator = build_aggregator(config)  # fails on bad hyper-parameters before loading data
     aggregator.requirement(config.clients_per_round)
     dataset = load(config.dataset, seed=config.seed, data_dir=config.data_dir)
-    data_attack, model_attack = build_attacks(config, dataset.num_classes, dataset.x_train)
-    if model_attack is not None:
-        model_attack.requirement(config.clients_per_round, effective_num_byzantine(config))
     _check(config.num_clients <= len(dataset.y_train),
            f"--num_clients must be at most the {len(dataset.y_train)} training examples of {config.dataset}, got {config.num_clients}")
     if config.partition == "shards":
@@ -348,6 +383,9 @@ def build(config: ExperimentConfig) -> Experiment:
     data = federate(dataset, config.num_clients, config.partition, key=k_part, alpha=config.dirichlet_alpha,
                     p=config.bias, shards_per_client=config.shards_per_client)
     model = models_lib.get(config.model, dataset.x_train.shape[1:], dataset.num_classes)
+    data_attack, model_attack = build_attacks(config, dataset.num_classes, dataset.x_train, model=model, data=data)
+    if model_attack is not None:
+        model_attack.requirement(config.clients_per_round, effective_num_byzantine(config))
     loss_fn = classification_loss(mixed_precision(model.apply) if config.mixed_precision else model.apply)
     client_opt = optax.sgd(config.client_lr, momentum=config.client_momentum or None)
     if config.protocol == "fedsgd":

@@ -181,3 +181,40 @@ def test_runner_passes_settings_by_name():
         build(ExperimentConfig(constraint="cube", **small))
     exp = build(ExperimentConfig(aggregator="trimmed_mean", attack_steps=3, attack_knowledge="partial", **small))
     assert exp.round is not None
+
+
+def test_triggered_loss_is_the_cross_entropy_of_the_counted_triggered_examples():
+    from fljax.attacks.adaptive import triggered_loss
+    from fljax.types import DataAttack
+    x = np.arange(8, dtype=np.float32).reshape(4, 2) / 8
+    y = np.array([0, 1, 2, 1], np.int32)
+    # a toy success test: inputs + 1, target label 2, only examples whose label is not 2 count
+    attack = DataAttack(poison=lambda x, y, k, a: (x, y), targeted=lambda x, y: (x + 1.0, jnp.full_like(y, 2), y != 2))
+    apply = lambda p, x: x @ p["w"]                                     # logits [B, 3]
+    w = np.array([[0.3, -0.2, 0.5], [0.1, 0.4, -0.6]], np.float32)
+    loss = triggered_loss(apply, lambda flat: {"w": flat.reshape(2, 3)}, attack, x, y)
+    logits = (x + 1.0) @ w
+    ce = np.log(np.exp(logits).sum(1)) - logits[:, 2]
+    assert float(loss(jnp.asarray(w.ravel()))) == pytest.approx(ce[[0, 1, 3]].mean(), rel=1e-5)
+    with pytest.raises(ValueError, match="needs a targeted data attack"):
+        triggered_loss(apply, None, DataAttack(poison=attack.poison), x, y)
+    with pytest.raises(ValueError, match="none of the attacker's examples counts"):
+        triggered_loss(apply, None, attack, x[2:3], y[2:3])
+
+
+def test_runner_targeted_objective_needs_a_targeted_data_attack_and_reads_the_attackers_examples():
+    from fljax.experiment import attacker_examples
+    small = dict(dataset="digits", num_clients=10, clients_per_round=10, num_malicious=2, rounds=1, attack="adaptive",
+                 objective="targeted", aggregator="median", attack_steps=3, target_class=0)
+    with pytest.raises(ValueError, match="--objective=targeted: the adaptive attack needs a targeted --data_attack"):
+        build(ExperimentConfig(**small))
+    with pytest.raises(ValueError, match="--objective=targeted"):
+        build(ExperimentConfig(data_attack="label_flip_all", **small))
+    exp = build(ExperimentConfig(data_attack="backdoor", trigger_size=2, **small))
+    x, y = attacker_examples(exp.data, 2)
+    ids = np.concatenate([np.asarray(exp.data.client_indices)[c, :int(exp.data.client_counts[c])] for c in (0, 1)])
+    np.testing.assert_array_equal(y, np.asarray(exp.data.y)[ids[:256]])  # capped at ATTACKER_EXAMPLES
+    state, history = jax.jit(exp.train.run)(exp.train.init(KEY), exp.data)
+    assert np.isfinite(np.asarray(history.evals["accuracy"])).all()
+    # the attacker's objective (minus its triggered loss after the step) never ends below its start
+    assert float(state.server.attack_state["objective"]) >= float(state.server.attack_state["objective_init"])

@@ -33,7 +33,7 @@ from fljax.aggregators.averaging import mean
 from fljax.attacks._common import check_number, replace_rows
 from fljax.attacks.threat import check_knowledge, masked_mean_std, observed_rows
 from fljax.attacks.untargeted import alie_z
-from fljax.types import AggregationContext, Aggregator, Array, ModelAttack
+from fljax.types import AggregationContext, Aggregator, Array, DataAttack, ModelAttack
 
 OBJECTIVES = ("untargeted", "deviation", "targeted")
 CONSTRAINTS = ("max_norm", "distance", "none")
@@ -58,6 +58,32 @@ def _candidates(updates: Array, malicious: Array, mu: Array, sigma: Array) -> di
     own, _ = masked_mean_std(updates, malicious)
     return {"alie": mu + alie_z(updates.shape[0], jnp.sum(malicious)) * sigma, "ipm": -0.1 * mu,
             "negative_mean": -mu, "own": own}
+
+
+def triggered_loss(apply_fn: Callable, unravel: Callable, data_attack: DataAttack, x: Array, y: Array) -> Callable[[Array], Array]:
+    """A ``target_loss`` for ``adaptive(objective="targeted")``: the model's mean cross-entropy
+    on the attack's success test built from the attacker's own examples ``x, y``
+    (``data_attack.targeted``: the trigger applied, labels set to the target, only the examples
+    the attack counts), as a function of the flat parameters (``unravel`` rebuilds the tree).
+
+    Raises:
+      ValueError: the data attack has no success test (an untargeted one such as
+        ``label_flip_all``), or none of ``x, y`` counts for it.
+    """
+    if not isinstance(data_attack, DataAttack) or data_attack.targeted is None:
+        raise ValueError("adaptive: objective 'targeted' needs a targeted data attack (backdoor, dba, feature_trigger "
+                         f"or label_flip) to define the attacker's loss, got {data_attack!r}")
+    xt, yt, valid = data_attack.targeted(jnp.asarray(x), jnp.asarray(y))
+    if not bool(jnp.any(valid)):
+        raise ValueError("adaptive: none of the attacker's examples counts for the targeted objective (e.g. a "
+                         "label flip whose source class the malicious clients do not hold)")
+    weights = valid.astype(jnp.float32) / jnp.sum(valid)
+
+    def loss(flat_params: Array) -> Array:
+        logits = apply_fn(unravel(flat_params), xt)
+        return jnp.sum(weights * optax.softmax_cross_entropy_with_integer_labels(logits, yt))
+
+    return loss
 
 
 def adaptive(objective: str = "untargeted", attack_steps: int = 50, attack_lr: float = 0.25,
