@@ -5,8 +5,9 @@ setting: mnist5k, MLP, 100 clients (all per round), 20% malicious, 30 rounds of 
 
 Targeted model attacks train on backdoored data (``data_attack="backdoor"``, target class 0 as
 ``backdoor``'s own cells) and their attack success rate is the backdoor's. With 20 attackers
-sending every round, ``gamma = 5`` (= n / (eta * attackers)) makes their joint boosted update
-replace the model under the mean, as the paper's ``n / eta`` does for one attacker.
+sending every round, ``gamma = 5`` (= n / (eta * attackers), also the default ``boost_factor``
+here) makes their joint boosted update replace the model under the mean, as the paper's
+``n / eta`` does for one attacker.
 ``adaptive`` runs 10 ascent steps a round (50 is its default; at 100 clients on 2 CPU cores the
 steps through median / trimmed mean dominate the run); ``adaptive:targeted`` ascends the
 attackers' backdoor loss after the server step through the rule.
