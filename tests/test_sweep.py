@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import glob
 import json
 import os
 import subprocess
@@ -15,7 +16,8 @@ import pytest
 
 from experiments import sweep
 from experiments.configs import SweepSpec, load_config_file
-from fljax.experiment import ExperimentConfig, build
+from fljax.data import EMBEDDED
+from fljax.experiment import ExperimentConfig, attack_names, build
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -183,13 +185,18 @@ def test_cells_a_rule_cannot_take_are_reported_not_run(tmp_path):
     assert "Cells that cannot run" in open(tmp_path / "results.md").read()
 
 
-PRESETS = ["fang2020", "karimireddy2022", "tolpegin2020", "bagdasaryan2020", "baruch2019"]
+PRESETS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "experiments", "configs", "[a-z]*.py")))
+
+
+def test_every_reproduction_has_a_preset():
+    assert {"fang2020", "karimireddy2022", "tolpegin2020", "bagdasaryan2020", "baruch2019", "catalogue",
+            "tabular_backdoor"} <= set(PRESETS)
 
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_presets_load_and_expand(name):
     spec = load_config_file(os.path.join(ROOT, "experiments", "configs", f"{name}.py"))
-    assert isinstance(spec, SweepSpec) and spec.base.dataset == "mnist5k" and spec.description
+    assert isinstance(spec, SweepSpec) and spec.base.dataset in EMBEDDED and spec.description
     spec = sweep.check_registered(spec)  # every name a preset uses is registered
     cells = sweep.make_cells(spec)
     assert len(cells) >= 4
@@ -197,6 +204,14 @@ def test_presets_load_and_expand(name):
     # Only tolpegin2020 asks rules for more Byzantine clients than they tolerate (at 50%).
     assert all(r is None for r in reasons) or (name == "tolpegin2020" and all(
         c.axes["malicious_fraction"] == 0.5 for c, r in zip(cells, reasons) if r))
+
+
+def test_catalogue_and_tabular_presets_run_every_registered_attack():
+    attacks = {name: {c.config.attack for c in sweep.make_cells(
+        load_config_file(os.path.join(ROOT, "experiments", "configs", f"{name}.py")))}
+        for name in ("catalogue", "tabular_backdoor")}
+    assert attacks["catalogue"] | attacks["tabular_backdoor"] == set(attack_names())
+    assert "feature_trigger" in attacks["tabular_backdoor"]
 
 
 def test_run_and_sweep_take_a_preset_with_flags_on_top():
