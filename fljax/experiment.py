@@ -23,7 +23,6 @@ from jax.flatten_util import ravel_pytree
 
 from fljax import aggregators as aggregators_lib
 from fljax import attacks as attacks_lib
-from fljax.attacks.adaptive import triggered_loss
 from fljax import models as models_lib
 from fljax.client import EXECUTIONS, classification_loss, fedavg, fedsgd
 from fljax.data import EMBEDDED, PARTITIONS, FederatedData, federate, load
@@ -306,7 +305,7 @@ def build_attacks(config: ExperimentConfig, num_classes: int, x_train=None, *, m
                   data: Optional[FederatedData] = None):
     """``(data_attack or None, model_attack or None)`` for ``config.attack`` and ``config.data_attack``;
     ``x_train`` (the training inputs) gives triggers the input shape to validate against.
-    ``model`` and ``data`` give ``--objective=targeted`` its loss (``attacks.adaptive.triggered_loss``
+    ``model`` and ``data`` give ``--objective=targeted`` its loss (``attacks.triggered_loss``
     on the malicious clients' examples); without them (a check of the settings only) that
     objective is a constant."""
     values = dict(dataclasses.asdict(config), num_classes=num_classes, source=config.source_class,
@@ -337,8 +336,8 @@ def build_attacks(config: ExperimentConfig, num_classes: int, x_train=None, *, m
         values["target_loss"] = lambda flat_params: jnp.zeros((), flat_params.dtype)
         if model is not None and data is not None:
             _, unravel = ravel_pytree(model.init(jax.random.PRNGKey(0)))
-            values["target_loss"] = triggered_loss(model.apply, unravel, paired,
-                                                                *attacker_examples(data, config.num_malicious))
+            values["target_loss"] = attacks_lib.triggered_loss(model.apply, unravel, paired,
+                                                               *attacker_examples(data, config.num_malicious))
     strength = attacks_lib.STRENGTH.get(name)
     if strength is not None:
         values[strength] = config.attack_scale

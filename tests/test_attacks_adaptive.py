@@ -11,10 +11,10 @@ import pytest
 
 import fljax
 from fljax.aggregators import krum, mean, median, trimmed_mean
-from fljax.attacks import adaptive
+from fljax.attacks import adaptive, triggered_loss
 from fljax.attacks.untargeted import alie_z
-from fljax.experiment import ExperimentConfig, build
-from fljax.types import AttackContext
+from fljax.experiment import ExperimentConfig, attacker_examples, build
+from fljax.types import AttackContext, DataAttack
 from tests.helpers import make_data, squared_loss
 
 N, D, F = 12, 30, 3
@@ -184,8 +184,6 @@ def test_runner_passes_settings_by_name():
 
 
 def test_triggered_loss_is_the_cross_entropy_of_the_counted_triggered_examples():
-    from fljax.attacks.adaptive import triggered_loss
-    from fljax.types import DataAttack
     x = np.arange(8, dtype=np.float32).reshape(4, 2) / 8
     y = np.array([0, 1, 2, 1], np.int32)
     # a toy success test: inputs + 1, target label 2, only examples whose label is not 2 count
@@ -203,7 +201,6 @@ def test_triggered_loss_is_the_cross_entropy_of_the_counted_triggered_examples()
 
 
 def test_runner_targeted_objective_needs_a_targeted_data_attack_and_reads_the_attackers_examples():
-    from fljax.experiment import attacker_examples
     small = dict(dataset="digits", num_clients=10, clients_per_round=10, num_malicious=2, rounds=1, attack="adaptive",
                  objective="targeted", aggregator="median", attack_steps=3, target_class=0)
     with pytest.raises(ValueError, match="--objective=targeted: the adaptive attack needs a targeted --data_attack"):

@@ -23,7 +23,7 @@ STRENGTH = {"sign_flip": "scale", "gaussian": "std"}
 DATA_ATTACKS["label_flip_all"] = lambda num_classes: label_flip(num_classes)
 
 # Backdoors, targeted model poisoning and the adaptive attack (attacks part B).
-from fljax.attacks.adaptive import adaptive  # noqa: E402
+from fljax.attacks.adaptive import adaptive, triggered_loss  # noqa: E402
 from fljax.attacks.backdoor import backdoor, dba, feature_trigger  # noqa: E402
 from fljax.attacks.targeted import (LOCAL_TRAINING, constrain_and_scale, constrain_and_scale_training,  # noqa: E402
                                     model_replacement, neurotoxin, neurotoxin_training, pgd, pgd_training)
@@ -32,7 +32,8 @@ DATA_ATTACKS.update(backdoor=backdoor, dba=dba, feature_trigger=feature_trigger)
 MODEL_ATTACKS.update(model_replacement=model_replacement, constrain_and_scale=constrain_and_scale, pgd=pgd,
                      neurotoxin=neurotoxin, adaptive=adaptive)
 __all__ += ["LOCAL_TRAINING", "adaptive", "backdoor", "constrain_and_scale", "constrain_and_scale_training", "dba",
-            "feature_trigger", "model_replacement", "neurotoxin", "neurotoxin_training", "pgd", "pgd_training"]
+            "feature_trigger", "model_replacement", "neurotoxin", "neurotoxin_training", "pgd", "pgd_training",
+            "triggered_loss"]
 
 # Untargeted model poisoning and the threat model (untargeted.py, fang.py, shejwalkar.py, threat.py).
 from fljax.attacks import threat  # noqa: E402
