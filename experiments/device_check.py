@@ -18,11 +18,13 @@ installs nothing and trains on synthetic data of the real shapes. Sections, in o
    from the last scale) is skipped, and says so.
 3. ``torch``: the same round as a plain PyTorch per-client loop on the same device at
    ``--torch_scales``, and fljax's default execution's speed-up over it.
-4. ``rules``: every registered rule on a ``--rule_scale``-client round's real updates: ms, x the
+4. ``kernels``: the rules' kernels checked on this device: the order-statistics kernel against a
+   full sort (exact), the Gram matrix of the distances under each matmul algorithm (time, error).
+5. ``rules``: every registered rule on a ``--rule_scale``-client round's real updates: ms, x the
    mean, share of the round (rule / (default round + rule)); ``torch.median`` beside them.
-5. ``run``: whole runs of ``--run_rounds`` rounds at ``--rule_scale`` clients per round (20%
+6. ``run``: whole runs of ``--run_rounds`` rounds at ``--rule_scale`` clients per round (20%
    label flippers against the mean and the median, evaluated every 10 rounds), compile included.
-6. ``flute``: FLUTE's published workloads (population / clients per round / rounds) with
+7. ``flute``: FLUTE's published workloads (population / clients per round / rounds) with
    fljax's whole-run time, compile included, beside FLUTE's and FedML's (their GPU times, from
    FLUTE's README); workloads whose model fljax lacks are listed as not run.
 
@@ -65,11 +67,15 @@ def define_flags() -> None:
     flags.DEFINE_integer("local_steps", None, "local SGD steps per client (default 18; small 2)")
     flags.DEFINE_integer("batch_size", 32, "examples per local step", lower_bound=1)
     flags.DEFINE_integer("run_rounds", None, "rounds of the whole-run section (default 30; small 3)")
+    flags.DEFINE_list("executions", ["vmap", "chunked", "sequential"], "client executions of the rounds section "
+                      "(chunked runs 10 chunks per round)")
+    flags.DEFINE_bool("precision_variants", True, "also time the default execution at --rule_scale with "
+                      "--precision=fp32 and with --mixed_precision")
     flags.DEFINE_float("max_round_s", 3.0, "skip a strategy whose projected round time exceeds this", lower_bound=0)
     flags.DEFINE_float("budget_s", 420.0, "stop starting new items after this many seconds", lower_bound=1)
 
 
-SECTIONS = ("device", "rounds", "torch", "rules", "run", "flute")
+SECTIONS = ("device", "rounds", "torch", "kernels", "rules", "run", "flute")
 EXAMPLES_PER_CLIENT = 600
 CLIENT_LR = 0.05
 
@@ -231,9 +237,10 @@ def section_rounds(check: Check, work: Workload, scales: list[int], rule_scale: 
     default = fljax.client.default_execution()
     for n in scales:
         data = synthetic_data(n, EXAMPLES_PER_CLIENT)
-        specs = [("vmap", "vmap", 8, "default", False), (f"chunked:{max(1, n // 10)}", "chunked", max(1, n // 10),
-                 "default", False), ("sequential", "sequential", 8, "default", False)]
-        if n == rule_scale:
+        chunk = max(1, n // 10)
+        specs = [(f"chunked:{chunk}" if e == "chunked" else e, e, chunk if e == "chunked" else 8, "default", False)
+                 for e in FLAGS.executions]
+        if n == rule_scale and FLAGS.precision_variants:
             specs += [(f"{default} --precision=fp32", default, 8, "fp32", False),
                       (f"{default} --mixed_precision", default, 8, "default", True)]
         for label, execution, chunk, precision, mixed in specs:
@@ -307,9 +314,85 @@ def section_torch(check: Check, work: Workload, scales: list[int]) -> None:
                                   ["clients", "torch round ms", "fljax round ms", "fljax speed-up"], rows))
 
 
+def cohort_updates(check: Check, work: Workload, n: int) -> jax.Array:
+    """The ``[n, d]`` updates of an n-client round (computed once per check)."""
+    cache = check.__dict__.setdefault("updates", {})
+    if n not in cache:
+        cache[n] = round_updates(work.client_update(), work.params, synthetic_data(n, EXAMPLES_PER_CLIENT), n)
+    return cache[n]
+
+
+def section_kernels(check: Check, work: Workload, n: int) -> None:
+    """The rules' kernels on this device, against references: the order-statistics kernel
+    against a full sort, which it must equal exactly,
+    and the Gram matrix of the pairwise distances under each matmul algorithm (time and worst
+    relative distance error against float64 on the host)."""
+    from fljax.aggregators import _common, order_statistics
+
+    x = cohort_updates(check, work, n)
+    out, rows = [], []
+    k_med, k_trim = (n - 1) // 2, n // 5
+    by_sort = jax.jit(lambda x: jnp.sort(x, axis=0))
+    s = by_sort(x)
+    kth = jax.jit(lambda x: order_statistics.kth_smallest_and_largest(x, k_med))
+    trimmed = jax.jit(lambda x: order_statistics.trimmed_mean_with_shares(x, k_trim)[0])
+    for label, fn, reference in (
+            ("median ranks (kth_smallest_and_largest)", lambda: kth(x), lambda: (s[k_med], s[n - 1 - k_med])),
+            ("trimmed mean, k = n/5", lambda: trimmed(x), lambda: jnp.mean(s[k_trim:n - k_trim], axis=0))):
+        error = max(float(jnp.max(jnp.abs(g - w))) for g, w in zip(jax.tree.leaves(fn()), jax.tree.leaves(reference())))
+        seconds = timed_s(fn)
+        out.append({"kernel": label, "seconds": seconds, "max_abs_error_vs_sort": error})
+        rows.append([label, f"{seconds * 1e3:.2f}", f"{error:.2e}"])
+    rows.append(["jnp.sort(axis=0)", f"{timed_s(lambda: by_sort(x)) * 1e3:.2f}", "reference"])
+    centered = x - s[k_med]
+    host = np.asarray(centered, np.float64)
+    reference = host @ host.T
+    sq = np.diag(reference)
+    ref_dist = sq[:, None] + sq[None, :] - 2 * reference
+    off = ~np.eye(n, dtype=bool)
+    chosen = _common.gram_algorithm()
+
+    def with_algorithm(name):
+        def fn(a):
+            saved = _common.gram_algorithm
+            _common.gram_algorithm = lambda: name
+            try:
+                return _common.gram(a)
+            finally:
+                _common.gram_algorithm = saved
+        return fn
+
+    variants = {"highest": with_algorithm("highest"), "split_bf16": with_algorithm("split_bf16"),
+                "DEFAULT precision (one pass)": lambda a: jnp.dot(a, a.T),
+                "BF16_BF16_F32_X3 preset": lambda a: jnp.dot(a, a.T, precision=jax.lax.DotAlgorithmPreset.BF16_BF16_F32_X3)}
+    for name, fn in variants.items():
+        label = f"gram {name}" + (" (fljax's choice)" if name == chosen else "")
+        try:
+            dot = jax.jit(fn)
+            g = np.asarray(dot(centered), np.float64)
+        except Exception as e:  # not supported on this backend
+            out.append({"kernel": label, "error": error_line(e)})
+            rows.append([label, "unsupported", ""])
+            continue
+        d = np.diag(g)
+        dist = d[:, None] + d[None, :] - 2 * g
+        error = float(np.max(np.abs(dist - ref_dist)[off] / np.maximum(ref_dist[off], 1e-30)))
+        seconds = timed_s(lambda: dot(centered))
+        out.append({"kernel": label, "seconds": seconds, "max_rel_distance_error": error, "chosen": name == chosen})
+        rows.append([label, f"{seconds * 1e3:.2f}", f"{error:.2e} (distances)"])
+    check.add("kernels", out, table(f"Kernels of the rules on a {n}-client round's updates [{n}, {x.shape[1]:,}] "
+                                    "(errors: order statistics vs a full sort; Gram distances vs float64)",
+                                    ["kernel", "ms", "max error"], rows))
+
+
+def timed_s(fn: Callable[[], object]) -> float:
+    """Median seconds of ``fn`` after one warm-up call."""
+    jax.block_until_ready(fn())
+    return repeat_timing(fn, 0.0, target_s=1.0, most=5)
+
+
 def section_rules(check: Check, work: Workload, n: int) -> None:
-    data = synthetic_data(n, EXAMPLES_PER_CLIENT)
-    updates = round_updates(work.client_update(), work.params, data, n)
+    updates = cohort_updates(check, work, n)
     fl = default_round(check, n)
     round_s = fl["round_s"] if fl else float("nan")
     out, rows, mean_s = [], [], None
@@ -462,6 +545,10 @@ def main(argv) -> None:
     scales = [int(s) for s in pick(FLAGS.scales, ["10", "100", "1000", "10000"], ["4", "8"])]
     rule_scale = pick(FLAGS.rule_scale, 1000, 8)
     torch_scales = [int(s) for s in pick(FLAGS.torch_scales, ["100", "1000"], ["4"])]
+    bad = set(FLAGS.executions) - {"vmap", "chunked", "sequential", "parallel", "auto"}
+    if bad:
+        raise app.UsageError(f"--executions: unknown {', '.join(sorted(bad))}; valid: vmap, chunked, sequential, "
+                             "parallel, auto")
     unknown = set(FLAGS.sections) - set(SECTIONS)
     if unknown:
         raise app.UsageError(f"--sections: unknown {', '.join(sorted(unknown))}; valid: {', '.join(SECTIONS)}")
@@ -477,6 +564,7 @@ def main(argv) -> None:
     steps = {"device": lambda: section_device(check, small),
              "rounds": lambda: section_rounds(check, work, scales, rule_scale, small),
              "torch": lambda: section_torch(check, work, torch_scales),
+             "kernels": lambda: section_kernels(check, work, rule_scale),
              "rules": lambda: section_rules(check, work, rule_scale),
              "run": lambda: section_run(check, work, rule_scale, pick(FLAGS.run_rounds, 30, 3)),
              "flute": lambda: section_flute(check, small)}

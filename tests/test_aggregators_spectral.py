@@ -169,3 +169,19 @@ def test_rlr_drops_non_finite_rows_and_validates_theta():
         rlr(learning_threshold=4).requirement(3)
     with pytest.raises(ValueError, match="rlr: learning_threshold must be an integer > 0"):
         rlr(learning_threshold=0)
+
+
+@pytest.mark.parametrize("gap", [0.5, 0.99])
+def test_top_eigenpair_matches_eigh(gap):
+    """Matmul-only top eigenpair (DnC's, no LAPACK) against numpy's eigh, down to a 1% spectral gap."""
+    from fljax.aggregators.spectral import top_eigenpair
+
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.normal(size=(40, 40)))
+    eigenvalues = np.r_[3.0, 3.0 * gap, rng.uniform(0, 3.0 * gap, 38)]
+    g = (q * eigenvalues) @ q.T
+    value, vector = jax.jit(top_eigenpair)(jnp.asarray(g, jnp.float32))
+    np.testing.assert_allclose(float(value), 3.0, rtol=1e-4)
+    assert abs(abs(float(np.dot(np.asarray(vector), q[:, 0]))) - 1.0) < 1e-4
+    value, vector = jax.jit(top_eigenpair)(jnp.zeros((5, 5)))
+    assert float(value) == 0.0 and np.all(np.isfinite(np.asarray(vector)))

@@ -159,3 +159,24 @@ def test_gradients_match_sort():
     np.testing.assert_allclose(grad, expected, atol=1e-6)
     grad = jax.grad(lambda x: jnp.sum(w * ostat.kth_smallest_and_largest(x, 1)[1]))(x)
     np.testing.assert_allclose(grad, jax.grad(lambda x: jnp.sum(w * jnp.sort(x, axis=0)[5]))(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("n,k", [(10, 3), (100, 49), (101, 20)])
+def test_accelerator_form_matches_sort(n, k, monkeypatch):
+    """The GPU/TPU form (one ``lax.reduce`` per reduction, one column block), run on CPU: the
+    same exact order statistics and trimmed means as the sort."""
+    monkeypatch.setattr(ostat, "_accelerator", lambda: True)
+    x = _data(n, seed=4, subnormal=False)
+    s = _sorted(x)
+    # Fresh lambdas: jit caches traces per function, and the form is chosen at trace time.
+    lo, hi = jax.jit(lambda x: ostat.kth_smallest_and_largest(x, k))(jnp.asarray(x))
+    np.testing.assert_array_equal(np.asarray(lo), s[k])
+    np.testing.assert_array_equal(np.asarray(hi), s[n - 1 - k])
+    aggregate, shares = jax.jit(lambda x: ostat.trimmed_mean_with_shares(x, k))(jnp.asarray(x))
+    ref_aggregate, ref_shares, kept = _reference_trimmed(x, k)
+    finite = np.isfinite(ref_aggregate)
+    scale = np.abs(np.where(np.isfinite(kept), kept, 0.0)).mean(axis=0)
+    assert np.all(np.abs(np.asarray(aggregate, np.float64)[finite] - ref_aggregate[finite]) <= 1e-5 * scale[finite])
+    np.testing.assert_array_equal(np.asarray(aggregate)[~finite], ref_aggregate[~finite])
+    np.testing.assert_allclose(np.asarray(shares), ref_shares, rtol=1e-5, atol=1e-6)
+

@@ -28,7 +28,7 @@ How the order statistics are found (exact, no sort; ``experiments/benchmark.py``
 * On CPU the columns go in blocks of ~1 MiB of int16 keys (``fori_loop`` over blocks), so
   that all passes over a block hit the cache, ``x`` is read from memory once and no ``[n, d]``
   temporary is stored (fresh buffers cost ~0.6 ms/MB in page faults); on GPU/TPU the whole
-  matrix is one block and a reduction is one kernel.
+  matrix is one block and a reduction is one ``lax.reduce`` kernel.
 
 Everything is ``jnp``/``lax``: jit-, vmap- and differentiable (custom JVPs: the tangent of an
 order statistic is that of the entry holding it). float16/bfloat16 widen exactly to float32;
@@ -67,22 +67,48 @@ def _fold(rows: Sequence[Array], op: Callable[[Array, Array], Array]) -> Array:
 
 
 def _rows_per_step(n: int) -> int:
-    """Rows per loop step of ``_reduce_rows``: all of them off CPU up to 256 (one kernel); 8 on
-    CPU (a small program for any n, measured as fast as a full unroll), fewer for small n so
-    that the loop keeps 2+ steps: XLA inlines a one-step loop and then copies the reduction
-    into each consumer of its result."""
-    if jax.default_backend() != "cpu":
-        return n if n <= 256 else 8
+    """Rows per loop step of ``_reduce_rows`` on CPU: 8 (a small program for any n, measured as
+    fast as a full unroll), fewer for small n so that the loop keeps 2+ steps: XLA inlines a
+    one-step loop and then copies the reduction into each consumer of its result."""
     return 8 if n >= 24 else max(1, n // 3)
+
+
+_LAX_OPS = {jnp.add: lax.add, jnp.minimum: lax.min, jnp.maximum: lax.max}
+
+
+def _accelerator() -> bool:
+    """Whether the kernels take their accelerator form (one kernel per reduction, one column
+    block): on GPU/TPU. A function, so tests can run that form on CPU too."""
+    return jax.default_backend() != "cpu"
+
+
+def _identity(op: Callable, dtype) -> Array:
+    """The neutral element of ``op`` (add, min or max) in ``dtype``."""
+    if op is lax.add:
+        return jnp.zeros((), dtype)
+    bound = jnp.iinfo(dtype) if jnp.issubdtype(dtype, jnp.integer) else None
+    if op is lax.min:
+        return jnp.array(bound.max if bound else jnp.inf, dtype)
+    return jnp.array(bound.min if bound else -jnp.inf, dtype)
 
 
 def _reduce_rows(reductions: Sequence[Reduction], *arrays: Array) -> list[Array]:
     """Column reductions of ``[n, c]`` arrays: per ``(fn, op)``, the ``op``-reduction over axis 0
     of the elementwise ``fn(*rows)`` (``[c]`` operands broadcast), as ``[c]``; one pass.
 
-    Written as trees of ``op`` over row slices inside a ``fori_loop`` over groups of rows:
-    each step fuses into loops vectorized across columns.
+    On CPU, trees of ``op`` over row slices inside a ``fori_loop`` over groups of rows: each
+    step fuses into loops vectorized across columns. On GPU/TPU, one ``lax.reduce`` over axis 0
+    per reduction, each a single fused kernel (a loop over row groups there launched ~n/8
+    kernels per pass and made a GPU median 10x slower than one ``jnp.sort``). Integer sums wrap
+    in their own dtype on every backend.
     """
+    if _accelerator():
+        out = []
+        for fn, op in reductions:
+            values = fn(*arrays)
+            lax_op = _LAX_OPS.get(op, op)
+            out.append(lax.reduce(values, _identity(lax_op, values.dtype), lax_op, (0,)))
+        return out
     n = arrays[0].shape[0]
     step_rows = _rows_per_step(n)
     head = n % step_rows or step_rows
@@ -136,6 +162,9 @@ def key_float(key: Array) -> Array:
 
 def _bisect16(values: Sequence[Array], ranks: Sequence[int]) -> list[Array]:
     """Radix select on int16 values, one bit per pass, for several (array, rank) pairs at once.
+
+    (Several bits per pass, i.e. 2^bits - 1 counts per pass, did not pay on an H200: XLA runs
+    each count as its own reduction; 2 bits were no faster, 4 bits 1.5x and 8 bits 10x slower.)
 
     Args:
       values: per rank, ``int16 [n, c]`` values (the same array may repeat).
@@ -255,7 +284,7 @@ def _radix_select(key: Array, ranks: Sequence[int]) -> list[Array]:
 
 def _block_columns(n: int, d: int) -> int:
     """Columns per block: cache-sized blocks on CPU, one block elsewhere."""
-    if jax.default_backend() != "cpu":
+    if _accelerator():
         return d
     return min(d, max(16, BLOCK_ELEMENTS // max(n, 1)) // 16 * 16)
 
