@@ -13,10 +13,11 @@ sampling, local batches, attack randomness). A cell builds its data once and run
 ``jax.vmap(run)(keys)`` over those keys, so seed ``s == --seed`` gives exactly what
 ``python -m experiments.run --seed=s`` computes for that cell.
 
-``--seed_execution``: how the seeds share that one program: ``vmap`` (batched; the default),
-``parallel`` (``pmap``: the seeds split over the local devices, one stream per CPU core, which
-``--cpu_cores`` exposes as devices), or ``map`` (``lax.map``: one after another, memory of one
-seed).
+``--seed_execution``: how the seeds share that one program: ``vmap`` (batched), ``parallel``
+(``pmap``: the seeds split over the local devices, one stream per CPU core, which
+``--cpu_cores`` exposes as devices), ``map`` (``lax.map``: one after another, memory of one
+seed; each seed's clients then run ``parallel`` over the CPU cores), or ``auto`` (the default:
+``map`` on a multi-core CPU, ``vmap`` elsewhere).
 
 Programs: a cell's program takes the federated data as an argument, so cells that differ only
 in the partition's values (e.g. ``iid`` and ``shards:2``, whose client tables have equal shapes)
@@ -233,17 +234,19 @@ SEED_EXECUTIONS = ("auto", "vmap", "map", "parallel")
 """How a cell's seeds run inside its one program: ``vmap`` (batched: one wide program, for
 hardware with parallelism to spare), ``map`` (``lax.map``: one seed after another, memory of
 one seed; for runs whose batched seeds would not fit), ``parallel`` (the seeds split over the
-local devices with ``pmap``, e.g. one seed per CPU core after ``fljax.use_cpu_cores``; opt-in,
-see ``resolve_seed_execution``), or ``auto``: ``vmap``."""
+local devices with ``pmap``, e.g. one seed per CPU core after ``fljax.use_cpu_cores``), or
+``auto`` (``resolve_seed_execution``)."""
 
 
 def resolve_seed_execution(mode: str) -> str:
-    """``auto`` -> ``vmap`` (``parallel`` is opt-in: on 2 CPU devices a DnC run stalled under
-    ``pmap``); other modes as given."""
+    """``auto`` -> the fastest measured: on a CPU whose cores are devices (``use_cpu_cores``),
+    ``map``, so that each seed's clients run ``parallel`` over every core (no padding, unlike
+    seeds split over the cores, and unlike ``vmap``, whose batched small matmuls XLA:CPU runs on
+    one core); ``vmap`` elsewhere. Other modes as given."""
     if mode not in SEED_EXECUTIONS + ("single",):
         raise ValueError(f"--seed_execution must be one of {', '.join(SEED_EXECUTIONS)}, got {mode!r}")
     if mode == "auto":
-        return "vmap"
+        return "map" if fljax.client.default_execution() == "parallel" else "vmap"
     return mode
 
 
@@ -735,7 +738,8 @@ flags.DEFINE_bool("allow_missing", False, "sweep only the registered attacks/agg
 flags.DEFINE_bool("progress", True, "show a progress bar over cells")
 flags.DEFINE_enum("seed_execution", "auto", SEED_EXECUTIONS, "how a cell's seeds run in its one program: vmap "
                   "(batched), map (lax.map: one after another, memory of one seed), parallel (pmap: seeds "
-                  "over the CPU cores' devices), auto (vmap)")
+                  "over the CPU cores' devices), auto (map on a multi-core CPU: each seed's clients over "
+                  "every core; vmap elsewhere)")
 
 _RUNNER_ONLY = ("output", "workdir", "checkpoint_every", "quiet")
 

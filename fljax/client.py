@@ -150,11 +150,13 @@ def fedavg(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, local_st
 
 
 def default_execution() -> str:
-    """Measured per backend (DESIGN.md, ``experiments/benchmark.py``): ``vmap`` on accelerators,
-    ``sequential`` on CPU. ``parallel`` (faster on a multi-core CPU for local training) is opt-in:
-    on 2 CPU devices, runs whose rule calls LAPACK inside the program (DnC's ``eigh``) stalled
-    under ``pmap``."""
-    return "sequential" if jax.default_backend() == "cpu" else "vmap"
+    """The fastest strategy measured on each backend (``experiments/benchmark.py``,
+    ``experiments/device_check.py``): ``vmap`` on GPU/TPU; on CPU ``parallel`` when
+    ``use_cpu_cores`` exposed several cores as devices (one sequential stream of clients per
+    core), else ``sequential``."""
+    if jax.default_backend() != "cpu":
+        return "vmap"
+    return "parallel" if jax.local_device_count() > 1 else "sequential"
 
 
 def use_cpu_cores(count: Optional[int] = None) -> None:
@@ -195,8 +197,8 @@ def map_clients(fn: Callable, xs, execution: str = "auto", chunk_size: int = 8):
     chunks of ``chunk_size`` clients inside a sequential loop (memory O(chunk)); ``sequential``:
     one client at a time; ``parallel``: the clients split over the local devices with
     ``jax.pmap``, each device running its share one at a time (fastest local training on a
-    multi-core CPU after ``use_cpu_cores()``; with one device it is ``sequential``; see
-    ``default_execution`` for its caveat); ``auto``: ``default_execution()``.
+    multi-core CPU after ``use_cpu_cores()``; with one device it is ``sequential``);
+    ``auto``: ``default_execution()``.
     Every strategy computes the same per-client function, so results agree to float rounding.
     """
     if execution == "auto":

@@ -174,7 +174,7 @@ def test_rlr_drops_non_finite_rows_and_validates_theta():
 @pytest.mark.parametrize("gap", [0.5, 0.99])
 def test_top_eigenpair_matches_eigh(gap):
     """Matmul-only top eigenpair (DnC's, no LAPACK) against numpy's eigh, down to a 1% spectral gap."""
-    from fljax.aggregators.spectral import top_eigenpair
+    from fljax.aggregators._common import top_eigenpair
 
     rng = np.random.default_rng(0)
     q, _ = np.linalg.qr(rng.normal(size=(40, 40)))

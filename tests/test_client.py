@@ -1,5 +1,10 @@
 """Client updates: FedSGD / FedAvg against hand computations; padding never counts."""
 
+import json
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -101,3 +106,38 @@ def test_parallel_execution_with_one_device_is_sequential():
     xs = (jnp.arange(5.0), jnp.arange(5.0) * 3)
     out = jax.jit(lambda v: map_clients(lambda a: a[0] * a[1] + 1, v, "parallel"))(xs)
     np.testing.assert_allclose(out, xs[0] * xs[1] + 1)
+
+
+def _parallel_worker(*cases):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    proc = subprocess.run([sys.executable, os.path.join(root, "tests", "parallel_worker.py"), *cases], cwd=root,
+                          env=env, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _check_parallel(result, names):
+    assert result["devices"] == 2 and result["default_execution"] == "parallel"
+    assert set(result["cases"]) == set(names)
+    for name, case in result["cases"].items():
+        assert "error" not in case, (name, case)
+        # the same clients with the same keys as one sequential stream: equal to float rounding
+        assert case["finite"] and case["diff"] <= 1e-6, (name, case)
+
+
+def test_default_execution_on_two_cpu_cores_is_parallel_and_equals_sequential():
+    """With 2 cores exposed, the default runs clients as ``pmap`` streams; DnC (whose LAPACK
+    ``eigh`` once stalled under ``pmap``), the median and PGD's malicious training finish and
+    equal the sequential round. The slow version covers every rule and local-training attack."""
+    cases = ("dnc", "median", "attack:pgd")
+    _check_parallel(_parallel_worker(*cases), cases)
+
+
+@pytest.mark.slow
+def test_every_rule_and_local_training_attack_under_the_parallel_default():
+    from fljax import attacks
+    from fljax.aggregators import REGISTRY
+
+    _check_parallel(_parallel_worker(), set(REGISTRY) | {f"attack:{a}" for a in attacks.LOCAL_TRAINING})

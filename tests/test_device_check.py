@@ -34,7 +34,7 @@ def close(a, b):
 
 def test_every_section_is_written(check):
     results, markdown = check
-    assert list(results["sections"]) == ["device", "rounds", "torch", "rules", "run", "flute"]
+    assert list(results["sections"]) == ["device", "rounds", "torch", "kernels", "rules", "run", "flute"]
     device = results["device"]
     assert device["backend"] == "cpu" and device["fp32_peak_tflops"] > 0 and device["jax"]
     assert f"# fljax device check: {device['device_kind']} (cpu)" in markdown
@@ -81,3 +81,13 @@ def test_torch_ratio_and_whole_runs(check):
     flute = {r["workload"]: r for r in results["sections"]["flute"]}
     assert flute["lr_mnist"]["rounds"] >= 2 and flute["cnn_femnist"]["finite"]
     assert flute["resnet18_gn_cifar100"]["skipped"] == flute["rnn_shakespeare"]["skipped"] == "model not in fljax yet"
+
+
+def test_kernels_are_checked_against_references(check):
+    results, _ = check
+    rows = {r["kernel"]: r for r in results["sections"]["kernels"]}
+    assert rows["median ranks (kth_smallest_and_largest)"]["max_abs_error_vs_sort"] == 0.0
+    assert rows["trimmed mean, k = n/5"]["max_abs_error_vs_sort"] < 1e-6
+    chosen = [r for r in rows.values() if r.get("chosen")]
+    assert len(chosen) == 1 and chosen[0]["max_rel_distance_error"] < 1e-5
+    assert rows["gram split_bf16"]["max_rel_distance_error"] < 1e-4

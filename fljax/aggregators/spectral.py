@@ -11,30 +11,6 @@ from fljax.aggregators import _common
 from fljax.types import Aggregator, Array
 
 
-def top_eigenpair(g: Array, squarings: int = 12) -> tuple[Array, Array]:
-    """Top eigenvalue and unit eigenvector of a symmetric positive semi-definite ``[n, n]`` matrix,
-    with matrix products only (no LAPACK: ``eigh`` inside a ``pmap`` over CPU devices stalled).
-
-    Power iteration by repeated squaring: ``A <- A A / trace(A A)`` ``squarings`` times is
-    ``2^squarings`` power steps (4,096 by default: a spectral gap ``lambda_2 / lambda_1`` of
-    0.99 leaves 1e-18 of the second direction), after which ``A ~ u u^T`` and its largest
-    column is ``u``; two power steps with ``g`` itself then polish ``u`` and give the eigenvalue
-    as the Rayleigh quotient. A zero matrix gives eigenvalue 0.
-    """
-    hi = jax.lax.Precision.HIGHEST
-
-    def square(_, a):
-        a = jnp.dot(a, a, precision=hi)
-        return a / jnp.maximum(jnp.trace(a), jnp.finfo(a.dtype).tiny)
-
-    a = jax.lax.fori_loop(0, squarings, square, g / jnp.maximum(jnp.trace(g), jnp.finfo(g.dtype).tiny))
-    u = a[:, jnp.argmax(jnp.diag(a))]
-    for _ in range(2):
-        u = jnp.dot(g, u, precision=hi)
-        u = u / jnp.maximum(jnp.linalg.norm(u), jnp.finfo(g.dtype).tiny)
-    return jnp.dot(u, jnp.dot(g, u, precision=hi), precision=hi), u
-
-
 def dnc_keep(updates: Array, finite: Array, key: Array, subsample_dim: int, num_kept: int) -> Array:
     """One DnC pass: ``bool[n]``, the ``num_kept`` updates with the lowest outlier scores.
 
@@ -43,7 +19,7 @@ def dnc_keep(updates: Array, finite: Array, key: Array, subsample_dim: int, num_
     of the centered ``[n, b]`` matrix C; non-finite rows score +inf (removed first). ``v`` is not
     formed: with ``u`` the top eigenvector (eigenvalue ``lambda``) of the ``[n, n]`` Gram
     ``C C^T``, ``C v = sqrt(lambda) u``, so ``s_i = lambda u_i^2`` (one matmul and
-    ``top_eigenpair``'s n x n products instead of an SVD of the ``[n, b]`` matrix, which is
+    ``_common.top_eigenpair``'s n x n products instead of an SVD of the ``[n, b]`` matrix, which is
     slow on CPU).
     """
     n, d = updates.shape
@@ -55,7 +31,7 @@ def dnc_keep(updates: Array, finite: Array, key: Array, subsample_dim: int, num_
     sub = jnp.where(finite[:, None], sub, 0.0)
     mu = jnp.dot(_common.normalize(finite.astype(sub.dtype)), sub, precision=jax.lax.Precision.HIGHEST)
     centered = jnp.where(finite[:, None], sub - mu, 0.0)
-    eigenvalue, eigenvector = top_eigenpair(_common.gram(centered))
+    eigenvalue, eigenvector = _common.top_eigenpair(_common.gram(centered))
     scores = jnp.where(finite, eigenvalue * jnp.square(eigenvector), jnp.inf)
     lowest = jnp.argsort(scores, stable=True)[:num_kept]
     return jnp.zeros(n, bool).at[lowest].set(True)

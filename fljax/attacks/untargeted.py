@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import ndtri
 
+from fljax.aggregators._common import gram, top_eigenpair
 from fljax.attacks._common import check_number, replace_rows
 from fljax.attacks.model import _stateless
 from fljax.attacks.threat import check_knowledge, masked_mean_std, observed_rows
@@ -152,11 +153,10 @@ def mimic_target(updates: Array, honest: Array, choice: str = "max_variance") ->
         return jnp.argmax(honest)
     mu, _ = masked_mean_std(updates, honest)
     x = jnp.where(honest[:, None], updates - mu, 0.0)
-    gram = jnp.dot(x, x.T, precision=jax.lax.Precision.HIGHEST)
-    _, vectors = jnp.linalg.eigh(gram)
     # The top eigenvector u of the Gram matrix holds the projections of the rows on the top
     # principal direction z of the honest updates, up to a factor: (x_i . z) = sqrt(lambda) u_i.
-    return jnp.argmax(jnp.where(honest, jnp.abs(vectors[:, -1]), -1.0))
+    _, vector = top_eigenpair(gram(x))
+    return jnp.argmax(jnp.where(honest, jnp.abs(vector), -1.0))
 
 
 def mimic(choice: str = "max_variance") -> ModelAttack:

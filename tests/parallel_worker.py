@@ -1,0 +1,83 @@
+"""Rules and malicious local trainings under the CPU default execution (``parallel``: ``pmap``
+over 2 CPU devices), run as a script by tests/test_client.py: the cases named on the command
+line, or every registered rule and local-training attack.
+
+``use_cpu_cores`` must run before JAX starts, hence the subprocess. Prints, as JSON on its last
+line, the default execution it saw and per case whether two rounds finished with finite params,
+and how far the parallel round's params are from the sequential round's (same clients, same keys).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import fljax  # noqa: E402
+
+fljax.use_cpu_cores(2)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from experiments.timing import build_aggregator  # noqa: E402
+from fljax import attacks  # noqa: E402
+from fljax.aggregators import REGISTRY  # noqa: E402
+
+NUM_CLASSES, N = 3, 11  # 11 clients over 2 devices: one padding client; Bulyan's n >= 4f + 3 with f = 2
+
+
+def tiny():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 4)).astype(np.float32)
+    y = np.argmax(x[:, :NUM_CLASSES], axis=1).astype(np.int32)
+    table = rng.integers(0, 60, size=(20, 6)).astype(np.int32)
+    counts = rng.integers(2, 7, size=20).astype(np.int32)
+    data = fljax.FederatedData(jnp.asarray(x), jnp.asarray(y), jnp.asarray(table), jnp.asarray(counts),
+                               jnp.asarray(x), jnp.asarray(y))
+    apply = lambda p, xb: xb @ p["w"] + p["b"]
+    params = {"w": 0.1 * jax.random.normal(jax.random.PRNGKey(0), (4, NUM_CLASSES)), "b": jnp.zeros(NUM_CLASSES)}
+    return data, apply, params
+
+
+def two_rounds(rnd, params, data):
+    state = rnd.init(params)
+    for r in range(2):
+        state, _ = rnd.step(state, data, jax.random.PRNGKey(r))
+    return jax.block_until_ready(state.params)
+
+
+def main():
+    data, apply, params = tiny()
+    loss = fljax.classification_loss(apply)
+    update = fljax.fedavg(loss, optax.sgd(0.3), local_steps=2, batch_size=3)
+    cases = {name: dict(aggregator=build_aggregator(name, N)[0]) for name in sorted(REGISTRY)}
+    optimizer = optax.sgd(0.3)
+    for name, training in attacks.LOCAL_TRAINING.items():
+        cases[f"attack:{name}"] = dict(aggregator=REGISTRY["median"](), num_malicious=6,
+                                       data_attack=attacks.label_flip(NUM_CLASSES, source=0, target=1),
+                                       malicious_client_update=training(loss, optimizer, local_steps=2, batch_size=3))
+    wanted = sys.argv[1:] or list(cases)
+    out = {"default_execution": fljax.client.default_execution(), "devices": jax.local_device_count(), "cases": {}}
+    for name in wanted:
+        kwargs = cases[name]
+        result = {}
+        try:
+            finals = {e: two_rounds(fljax.make_round(update, clients_per_round=N, execution=e, **kwargs), params, data)
+                      for e in ("auto", "sequential")}
+            leaves = [np.asarray(a, np.float64) for a in jax.tree.leaves(finals["auto"])]
+            result["finite"] = all(bool(np.all(np.isfinite(a))) for a in leaves)
+            result["diff"] = max(float(np.max(np.abs(a - np.asarray(b, np.float64))))
+                                 for a, b in zip(leaves, jax.tree.leaves(finals["sequential"])))
+        except Exception as e:  # reported by name; the test fails on it
+            result["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        out["cases"][name] = result
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
