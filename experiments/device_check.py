@@ -48,6 +48,8 @@ import optax
 from absl import app, flags
 
 import fljax
+from experiments import flute
+from experiments.flute import whole_run
 from experiments.timing import (INPUT_SHAPE, NUM_CLASSES, build_aggregator, matmul_peak, now, round_updates,
                                 synthetic_data, table, time_aggregator, torch_median_seconds, torch_mlp_round,
                                 torch_version)
@@ -78,21 +80,6 @@ def define_flags() -> None:
 SECTIONS = ("device", "rounds", "torch", "kernels", "rules", "run", "flute")
 EXAMPLES_PER_CLIENT = 600
 CLIENT_LR = 0.05
-
-# FLUTE's README (microsoft/msrflute), on GPU: (population, clients per round, rounds) and the
-# whole-run seconds of FLUTE and FedML 0.7.303 (../shared/PAPERS.md).
-FLUTE_WORKLOADS = {
-    "lr_mnist": dict(model="logreg", shape=(28, 28, 1), classes=10, population=1000, per_round=10, rounds=100,
-                     examples=60_000, flute_s=95.0, fedml_s=189.0),
-    "cnn_femnist": dict(model="cnn", shape=(28, 28, 1), classes=62, population=3400, per_round=10, rounds=1500,
-                        examples=680_000, flute_s=502.0, fedml_s=20992.0),
-    "resnet18_gn_cifar100": dict(model=None, population=500, per_round=10, rounds=4000, flute_s=6121.0,
-                                 fedml_s=57336.0),
-    "rnn_shakespeare": dict(model=None, population=715, per_round=10, rounds=1200, flute_s=1310.0,
-                            fedml_s=24381.0),
-}
-FLUTE_LOCAL = "1 local epoch of batch 32 (FLUTE's configs may differ)"
-
 
 class Check:
     """The check's results and its time budget; ``save`` writes both files."""
@@ -426,24 +413,6 @@ def section_rules(check: Check, work: Workload, n: int) -> None:
                                   ["rule", "compile+1st s", "ms", "x mean", "share"], rows))
 
 
-def whole_run(client_update, apply, init, data, *, per_round: int, rounds: int, aggregator, eval_every: int,
-              num_malicious: int = 0, num_classes: int = NUM_CLASSES) -> dict:
-    """Compiles and runs a whole run (``make_train``) once: compile and run seconds, final accuracy."""
-    attack = fljax.attacks.label_flip(num_classes, source=5 % num_classes, target=3 % num_classes)
-    rnd = fljax.make_round(client_update, aggregator, clients_per_round=per_round, num_malicious=num_malicious,
-                           data_attack=attack if num_malicious else None, jit=False)
-    train = fljax.make_train(rnd, data, init, fljax.make_evaluate(apply), num_rounds=rounds, eval_every=eval_every)
-    key = jax.random.PRNGKey(0)
-    start = now()
-    compiled = jax.jit(lambda k: train(k)).lower(key).compile()
-    compile_s = now() - start
-    start = now()
-    state, history = jax.block_until_ready(compiled(key))
-    run_s = now() - start
-    return {"compile_s": compile_s, "run_s": run_s, "total_s": compile_s + run_s, "rounds_per_s": rounds / run_s,
-            "final_accuracy": float(history.evals["accuracy"][-1]), "finite": bool(history.evals["finite"][-1])}
-
-
 def section_run(check: Check, work: Workload, n: int, rounds: int) -> None:
     population = 10 * n
     data = synthetic_data(population, EXAMPLES_PER_CLIENT)
@@ -468,42 +437,20 @@ def section_run(check: Check, work: Workload, n: int, rounds: int) -> None:
 
 
 def section_flute(check: Check, small: bool) -> None:
-    out, rows = [], []
-    for name, w in FLUTE_WORKLOADS.items():
-        flute = f"{w['flute_s']:.0f} s"
-        if w["model"] is None:
-            out.append({"workload": name, **check.skip(f"flute {name}", "model not in fljax yet")})
-            rows.append([name, f"{w['population']}/{w['per_round']}/{w['rounds']}", "not run (no model yet)", "",
-                         "", flute, f"{w['fedml_s']:.0f} s"])
-            continue
-        population, rounds = w["population"], w["rounds"]
-        examples = w["examples"]
-        if small:  # one local step per client
-            population, rounds = population // 100, max(2, rounds // 300)
-            examples = population * 32
+    rows = []
+    for name in flute.WORKLOADS:
         if check.left() < 60 and not small:
-            out.append({"workload": name, **check.skip(f"flute {name}", "time budget")})
+            rows.append({"workload": name, **check.skip(f"flute {name}", "time budget")})
             continue
-        per_client = examples // population
-        data = synthetic_data(population, per_client, input_shape=w["shape"], num_classes=w["classes"],
-                              pool=min(examples, 60_000), seed=1)
-        model = fljax.models.get(w["model"], w["shape"], w["classes"])
-        update = fljax.fedavg(fljax.classification_loss(model.apply), optax.sgd(0.05), local_epochs=1, batch_size=32)
         try:
-            r = whole_run(update, model.apply, model.init, data, per_round=w["per_round"], rounds=rounds,
-                          aggregator=REGISTRY["mean"](), eval_every=rounds, num_classes=w["classes"])
-        except Exception as e:
-            out.append({"workload": name, "error": error_line(e)})
-            continue
-        out.append({"workload": name, "population": population, "clients_per_round": w["per_round"],
-                    "rounds": rounds, "examples_per_client": per_client, "local": FLUTE_LOCAL,
-                    "flute_s": w["flute_s"], "fedml_s": w["fedml_s"], **r})
-        rows.append([name, f"{population}/{w['per_round']}/{rounds}", f"{r['total_s']:.1f} s",
-                     f"{r['compile_s']:.1f} s", f"{r['run_s']:.2f} s", flute, f"{w['fedml_s']:.0f} s"])
-    check.add("flute", out, table(f"FLUTE's workloads (population/per round/rounds), whole run, compile included; "
-                                  f"{FLUTE_LOCAL}; synthetic data of the real shapes; FLUTE and FedML times are "
-                                  "theirs, on their GPU" + (" (sizes / 100: --small)" if small else ""),
-                                  ["workload", "shape", "fljax total", "compile", "run", "FLUTE", "FedML"], rows))
+            row = flute.run_workload(name, shrink=100 if small else 1)
+        except Exception as e:  # reported, the check goes on
+            row = {"workload": name, "error": error_line(e)}
+        if "skipped" in row:
+            check.skip(f"flute {name}", row["skipped"])
+        rows.append(row)
+    device = check.results.get("device", {}).get("device_kind", jax.devices()[0].device_kind)
+    check.add("flute", rows, flute.rows_table(rows, device, 100 if small else 1))
 
 
 def evaluate_targets(check: Check, rule_scale: int) -> None:

@@ -80,7 +80,8 @@ def test_torch_ratio_and_whole_runs(check):
         assert r["rounds"] == 3 and r["clients_per_round"] == 8
     flute = {r["workload"]: r for r in results["sections"]["flute"]}
     assert flute["lr_mnist"]["rounds"] >= 2 and flute["cnn_femnist"]["finite"]
-    assert flute["resnet18_gn_cifar100"]["skipped"] == flute["rnn_shakespeare"]["skipped"] == "model not in fljax yet"
+    for name, row in flute.items():  # each workload ran, or says why not
+        assert row.get("finite") or "not in fljax yet" in row.get("skipped", ""), (name, row)
 
 
 def test_kernels_are_checked_against_references(check):
