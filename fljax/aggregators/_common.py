@@ -96,7 +96,9 @@ def gram(x: Array, y: Array | None = None) -> Array:
     """
     if gram_algorithm() == "highest":
         return jnp.dot(x, (x if y is None else y).T, precision=jax.lax.Precision.HIGHEST)
-    dot = lambda a, b: jnp.dot(a, b.T, preferred_element_type=jnp.float32)
+    # HIGHEST on bf16 operands is the plain bf16 product; should a compiler widen the operands
+    # back to float32, it still forbids a TF32 pass.
+    dot = lambda a, b: jnp.dot(a, b.T, precision=jax.lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
     xh, xl = _split_bf16(x)
     if y is None:
         cross = dot(xh, xl)
