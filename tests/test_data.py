@@ -149,24 +149,29 @@ def test_tfds_bare_name_offline_fails_fast(tmp_path):
 
 @pytest.mark.parametrize("name", sorted(data.SYNTHETIC))
 def test_synthetic_stand_ins_have_the_real_shapes(name):
-    ds = data.load(f"synthetic:{name}", seed=1)
-    shape = data.SYNTHETIC[name]
+    small = lambda seed: data.synthetic(name, num_train=200, num_test=10, seed=seed)
+    ds, shape = small(1), data.SYNTHETIC[name]
     real = {"mnist": ((28, 28, 1), 10), "femnist": ((28, 28, 1), 62), "shakespeare": ((80,), 82), **TFDS_SHAPES}
     assert (shape.input_shape, shape.num_classes) == real[name]
     assert ds.name == f"synthetic:{name}" and ds.num_classes == shape.num_classes
-    assert ds.x_train.shape == (6000,) + shape.input_shape and ds.x_test.shape == (1000,) + shape.input_shape
+    assert ds.x_train.shape == (200,) + shape.input_shape and ds.x_test.shape == (10,) + shape.input_shape
     assert (ds.train_clients is not None) == (name in ("femnist", "shakespeare"))
-    small = lambda seed: data.synthetic(name, num_train=200, num_test=10, seed=seed)
-    np.testing.assert_array_equal(small(1).x_train, small(1).x_train)  # deterministic in the seed
-    assert not np.array_equal(small(1).x_train, small(2).x_train)
+    np.testing.assert_array_equal(small(1).x_train, ds.x_train)  # deterministic in the seed
+    assert not np.array_equal(small(2).x_train, ds.x_train)
+
+
+def test_load_synthetic_by_name():
+    ds = data.load("synthetic:fashion_mnist", seed=4)
+    assert ds.name == "synthetic:fashion_mnist" and ds.x_train.shape == (6000, 28, 28, 1) and ds.x_test.shape == (1000, 28, 28, 1)
+    np.testing.assert_array_equal(ds.y_test, data.synthetic("fashion_mnist", seed=4).y_test)
 
 
 def test_synthetic_images_are_learnable_and_balanced():
-    ds = data.synthetic("cifar100", num_train=2000, num_test=500)
-    assert ds.x_train.min() >= 0 and ds.x_train.max() <= 1 and np.all(np.bincount(ds.y_train, minlength=100) == 20)
-    np.testing.assert_array_equal(np.bincount(ds.y_test, minlength=100), np.full(100, 5))
+    ds = data.synthetic("cifar100", num_train=1000, num_test=200)
+    assert ds.x_train.min() >= 0 and ds.x_train.max() <= 1 and np.all(np.bincount(ds.y_train, minlength=100) == 10)
+    np.testing.assert_array_equal(np.bincount(ds.y_test, minlength=100), np.full(100, 2))
     means = np.stack([ds.x_train[ds.y_train == c].mean(0) for c in range(100)]).reshape(100, -1)
-    distances = ((ds.x_test.reshape(500, 1, -1) - means[None]) ** 2).sum(-1)
+    distances = ((ds.x_test.reshape(200, 1, -1) - means[None]) ** 2).sum(-1)
     assert np.mean(distances.argmin(1) == ds.y_test) > 0.9  # nearest class mean
 
 

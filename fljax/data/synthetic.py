@@ -5,7 +5,8 @@
 an image is a mix of its class's fixed random prototype and uniform noise; a Shakespeare
 sequence is a walk of a random Markov chain over LEAF's characters with three successors per
 character. ``femnist`` and ``shakespeare`` stand-ins have natural clients of unequal sizes, so
-``--partition=natural`` runs on them. Every draw comes from ``jax.random`` and ``seed``.
+``--partition=natural`` runs on them. Every draw comes from NumPy's generator seeded with the
+bits of a ``jax.random`` key of ``seed`` and the name (NumPy: no compilation per shape).
 """
 
 from __future__ import annotations
@@ -40,24 +41,21 @@ SUCCESSORS = 3
 """Characters that may follow each character in the synthetic Shakespeare chain."""
 
 
-def _images(key, sizes: tuple[int, int], shape: Shape) -> tuple[np.ndarray, np.ndarray]:
+def _images(rng: np.random.Generator, sizes: tuple[int, int], shape: Shape) -> tuple[np.ndarray, np.ndarray]:
     """Train and test images, each split with balanced classes, drawn around shared prototypes."""
-    k_proto, k_train, k_test, k_noise = jax.random.split(key, 4)
-    prototypes = jax.random.uniform(k_proto, (shape.num_classes,) + shape.input_shape)
-    labels = np.concatenate([np.asarray(jax.random.permutation(k, np.arange(n) % shape.num_classes))
-                             for k, n in zip((k_train, k_test), sizes)])
-    x = 0.4 * prototypes[labels] + 0.6 * jax.random.uniform(k_noise, (len(labels),) + shape.input_shape)
-    return np.asarray(x, np.float32), labels.astype(np.int32)
+    prototypes = rng.random((shape.num_classes,) + shape.input_shape, np.float32)
+    labels = np.concatenate([rng.permutation(np.arange(n) % shape.num_classes) for n in sizes]).astype(np.int32)
+    noise = rng.random((len(labels),) + shape.input_shape, np.float32)
+    return 0.4 * prototypes[labels] + 0.6 * noise, labels
 
 
-def _text(key, n: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+def _text(rng: np.random.Generator, n: int, length: int) -> tuple[np.ndarray, np.ndarray]:
     """Token windows of a random chain over ids 1..80 (LEAF's characters) and the shifted windows."""
-    k_next, k_start, k_walk = jax.random.split(key, 3)
     chars = len(leaf.SHAKESPEARE_CHARS)
-    successors = np.asarray(jax.random.randint(k_next, (chars + 1, SUCCESSORS), 1, chars + 1))
-    choice = np.asarray(jax.random.randint(k_walk, (n, length), 0, SUCCESSORS))
+    successors = rng.integers(1, chars + 1, (chars + 1, SUCCESSORS))
+    choice = rng.integers(0, SUCCESSORS, (n, length))
     walk = np.empty((n, length + 1), np.int32)
-    walk[:, 0] = np.asarray(jax.random.randint(k_start, (n,), 1, chars + 1))
+    walk[:, 0] = rng.integers(1, chars + 1, n)
     for t in range(length):
         walk[:, t + 1] = successors[walk[:, t], choice[:, t]]
     return walk[:, :-1], walk[:, 1:]
@@ -79,17 +77,15 @@ def synthetic(name: str, num_train: int = 6000, num_test: int = 1000, seed: int 
         raise ValueError(f"synthetic: num_train must be an integer >= {max(1, shape.natural_clients)} and num_test >= 1, "
                          f"got {num_train!r}, {num_test!r}")
     key = jax.random.fold_in(jax.random.PRNGKey(seed), sorted(SYNTHETIC).index(name))
-    k_data, k_clients = jax.random.split(key)
-    n = num_train + num_test
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).tolist())
     if name == "shakespeare":  # one chain for train and test: the test set is learnable from the training set
-        x, y = _text(k_data, n, shape.input_shape[0])
+        x, y = _text(rng, num_train + num_test, shape.input_shape[0])
     else:
-        x, y = _images(k_data, (num_train, num_test), shape)
+        x, y = _images(rng, (num_train, num_test), shape)
     clients = None
-    if shape.natural_clients:
-        k_sizes, k_owner = jax.random.split(k_clients)
-        weights = jax.random.dirichlet(k_sizes, np.ones(shape.natural_clients, np.float32))  # unequal sizes
-        rest = jax.random.choice(k_owner, shape.natural_clients, (num_train - shape.natural_clients,), p=weights)
-        clients = np.sort(np.concatenate([np.arange(shape.natural_clients), np.asarray(rest)])).astype(np.int32)
+    if shape.natural_clients:  # each natural client gets one example, the rest go by unequal Dirichlet shares
+        weights = rng.dirichlet(np.ones(shape.natural_clients))
+        rest = rng.choice(shape.natural_clients, num_train - shape.natural_clients, p=weights)
+        clients = np.sort(np.concatenate([np.arange(shape.natural_clients), rest])).astype(np.int32)
     return Dataset(x[:num_train], y[:num_train], x[num_train:], y[num_train:], shape.num_classes, f"synthetic:{name}",
                    train_clients=clients)
