@@ -25,7 +25,7 @@ from fljax import aggregators as aggregators_lib
 from fljax import attacks as attacks_lib
 from fljax import models as models_lib
 from fljax.client import EXECUTIONS, classification_loss, fedavg, fedsgd
-from fljax.data import EMBEDDED, PARTITIONS, FederatedData, federate, load
+from fljax.data import METHODS, NATURAL_DATASETS, FederatedData, check_name, federate, load
 from fljax.metrics import make_evaluate
 from fljax.models import Model
 from fljax.precision import PRECISIONS, mixed_precision, with_matmul_precision
@@ -42,10 +42,15 @@ class ExperimentConfig:
     """Every setting of one experiment. The defaults are the README's default experiment: a
     targeted label-flipping attack by 20 of 100 clients on mnist5k against the median."""
 
-    dataset: str = _field("mnist5k", "mnist5k, digits, breast_cancer, or tfds:<name> (e.g. tfds:mnist)")
-    data_dir: Optional[str] = _field(None, "TFDS data directory (default ~/tensorflow_datasets)")
+    dataset: str = _field("mnist5k", "mnist5k, digits, breast_cancer (embedded); fashion_mnist, mnist (IDX files, else TFDS); "
+                                     "cifar10, cifar100, emnist or tfds:<name> (TFDS); femnist, shakespeare (LEAF JSON, "
+                                     "natural clients); synthetic:<name> (a random stand-in of that name's shapes)")
+    data_dir: Optional[str] = _field(None, "where the data is: TFDS's data directory (default ~/tensorflow_datasets), the "
+                                           "four IDX files (fashion_mnist default: /usr/share/datasets/fashion-mnist from "
+                                           "apt-get install dataset-fashion-mnist), or LEAF's data directory (train/, test/)")
     model: str = _field("mlp", f"one of {', '.join(models_lib.MODELS)}")
-    partition: str = _field("iid", f"one of {', '.join(PARTITIONS)}")
+    partition: str = _field("iid", f"one of {', '.join(METHODS)} (natural: the dataset's own writers / roles, for "
+                                   f"{', '.join(NATURAL_DATASETS)} and their synthetic stand-ins)")
     dirichlet_alpha: float = _field(0.5, "Dirichlet concentration for --partition=dirichlet (> 0)")
     bias: float = _field(0.5, "Fang et al.'s bias p for --partition=bias, in [0, 1]")
     shards_per_client: int = _field(2, "shards per client for --partition=shards")
@@ -232,7 +237,7 @@ def validate(config: ExperimentConfig) -> None:
         _check(isinstance(v, (int, float)) and 0 <= v < 1, f"--{name} must be in [0, 1), got {v!r}")
     _check(c.dirichlet_alpha > 0, f"--dirichlet_alpha must be > 0, got {c.dirichlet_alpha!r}")
     _check(0 <= c.bias <= 1, f"--bias must be in [0, 1], got {c.bias!r}")
-    _check(c.partition in PARTITIONS, f"--partition: unknown partition {c.partition!r}; valid: {', '.join(PARTITIONS)}")
+    _check(c.partition in METHODS, f"--partition: unknown partition {c.partition!r}; valid: {', '.join(METHODS)}")
     _check(c.model in models_lib.MODELS, f"--model: unknown model {c.model!r}; valid: {', '.join(models_lib.MODELS)}")
     _check(c.execution in EXECUTIONS, f"--execution: unknown client execution {c.execution!r}; valid: {', '.join(EXECUTIONS)}")
     _check(c.precision in PRECISIONS, f"--precision: unknown matmul precision {c.precision!r}; valid: {', '.join(PRECISIONS)}")
@@ -256,10 +261,12 @@ def validate(config: ExperimentConfig) -> None:
             _check(v is None or (_is_int(v) and v >= 1), f"--{name} must be an integer >= 1, got {v!r}")
     _check(isinstance(c.attack_scale, (int, float)) and c.attack_scale > 0, f"--attack_scale must be > 0, got {c.attack_scale!r}")
     _check(0 <= c.seed < 2**32, f"--seed must be an integer in 0..2**32-1 (jax.random.PRNGKey's range), got {c.seed!r}")
-    _check(c.dataset in EMBEDDED or (c.dataset.startswith("tfds:") and len(c.dataset) > len("tfds:")),
-           f"--dataset: unknown dataset {c.dataset!r}; valid: {', '.join(EMBEDDED)} or tfds:<name> (e.g. tfds:mnist)")
+    check_name(c.dataset, "--dataset")
+    natural = tuple(NATURAL_DATASETS) + tuple(f"synthetic:{n}" for n in NATURAL_DATASETS)
+    _check(c.partition != "natural" or c.dataset in natural,
+           f"--partition=natural needs a dataset with natural clients ({', '.join(natural)}), got --dataset={c.dataset}")
     _check(c.data_dir is None or os.path.isdir(c.data_dir),
-           f"--data_dir must be an existing directory (or unset for ~/tensorflow_datasets), got {c.data_dir!r}")
+           f"--data_dir must be an existing directory (or unset for the default location), got {c.data_dir!r}")
     _check(c.shards_per_client >= 1, f"--shards_per_client must be an integer >= 1, got {c.shards_per_client!r}")
     for name in ("source_class", "target_class"):
         v = getattr(c, name)

@@ -1,4 +1,5 @@
-"""Embedded datasets, TFDS (mock data, offline failure), and the four partitions."""
+"""Embedded datasets, TFDS by name (mock data, offline failure), synthetic stand-ins, and the
+four label partitions. IDX files / Fashion-MNIST: test_data_idx.py; LEAF: test_data_leaf.py."""
 
 import time
 
@@ -82,8 +83,12 @@ def test_digits_and_breast_cancer():
 
 
 def test_unknown_dataset_lists_valid_ones():
-    with pytest.raises(ValueError, match="valid: mnist5k, digits, breast_cancer or tfds:<name>"):
+    with pytest.raises(ValueError, match="valid: mnist5k, digits, breast_cancer, fashion_mnist, mnist, cifar10, cifar100, "
+                                         "emnist, femnist, shakespeare, synthetic:<mnist|.*|shakespeare> or tfds:<name>"):
         data.load("mnist6k")
+    for bad in ("synthetic:mnist5k", "synthetic:", "tfds:"):
+        with pytest.raises(ValueError, match="unknown dataset"):
+            data.load(bad)
 
 
 def test_tfds_with_mock_data():
@@ -108,3 +113,104 @@ def test_federate_builds_index_rows():
     ds = data.load("digits")
     fed = data.federate(ds, 7, "iid", key=KEY)
     assert fed.num_clients == 7 and int(fed.client_counts.sum()) == len(ds.y_train)
+
+
+# name -> (input shape, classes) of the real datasets (TFDS's catalog), by bare name
+TFDS_SHAPES = {"cifar10": ((32, 32, 3), 10), "cifar100": ((32, 32, 3), 100), "emnist": ((28, 28, 1), 62),
+               "fashion_mnist": ((28, 28, 1), 10)}
+
+
+@pytest.mark.parametrize("name", sorted(TFDS_SHAPES))
+def test_tfds_by_bare_name_with_mock_data(name, monkeypatch, tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from fljax.data import datasets
+
+    monkeypatch.setattr(datasets, "DEBIAN_FASHION_MNIST", str(tmp_path))  # fashion_mnist: the TFDS route
+    with tfds.testing.mock_data(num_examples=6):
+        ds = data.load(name)
+        raw = tfds.data_source(name, split="train", download=False)
+        images = np.stack([np.asarray(raw[i]["image"]) for i in range(6)])
+        labels = np.array([raw[i]["label"] for i in range(6)])
+    shape, classes = TFDS_SHAPES[name]
+    assert ds.name == name and ds.x_train.shape == (6,) + shape and ds.x_test.shape == (6,) + shape
+    assert ds.num_classes == classes and ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int32
+    upright = images.swapaxes(1, 2) if name == "emnist" else images  # TFDS's EMNIST is stored transposed
+    np.testing.assert_array_equal(ds.x_train, upright.astype(np.float32) / 255.0)
+    np.testing.assert_array_equal(ds.y_train, labels)
+
+
+def test_tfds_bare_name_offline_fails_fast(tmp_path):
+    pytest.importorskip("tensorflow_datasets")
+    start = time.perf_counter()
+    with pytest.raises(RuntimeError, match="dataset: cifar100 is not prepared in .*never downloads while loading"):
+        data.load("cifar100", data_dir=str(tmp_path))
+    assert time.perf_counter() - start < 20
+
+
+@pytest.mark.parametrize("name", sorted(data.SYNTHETIC))
+def test_synthetic_stand_ins_have_the_real_shapes(name):
+    small = lambda seed: data.synthetic(name, num_train=200, num_test=10, seed=seed)
+    ds, shape = small(1), data.SYNTHETIC[name]
+    real = {"mnist": ((28, 28, 1), 10), "femnist": ((28, 28, 1), 62), "shakespeare": ((80,), 82), **TFDS_SHAPES}
+    assert (shape.input_shape, shape.num_classes) == real[name]
+    assert ds.name == f"synthetic:{name}" and ds.num_classes == shape.num_classes
+    assert ds.x_train.shape == (200,) + shape.input_shape and ds.x_test.shape == (10,) + shape.input_shape
+    assert (ds.train_clients is not None) == (name in ("femnist", "shakespeare"))
+    np.testing.assert_array_equal(small(1).x_train, ds.x_train)  # deterministic in the seed
+    assert not np.array_equal(small(2).x_train, ds.x_train)
+
+
+def test_load_synthetic_by_name():
+    ds = data.load("synthetic:fashion_mnist", seed=4)
+    assert ds.name == "synthetic:fashion_mnist" and ds.x_train.shape == (6000, 28, 28, 1) and ds.x_test.shape == (1000, 28, 28, 1)
+    np.testing.assert_array_equal(ds.y_test, data.synthetic("fashion_mnist", seed=4).y_test)
+
+
+def test_synthetic_images_are_learnable_and_balanced():
+    ds = data.synthetic("cifar100", num_train=1000, num_test=200)
+    assert ds.x_train.min() >= 0 and ds.x_train.max() <= 1 and np.all(np.bincount(ds.y_train, minlength=100) == 10)
+    np.testing.assert_array_equal(np.bincount(ds.y_test, minlength=100), np.full(100, 2))
+    means = np.stack([ds.x_train[ds.y_train == c].mean(0) for c in range(100)]).reshape(100, -1)
+    distances = ((ds.x_test.reshape(200, 1, -1) - means[None]) ** 2).sum(-1)
+    assert np.mean(distances.argmin(1) == ds.y_test) > 0.9  # nearest class mean
+
+
+def test_synthetic_shakespeare_is_a_learnable_chain_with_natural_clients():
+    ds = data.load("synthetic:shakespeare")
+    np.testing.assert_array_equal(ds.y_train[:, :-1], ds.x_train[:, 1:])  # shifted-sequence targets
+    assert ds.x_train.min() >= 1 and ds.x_train.max() <= 80  # LEAF's characters: no PAD, no OOV
+    seen = {}
+    for a, b in zip(ds.x_train.ravel(), ds.y_train.ravel()):
+        seen.setdefault(int(a), set()).add(int(b))
+    assert max(len(s) for s in seen.values()) <= 3  # at most 3 successors: the next token is predictable
+    assert all(int(b) in seen[int(a)] for a, b in zip(ds.x_test.ravel(), ds.y_test.ravel()))
+    counts = np.bincount(ds.train_clients)
+    assert len(counts) == 100 and counts.min() >= 1 and counts.max() > 3 * counts.min()  # unequal roles
+    fed = data.federate(ds, 100, "natural", key=KEY)
+    assert sorted(np.asarray(fed.client_counts).tolist()) == sorted(counts.tolist())
+
+
+def test_synthetic_is_named_in_every_output():
+    """The dataset name in the results JSON and the summary table says "synthetic"."""
+    from experiments.run import run_experiment, summary_table
+    from fljax.experiment import ExperimentConfig, build
+
+    config = ExperimentConfig(dataset="synthetic:femnist", partition="natural", model="logreg", num_clients=10,
+                              clients_per_round=10, num_malicious=2, attack="sign_flip", aggregator="median",
+                              rounds=1, eval_every=1, local_steps=1)
+    exp = build(config)
+    results = run_experiment(exp, lambda *a: None)
+    assert results["config"]["dataset"] == "synthetic:femnist"
+    assert "synthetic:femnist / logreg (natural)" in summary_table(results)
+
+
+def test_runner_validates_dataset_names():
+    from fljax.experiment import ExperimentConfig, validate
+
+    for name in data.DATASETS + ("tfds:mnist", "synthetic:cifar100", "synthetic:shakespeare"):
+        validate(ExperimentConfig(dataset=name))
+    with pytest.raises(ValueError, match="--dataset: unknown dataset 'synthetic:imagenet'; valid: .*synthetic:<mnist"):
+        validate(ExperimentConfig(dataset="synthetic:imagenet"))
+    validate(ExperimentConfig(dataset="synthetic:femnist", partition="natural"))
+    with pytest.raises(ValueError, match="--partition=natural needs .*got --dataset=synthetic:cifar10"):
+        validate(ExperimentConfig(dataset="synthetic:cifar10", partition="natural"))

@@ -1,8 +1,15 @@
-"""Datasets (embedded and TFDS) and federated partitions."""
+"""Datasets (embedded, IDX, TFDS, LEAF, synthetic) and federated partitions."""
 
-from fljax.data.datasets import EMBEDDED, Dataset, breast_cancer, digits, load, mnist5k, tfds_dataset
-from fljax.data.federated import FederatedData, federate
+from fljax.data.datasets import (DATASETS, EMBEDDED, NATURAL_DATASETS, Dataset, breast_cancer, check_name, digits,
+                                 idx_dataset, load, mnist5k, mnist_format, tfds_dataset)
+from fljax.data.federated import METHODS, FederatedData, federate
+from fljax.data.idx import read_idx
+from fljax.data.leaf import femnist, shakespeare
+from fljax.data.natural import natural
 from fljax.data.partition import PARTITIONS, bias, dirichlet, iid, partition, shards
+from fljax.data.synthetic import SYNTHETIC, synthetic
 
-__all__ = ["EMBEDDED", "PARTITIONS", "Dataset", "FederatedData", "bias", "breast_cancer", "digits", "dirichlet",
-           "federate", "iid", "load", "mnist5k", "partition", "shards", "tfds_dataset"]
+__all__ = ["DATASETS", "EMBEDDED", "METHODS", "NATURAL_DATASETS", "PARTITIONS", "SYNTHETIC", "Dataset", "FederatedData",
+           "bias", "breast_cancer", "check_name", "digits", "dirichlet", "federate", "femnist", "idx_dataset", "iid",
+           "load", "mnist5k", "mnist_format", "natural", "partition", "read_idx", "shakespeare", "shards", "synthetic",
+           "tfds_dataset"]

@@ -9,8 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from fljax.data.datasets import Dataset
-from fljax.data.partition import partition
+from fljax.data.natural import natural
+from fljax.data.partition import PARTITIONS, partition
 from fljax.types import Array
+
+METHODS = PARTITIONS + ("natural",)
+"""``federate``'s methods: the partitions of ``fljax.data.partition`` and the natural clients."""
 
 
 class FederatedData(NamedTuple):
@@ -36,7 +40,15 @@ class FederatedData(NamedTuple):
 
 
 def federate(dataset: Dataset, num_clients: int, method: str = "iid", *, key: jax.Array, **kwargs) -> FederatedData:
-    """Partitions ``dataset`` over ``num_clients`` clients (see ``fljax.data.partition``)."""
-    indices, counts = partition(key, np.asarray(dataset.y_train), num_clients, method, num_classes=dataset.num_classes, **kwargs)
+    """Partitions ``dataset`` over ``num_clients`` clients: ``"natural"`` gives its natural
+    clients (``fljax.data.natural``), other methods split it (``fljax.data.partition``)."""
+    if method == "natural":
+        indices, counts = natural(key, dataset.train_clients, num_clients, dataset.name)
+    else:
+        labels = np.asarray(dataset.y_train)
+        if labels.ndim != 1 and method != "iid":
+            raise ValueError(f"partition: {method} splits by label, and {dataset.name} has a label sequence per example; "
+                             f"valid for it: iid or natural")
+        indices, counts = partition(key, labels, num_clients, method, num_classes=dataset.num_classes, **kwargs)
     return FederatedData(jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train), jnp.asarray(indices),
                          jnp.asarray(counts), jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test))
