@@ -58,7 +58,7 @@ from experiments.configs import SweepSpec, load_config_file, replace_fields
 import fljax
 from fljax import aggregators as aggregators_lib
 from fljax import attacks as attacks_lib
-from fljax.data import PARTITIONS, load
+from fljax.data import METHODS, load
 from fljax.experiment import (ExperimentConfig, attack_names, build, build_aggregator, build_attacks,
                               effective_num_byzantine, partition_in_program, validate)
 
@@ -90,10 +90,12 @@ class Cell(NamedTuple):
 
 
 def partition_settings(spec: str) -> dict:
-    """``iid`` | ``dirichlet[:alpha]`` | ``bias[:p]`` | ``shards[:per_client]`` -> config overrides."""
+    """``iid`` | ``dirichlet[:alpha]`` | ``bias[:p]`` | ``shards[:per_client]`` | ``natural`` -> config
+    overrides."""
     name, _, value = str(spec).partition(":")
-    if name not in PARTITIONS:
-        raise ValueError(f"--partitions: unknown partition {spec!r}; valid: iid, dirichlet:<alpha>, bias:<p>, shards:<k>")
+    if name not in METHODS:
+        raise ValueError(f"--partitions: unknown partition {spec!r}; valid: iid, dirichlet:<alpha>, bias:<p>, shards:<k>, "
+                         "natural")
     settings: dict[str, Any] = {"partition": name}
     if value:
         if name not in _PARTITION_PARAMS:
