@@ -187,8 +187,16 @@ def test_unpack_rounds_integer_and_bool_arrays_into_their_range():
 
 
 def test_numpy_float32_enters_jax_through_dlpack_without_a_copy():
-    a = np.random.default_rng(3).normal(size=(4, 8)).astype(np.float32)
+    layout = Layout.of([np.zeros((3, 5), np.float32), np.zeros(7, np.float32)])
+    rows = [[np.full((3, 5), i, np.float32), np.arange(7, dtype=np.float32)] for i in range(5)]
+    a = fnp.pack(rows, layout)  # 64-byte aligned, what XLA on CPU needs to take it as is
+    assert a.ctypes.data % 64 == 0
     assert as_jax(a, jnp.float32).unsafe_buffer_pointer() == a.ctypes.data
+    buf = np.zeros(a.nbytes + 68, np.uint8)
+    start = -buf.ctypes.data % 64 + 4
+    unaligned = buf[start:start + a.nbytes].view(np.float32).reshape(a.shape)  # XLA copies this one
+    unaligned[:] = a
+    np.testing.assert_array_equal(as_jax(unaligned, jnp.float32), a)
     b = a.astype(np.float64)  # another dtype: converted (a copy), same values
     np.testing.assert_array_equal(as_jax(b, jnp.float32), a)
     a.setflags(write=False)  # DLPack cannot export read-only arrays: copied instead
