@@ -167,11 +167,11 @@ def test_pre_aggregation_clips_each_update_before_the_rule():
         return reply({"w": arrays["w"] + (-10.0 * step if node == attacker else step)}, num_examples=counts[node])
 
     rule = with_preaggregation(mean(), clip(max_norm=1.0))
-    start = {"w": np.zeros((2, 3), np.float32)}
+    start = {"w": np.full((2, 3), 3.0, np.float32)}  # not zero: the rule must see updates, not models
     model, metrics, _ = run(FljaxStrategy(rule, fraction_evaluate=0.0), answer, start, 1)
     updates = {n: (-10.0 if n == attacker else 1.0) * honest_step(n, start["w"]) for n in NODES}
     clipped = {n: u / max(1.0, np.linalg.norm(u)) for n, u in updates.items()}  # by hand
-    expected = sum(counts[n] * clipped[n] for n in NODES) / sum(counts.values())
+    expected = start["w"] + sum(counts[n] * clipped[n] for n in NODES) / sum(counts.values())
     np.testing.assert_allclose(model["w"], expected, rtol=1e-5)
     weights = dict(zip(metrics[1]["fljax-node-ids"], metrics[1]["fljax-weights"]))
     # per original client: count x clip factor, normalized (the attacker's update is the longest)
