@@ -28,7 +28,7 @@ from flwr.serverapp import Grid  # noqa: E402
 from flwr.serverapp.strategy import FedAvg  # noqa: E402
 
 import fljax  # noqa: E402
-from fljax.aggregators import clip, fltrust, foolsgold, mean, median, with_preaggregation  # noqa: E402
+from fljax.aggregators import clip, fltrust, foolsgold, krum, mean, median, with_preaggregation  # noqa: E402
 from fljax.interop.flower import FljaxStrategy  # noqa: E402
 
 NODES = [2**64 - 11, 7, 2**63 + 5, 123456789, 42]  # Flower's node ids are random uint64
@@ -56,7 +56,7 @@ def task_identity():
 
 class LocalGrid(Grid):
     """A Grid whose nodes are one function ``answer(node_id, arrays, server_round) -> content``
-    (``arrays``: the model sent, as NumPy); ``sampled`` lists each round's cohort."""
+    (``arrays``: the model sent, as NumPy; ``None``: no reply); ``sampled`` lists each round's cohort."""
 
     def __init__(self, answer):
         self.answer, self.sampled = answer, []
@@ -92,7 +92,8 @@ class LocalGrid(Grid):
                 continue
             arrays = {k: v.numpy() for k, v in m.content["arrays"].items()}
             content = self.answer(m.metadata.dst_node_id, arrays, m.content["config"]["server-round"])
-            replies.append(Message(content, reply_to=m))
+            if content is not None:  # None: the reply is lost
+                replies.append(Message(content, reply_to=m))
         return replies
 
 
@@ -263,6 +264,34 @@ def test_fltrust_reads_the_servers_reference_model():
 def test_aggregate_train_needs_the_model_sent_this_round():
     with pytest.raises(ValueError, match="configure_train"):
         FljaxStrategy(median()).aggregate_train(1, [])
+
+
+def test_a_cohort_too_small_for_the_rule_raises_before_sending_and_lost_replies_skip_the_round():
+    # targets on a line at 0, 1, 3, 7, 15 (x 0.01): Krum's score (squared distances to the
+    # n - f - 2 = 2 nearest others) is smallest for the node at 1, with no tie
+    offsets = dict(zip(NODES, [0.0, 0.01, 0.03, 0.07, 0.15]))
+
+    def step(node, g):
+        return 0.5 * (TARGET + offsets[node] - g)
+
+    def answer(node, arrays, r):
+        if r == 2 and node == NODES[0]:  # this node's reply is lost in round 2: 4 < Krum's 5
+            return None
+        return reply({"w": arrays["w"] + step(node, arrays["w"])})
+
+    with pytest.raises(ValueError, match=r"krum: needs n > 2f \+ 2.*samples 4 nodes in round 1"):
+        run(FljaxStrategy(krum(num_byzantine=1), fraction_train=0.8, fraction_evaluate=0.0), answer,
+            {"w": np.zeros((2, 3), np.float32)}, 1)
+    model, metrics, _ = run(FljaxStrategy(krum(num_byzantine=1), fraction_evaluate=0.0), answer,
+                            {"w": np.zeros((2, 3), np.float32)}, 3)
+    assert metrics[2]["fljax-skipped"] == 1 and len(metrics[2]["fljax-node-ids"]) == 4
+    assert "fljax-skipped" not in metrics[1] and "fljax-skipped" not in metrics[3]
+    g = np.zeros((2, 3))
+    for _ in (1, 3):  # round 2 kept the model
+        g = g + step(NODES[1], g)
+    np.testing.assert_allclose(model["w"], g, rtol=1e-5)
+    for r in (1, 3):
+        assert dict(zip(metrics[r]["fljax-node-ids"], metrics[r]["fljax-weights"]))[NODES[1]] == 1.0
 
 
 # ---------------------------------------------------------------------------- a real Flower deployment

@@ -53,6 +53,9 @@ class FljaxStrategy(FedAvg):
     1. the replies without an error are checked: exactly one ``ArrayRecord`` with the names and
        shapes of the model sent, one ``MetricRecord`` holding ``weighted_by_key``; a reply that
        fails is dropped (logged, counted in ``fljax-dropped``) instead of stopping the server;
+       if fewer replies remain than the rule needs (Krum's ``n > 2f + 2``), the round is skipped
+       and the model kept (logged, ``fljax-skipped``); a cohort too small as configured raises
+       in ``configure_train``, before anything is sent;
     2. updates ``x_i = reply_i - global`` are packed into one ``[n, d]`` float32 matrix;
     3. the rule runs jitted through a ``fljax.interop.Session``, which keeps its state across
        rounds and maps Flower's node ids to stable population ids ``0, 1, ...`` in order of
@@ -96,9 +99,17 @@ class FljaxStrategy(FedAvg):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        """FedAvg's, remembering the model sent: the replies' updates are relative to it."""
+        """FedAvg's, remembering the model sent (the replies' updates are relative to it); a cohort
+        too small for the rule is a configuration error, raised before anything is sent."""
         self._sent = (server_round, arrays)
-        return super().configure_train(server_round, arrays, config, grid)
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        if messages:
+            try:
+                self.session.aggregator.requirement(len(messages))
+            except ValueError as err:
+                raise ValueError(f"{err} [FljaxStrategy samples {len(messages)} nodes in round {server_round}: "
+                                 "raise fraction_train or min_train_nodes]") from None
+        return messages
 
     def _usable(self, msg: Message, layout: Layout) -> tuple[Optional[dict], float, str]:
         """``(arrays, weight, why_not)`` of one reply; ``arrays`` is None when it cannot be used."""
@@ -118,8 +129,9 @@ class FljaxStrategy(FedAvg):
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[Optional[ArrayRecord], Optional[MetricRecord]]:
         """Aggregates the replies' models with the fljax rule (see the class docstring)."""
-        if self._sent is None:
-            raise ValueError("FljaxStrategy: aggregate_train needs the model sent by configure_train of this round")
+        if self._sent is None or self._sent[0] != server_round:
+            raise ValueError(f"FljaxStrategy: aggregate_train of round {server_round} needs the model that "
+                             "configure_train sent in that round")
         replies = list(replies)
         valid = [msg for msg in replies if not msg.has_error()]
         for msg in replies:
@@ -146,6 +158,12 @@ class FljaxStrategy(FedAvg):
             node_ids.append(node)
         if not kept:
             return None, MetricRecord({"fljax-dropped": dropped})
+        try:
+            self.session.aggregator.requirement(len(kept))
+        except ValueError as err:  # replies lost on the way: keep the model rather than stop the server
+            log(WARNING, "FljaxStrategy: round %d skipped, the global model is unchanged: %s", server_round, err)
+            return None, MetricRecord({"fljax-node-ids": [int(node) for node in node_ids], "fljax-dropped": dropped,
+                                       "fljax-skipped": 1})
 
         # the global model at its own precision (float32 models stay float32), updates in JAX's float
         base = fnp.pack([global_arrays], layout, np.result_type(np.float32, *layout.dtypes), where="global model")[0]
