@@ -71,7 +71,7 @@ class FljaxStrategy(FedAvg):
 
     Args:
       aggregator: any ``fljax.Aggregator``, including ``with_preaggregation(rule, ...)``.
-      seed: seed of the rule's randomness (round r uses ``fold_in(PRNGKey(seed), r)``).
+      seed: seed of the rule's randomness (the r-th aggregation, from 0, uses ``fold_in(PRNGKey(seed), r)``).
       reference_fn: for rules with ``needs_reference`` (FLTrust):
         ``reference_fn(server_round, arrays) -> ArrayRecord``, the server's model after training
         on its own root data from ``arrays``; its update is ``context.reference``.
