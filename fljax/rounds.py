@@ -66,7 +66,10 @@ def make_round(client_update: ClientUpdate, aggregator: Aggregator, *, clients_p
       aggregator: the server's rule, e.g. ``fljax.aggregators.krum(num_byzantine=2)``.
       clients_per_round: the cohort size n, sampled without replacement each round.
       num_malicious: clients ``0 .. num_malicious - 1`` of the population are malicious; those
-        sampled into a round attack in that round (partitions are random, so ids carry no bias).
+        sampled into a round attack in that round. Ids are a random order of the clients
+        (``fljax.data.partition`` shuffles them after any structured assignment), so the
+        malicious clients' data is distributed like everyone else's; data built by hand must
+        shuffle its clients the same way.
       data_attack: poisons the malicious clients' training batches.
       model_attack: rewrites the malicious clients' updates after local training.
       malicious_client_update: how malicious clients train locally, for attacks that change

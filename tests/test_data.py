@@ -47,7 +47,9 @@ def test_dirichlet_small_alpha_is_more_skewed_than_large():
 def test_bias_p_sends_a_share_p_of_each_label_to_its_group():
     labels = np.repeat(np.arange(10), 2000)
     idx, counts = data.partition(KEY, labels, 20, "bias", num_classes=10, p=0.6)
-    group_of_client = np.repeat(np.arange(10), 2)  # 20 clients in 10 groups of 2
+    # 20 clients in 10 groups of 2, in random id order: a client's group is the label it holds most of
+    group_of_client = np.array([np.bincount(labels[m], minlength=10).argmax() for m in members(idx, counts)])
+    assert np.array_equal(np.bincount(group_of_client, minlength=10), np.full(10, 2))
     in_own = sum(np.sum(labels[m] == group_of_client[c]) for c, m in enumerate(members(idx, counts)))
     assert abs(in_own / len(labels) - 0.6) < 0.02
     # the rest is spread uniformly over the 9 other groups

@@ -139,3 +139,35 @@ def test_scheduled_nan_updates_reach_the_round_only_when_scheduled_small():
                               attack_every=2)
     history = run_experiment(build(config), log=lambda m: None)["history"]
     assert history["nonfinite_updates"] == [0, 2, 0, 2, 0, 2]
+
+
+# ---- Which clients are malicious is independent of the data (issue 12, item 1) ----
+
+MIX_LABELS = np.repeat(np.arange(10), 400)  # 4,000 examples sorted by label, like the embedded files
+PARTITION_CASES = [("iid", {}), ("dirichlet", {"alpha": 0.3}), ("shards", {"shards_per_client": 2}),
+                   ("bias", {"p": 0.5}), ("bias", {"p": 0.9})]
+
+
+def _mix(indices, counts, clients):
+    """Label shares and mean example count of the pooled examples of ``clients``."""
+    own = np.concatenate([indices[c, :counts[c]] for c in clients])
+    return np.bincount(MIX_LABELS[own], minlength=10) / max(len(own), 1), counts[clients].mean()
+
+
+@pytest.mark.parametrize("method, kw", PARTITION_CASES)
+def test_malicious_ids_hold_the_same_label_mix_as_honest_ones(method, kw):
+    """The runner's malicious clients are ids 0..m-1 (100 clients, 20 malicious): over 30 seeds
+    their pooled label shares (and example counts) must match the honest clients' within sampling
+    error (|t| < 5 per label). Before the fix the bias partition gave ids 0..19 exactly groups 0
+    and 1 (~27% of labels 0 and 1 each, against ~5% for honest clients)."""
+    from fljax.data import partition
+    mal, hon = np.arange(20), np.arange(20, 100)
+    diffs, count_diffs = [], []
+    for seed in range(30):
+        idx, counts = partition(jax.random.PRNGKey(seed), MIX_LABELS, 100, method, num_classes=10, **kw)
+        (m_mix, m_count), (h_mix, h_count) = _mix(idx, counts, mal), _mix(idx, counts, hon)
+        diffs.append(m_mix - h_mix)
+        count_diffs.append(m_count - h_count)
+    for d in (np.asarray(diffs), np.asarray(count_diffs)[:, None]):
+        t = d.mean(0) / (d.std(0, ddof=1) / np.sqrt(len(d)) + 1e-12)
+        assert np.all(np.abs(t) < 5), (method, kw, np.round(d.mean(0), 3), np.round(t, 1))

@@ -3,6 +3,10 @@
 Each partition returns ``(client_indices int32 [C, max_n], client_counts int32 [C])``: row c
 lists the training examples of client c, padded with zeros past ``client_counts[c]`` (padding
 is masked out everywhere). Randomness comes only from the ``jax.random`` key.
+
+Client ids carry no structure: ``partition`` shuffles the rows after any method's assignment
+(``shuffle_clients``), so that any fixed set of ids (the runner's malicious clients
+``0..num_malicious-1``) holds the same data distribution as any other set of that size.
 """
 
 from __future__ import annotations
@@ -19,6 +23,12 @@ def _pack(groups: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     for c, g in enumerate(groups):
         table[c, : len(g)] = g
     return table, counts
+
+
+def shuffle_clients(key: jax.Array, table: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of a client table in a random order: client ids independent of the assignment."""
+    order = np.asarray(jax.random.permutation(key, len(counts)))
+    return table[order], counts[order]
 
 
 def iid(key: jax.Array, labels: np.ndarray, num_clients: int):
@@ -63,18 +73,20 @@ def bias(key: jax.Array, labels: np.ndarray, num_clients: int, p: float, num_cla
     """Fang et al.'s p-bias groups: clients form ``num_classes`` equal groups; an example of
     label l goes to group l with probability p, otherwise to one of the other groups uniformly,
     then to a client of that group uniformly. p = 1/C is IID; p = 1 puts each class in one group.
+    Clients are dealt into the groups in a random order (as the authors' code permutes the
+    workers after the group assignment), so ids do not reveal groups.
 
     References:
       Fang, Cao, Jia, Gong, "Local Model Poisoning Attacks to Byzantine-Robust Federated
       Learning", USENIX Security 2020 (Section 4.1).
     """
-    k_keep, k_other, k_client = jax.random.split(key, 3)
+    k_keep, k_other, k_client, k_group = jax.random.split(key, 4)
     n = len(labels)
     keep = np.asarray(jax.random.uniform(k_keep, (n,))) < p
     other = np.asarray(jax.random.randint(k_other, (n,), 0, num_classes - 1))
     other = other + (other >= labels)  # uniform over the groups other than the label's
     group = np.where(keep, labels, other)
-    group_of_client = np.array_split(np.arange(num_clients), num_classes)
+    group_of_client = np.array_split(np.asarray(jax.random.permutation(k_group, num_clients)), num_classes)
     u = np.asarray(jax.random.uniform(k_client, (n,)))
     client = np.empty(n, np.int64)
     for g, members in enumerate(group_of_client):
@@ -87,21 +99,26 @@ def bias(key: jax.Array, labels: np.ndarray, num_clients: int, p: float, num_cla
 
 def partition(key: jax.Array, labels: np.ndarray, num_clients: int, method: str = "iid", *,
               num_classes: int = 10, alpha: float = 0.5, p: float = 0.5, shards_per_client: int = 2):
-    """Dispatches to one of ``iid``, ``dirichlet``, ``shards``, ``bias`` after validating."""
+    """Dispatches to one of ``iid``, ``dirichlet``, ``shards``, ``bias`` after validating, then
+    shuffles the client order (``shuffle_clients``) so that ids carry none of the method's
+    structure (e.g. ``bias``'s groups, or the order of a natural partition's users)."""
     if isinstance(num_clients, bool) or not isinstance(num_clients, int) or not 1 <= num_clients <= len(labels):
         raise ValueError(f"partition: num_clients must be an integer in 1..{len(labels)} (the training examples), got {num_clients!r}")
+    if method == "dirichlet" and not alpha > 0:
+        raise ValueError(f"partition: dirichlet_alpha must be > 0, got {alpha!r}")
+    if method == "shards" and (not isinstance(shards_per_client, int) or shards_per_client < 1):
+        raise ValueError(f"partition: shards_per_client must be an integer >= 1, got {shards_per_client!r}")
+    if method == "bias" and not 0 <= p <= 1:
+        raise ValueError(f"partition: bias must be in [0, 1], got {p!r}")
+    if method not in PARTITIONS:
+        raise ValueError(f"partition: unknown partition {method!r}; valid: {', '.join(PARTITIONS)}")
+    k_method, k_shuffle = jax.random.split(key)
     if method == "iid":
-        return iid(key, labels, num_clients)
-    if method == "dirichlet":
-        if not alpha > 0:
-            raise ValueError(f"partition: dirichlet_alpha must be > 0, got {alpha!r}")
-        return dirichlet(key, labels, num_clients, float(alpha), num_classes)
-    if method == "shards":
-        if not isinstance(shards_per_client, int) or shards_per_client < 1:
-            raise ValueError(f"partition: shards_per_client must be an integer >= 1, got {shards_per_client!r}")
-        return shards(key, labels, num_clients, shards_per_client)
-    if method == "bias":
-        if not 0 <= p <= 1:
-            raise ValueError(f"partition: bias must be in [0, 1], got {p!r}")
-        return bias(key, labels, num_clients, float(p), num_classes)
-    raise ValueError(f"partition: unknown partition {method!r}; valid: {', '.join(PARTITIONS)}")
+        assigned = iid(k_method, labels, num_clients)
+    elif method == "dirichlet":
+        assigned = dirichlet(k_method, labels, num_clients, float(alpha), num_classes)
+    elif method == "shards":
+        assigned = shards(k_method, labels, num_clients, shards_per_client)
+    else:
+        assigned = bias(k_method, labels, num_clients, float(p), num_classes)
+    return shuffle_clients(k_shuffle, *assigned)
