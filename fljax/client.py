@@ -1,8 +1,9 @@
 """Local training of one client, and how a cohort of clients is executed.
 
 A client update is a pure function ``update(params, data, key, transform) -> delta`` returning
-``local - global`` (a pytree shaped like ``params``). ``transform(x, y, key) -> (x, y)`` is
-applied to every training batch (the round passes a malicious client's data attack there).
+``local - global`` (a pytree shaped like ``params``). ``transform(x, y, mask, key) -> (x, y)`` is
+applied to every training batch, ``mask`` marking its real examples (the round passes a
+malicious client's data attack there, which poisons a share of the real examples only).
 Clients hold different amounts of data: ``ClientData.indices`` is padded and
 ``ClientData.count`` says how many entries are real; padded entries are masked out of every
 loss and gradient.
@@ -45,7 +46,7 @@ LossFn = Callable[[PyTree, Batch, Array], Array]
 ClientUpdate = Callable[..., PyTree]
 
 
-def identity_transform(x: Array, y: Array, key: Array) -> tuple[Array, Array]:
+def identity_transform(x: Array, y: Array, mask: Array, key: Array) -> tuple[Array, Array]:
     return x, y
 
 
@@ -78,8 +79,8 @@ def fedsgd(loss_fn: LossFn, optimizer: Optional[optax.GradientTransformation] = 
 
     def update(params, data: ClientData, key, transform=identity_transform):
         k_data, k_loss = jax.random.split(key)
-        x, y = transform(data.x[data.indices], data.y[data.indices], k_data)
         mask = jnp.arange(data.indices.shape[0]) < data.count
+        x, y = transform(data.x[data.indices], data.y[data.indices], mask, k_data)
         grads = jax.grad(loss_fn)(params, Batch(x, y, mask), k_loss)
         delta, _ = optimizer.update(grads, optimizer.init(params), params)
         return delta
@@ -132,7 +133,7 @@ def fedavg(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, local_st
             pos = b * batch_size + jnp.arange(batch_size)
             mask = pos < count
             idx = data.indices[order[jnp.minimum(pos, width - 1)]]
-            x, y = transform(data.x[idx], data.y[idx], jax.random.fold_in(k_data, t))
+            x, y = transform(data.x[idx], data.y[idx], mask, jax.random.fold_in(k_data, t))
             grads = grad_fn(p, Batch(x, y, mask), jax.random.fold_in(k_loss, t))
             upd, new_opt_state = optimizer.update(grads, opt_state, p)
             return (optax.apply_updates(p, upd), new_opt_state, order), None

@@ -66,7 +66,7 @@ class ExperimentConfig:
     trigger_position: Optional[str] = _field(None, "backdoor/dba: bottom_right (default), bottom_left, top_right, top_left, center or 'row,col'")
     trigger_pattern: Optional[str] = _field(None, "backdoor/dba: square (default) or plus")
     trigger_value: Optional[float] = _field(None, "backdoor/dba: value of the trigger pixels (default 1.0)")
-    poison_fraction: Optional[float] = _field(None, "backdoor/dba/feature_trigger: share of each malicious batch poisoned, in (0, 1] (default 0.5)")
+    poison_fraction: Optional[float] = _field(None, "backdoor/dba/feature_trigger: share of the real examples of each malicious batch poisoned (padding never counts), in (0, 1] (default 0.5)")
     num_parts: Optional[int] = _field(None, "dba: local triggers the global trigger is split into (default 4)")
     trigger_features: Optional[str] = _field(None, "feature_trigger: feature indices, e.g. '0,1,2'")
     trigger_values: Optional[str] = _field(None, "feature_trigger: one value or one per feature, e.g. '3' (default: --trigger_percentile)")

@@ -120,8 +120,8 @@ def make_round(client_update: ClientUpdate, aggregator: Aggregator, *, clients_p
             client = ClientData(data.x, data.y, data.client_indices[client_id], data.client_counts[client_id])
             transform = None
             if data_attack is not None:
-                def transform(x, y, k):
-                    px, py = data_attack.poison(x, y, k, client_id)
+                def transform(x, y, mask, k):
+                    px, py = data_attack.poison(x, y, mask, k, client_id)
                     return jnp.where(is_malicious, px, x), jnp.where(is_malicious, py, y)
             extra = () if transform is None else (transform,)
             if malicious_client_update is None:

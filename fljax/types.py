@@ -98,9 +98,11 @@ class DataAttack(NamedTuple):
     """A data-poisoning attack on a malicious client's training batches.
 
     Attributes:
-      poison: ``poison(x, y, key, attacker) -> (x, y)`` on one batch of one malicious client
-        (``attacker`` is the client's population id, e.g. to pick its part of a distributed
-        trigger). Applied with ``jnp.where`` under vmap, so it must keep shapes and dtypes.
+      poison: ``poison(x, y, mask, key, attacker) -> (x, y)`` on one batch of one malicious
+        client; ``mask`` marks the batch's real examples (padding must never count: a share of
+        the batch is a share of its real examples), ``attacker`` is the client's population id
+        (e.g. to pick its part of a distributed trigger). Applied with ``jnp.where`` under vmap,
+        so it must keep shapes and dtypes.
       targeted: ``targeted(x, y) -> (x, y_target, valid)`` turns a test set into the attack's
         success test: inputs with the trigger (if any), the label the attacker wants, and which
         examples count (e.g. source-class examples, or non-target examples for a backdoor).

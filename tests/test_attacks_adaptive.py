@@ -187,7 +187,7 @@ def test_triggered_loss_is_the_cross_entropy_of_the_counted_triggered_examples()
     x = np.arange(8, dtype=np.float32).reshape(4, 2) / 8
     y = np.array([0, 1, 2, 1], np.int32)
     # a toy success test: inputs + 1, target label 2, only examples whose label is not 2 count
-    attack = DataAttack(poison=lambda x, y, k, a: (x, y), targeted=lambda x, y: (x + 1.0, jnp.full_like(y, 2), y != 2))
+    attack = DataAttack(poison=lambda x, y, m, k, a: (x, y), targeted=lambda x, y: (x + 1.0, jnp.full_like(y, 2), y != 2))
     apply = lambda p, x: x @ p["w"]                                     # logits [B, 3]
     w = np.array([[0.3, -0.2, 0.5], [0.1, 0.4, -0.6]], np.float32)
     loss = triggered_loss(apply, lambda flat: {"w": flat.reshape(2, 3)}, attack, x, y)

@@ -18,6 +18,11 @@ from tests.helpers import make_data
 KEY = jax.random.PRNGKey(0)
 
 
+def real(y_or_count):
+    """The mask of a batch whose entries are all real examples."""
+    return jnp.ones(y_or_count if isinstance(y_or_count, int) else len(y_or_count), bool)
+
+
 def _batch(b=5, shape=(8, 8, 2), seed=0):
     rng = np.random.default_rng(seed)
     return jnp.asarray(rng.uniform(0.0, 0.5, (b, *shape)), jnp.float32), jnp.arange(b, dtype=jnp.int32) % 10
@@ -26,7 +31,7 @@ def _batch(b=5, shape=(8, 8, 2), seed=0):
 def test_backdoor_square_pixels_fraction_and_labels_by_hand():
     x, y = _batch()
     attack = backdoor(target_label=7, trigger_size=3, trigger_value=0.9, poison_fraction=0.4, input_shape=(8, 8, 2))
-    px, py = attack.poison(x, y, KEY, 0)
+    px, py = attack.poison(x, y, real(y), KEY, 0)
     expected = np.array(x)
     expected[:2, 5:8, 5:8, :] = 0.9  # round(0.4 * 5) = 2 rows; 3x3 block flush with the bottom-right corner
     np.testing.assert_array_equal(px, expected)
@@ -35,11 +40,11 @@ def test_backdoor_square_pixels_fraction_and_labels_by_hand():
 
 def test_plus_pattern_and_explicit_position_by_hand():
     x, y = jnp.zeros((1, 6, 7, 1)), jnp.array([1])
-    px, _ = backdoor(0, trigger_size=3, trigger_pattern="plus", trigger_position="1,2", poison_fraction=1.0).poison(x, y, KEY, 0)
+    px, _ = backdoor(0, trigger_size=3, trigger_pattern="plus", trigger_position="1,2", poison_fraction=1.0).poison(x, y, real(y), KEY, 0)
     expected = np.zeros((6, 7), np.float32)
     expected[2, 2:5] = expected[1:4, 3] = 1.0
     np.testing.assert_array_equal(px[0, :, :, 0], expected)
-    px, _ = backdoor(0, trigger_size=2, trigger_position="center", poison_fraction=1.0).poison(x, y, KEY, 0)
+    px, _ = backdoor(0, trigger_size=2, trigger_position="center", poison_fraction=1.0).poison(x, y, real(y), KEY, 0)
     expected = np.zeros((6, 7), np.float32)
     expected[2:4, 2:4] = 1.0
     np.testing.assert_array_equal(px[0, :, :, 0], expected)
@@ -49,7 +54,7 @@ def test_plus_pattern_and_explicit_position_by_hand():
 def test_number_of_poisoned_examples(fraction, batch, count):
     assert num_poisoned(fraction, batch) == count
     x, y = jnp.zeros((batch, 4, 4, 1)), jnp.full((batch,), 3)
-    px, py = backdoor(1, trigger_size=2, poison_fraction=fraction).poison(x, y, KEY, 0)
+    px, py = backdoor(1, trigger_size=2, poison_fraction=fraction).poison(x, y, real(y), KEY, 0)
     assert int(jnp.sum(py == 1)) == count
     assert int(jnp.sum(jnp.any(px != 0, axis=(1, 2, 3)))) == count
 
@@ -73,7 +78,7 @@ def test_dba_parts_tile_the_global_trigger_exactly(size, parts, pattern):
     glob, _, _ = backdoor(0, trigger_size=size, trigger_pattern=pattern).targeted(zeros, jnp.array([1]))
     xt, _, _ = attack.targeted(zeros, jnp.array([1]))
     np.testing.assert_array_equal(xt, glob)  # DBA's success test uses the FULL global trigger
-    stamps = np.stack([np.asarray(attack.poison(zeros, jnp.array([1]), KEY, a)[0][0]) > 0 for a in range(parts)])
+    stamps = np.stack([np.asarray(attack.poison(zeros, jnp.array([1]), real(1), KEY, a)[0][0]) > 0 for a in range(parts)])
     assert np.all(stamps.sum(0) <= 1)  # disjoint
     np.testing.assert_array_equal(stamps.any(0), np.asarray(glob[0]) > 0)  # union = global trigger
     sizes = stamps.reshape(parts, -1).sum(1) // shape[2]
@@ -84,7 +89,7 @@ def test_dba_square_of_side_four_in_four_parts_gives_one_row_bars():
     attack = dba(0, num_parts=4, trigger_size=4, poison_fraction=1.0)
     zeros = jnp.zeros((1, 28, 28, 1))
     for a in range(4):
-        px = np.asarray(attack.poison(zeros, jnp.array([1]), KEY, a)[0][0, :, :, 0])
+        px = np.asarray(attack.poison(zeros, jnp.array([1]), real(1), KEY, a)[0][0, :, :, 0])
         expected = np.zeros((28, 28))
         expected[24 + a, 24:28] = 1.0
         np.testing.assert_array_equal(px, expected)
@@ -93,7 +98,7 @@ def test_dba_square_of_side_four_in_four_parts_gives_one_row_bars():
 def test_dba_attacker_uses_part_id_mod_num_parts_with_a_traced_id():
     attack = dba(0, num_parts=3, trigger_size=3, poison_fraction=1.0)
     zeros, y = jnp.zeros((1, 6, 6, 1)), jnp.array([2])
-    stamp = jax.jit(lambda a: attack.poison(zeros, y, KEY, a)[0])
+    stamp = jax.jit(lambda a: attack.poison(zeros, y, real(y), KEY, a)[0])
     for a in range(7):
         np.testing.assert_array_equal(stamp(a), stamp(a % 3))
     assert not np.array_equal(stamp(0), stamp(1))
@@ -103,7 +108,7 @@ def test_feature_trigger_sets_exactly_the_chosen_features():
     x = jnp.asarray(np.random.default_rng(1).normal(size=(4, 6)), jnp.float32)
     y = jnp.array([0, 0, 1, 0])
     attack = feature_trigger(1, trigger_features="1,4", trigger_values="2.5,-3", poison_fraction=0.5, input_shape=(6,))
-    px, py = attack.poison(x, y, KEY, 0)
+    px, py = attack.poison(x, y, real(y), KEY, 0)
     expected = np.array(x)
     expected[:2, 1], expected[:2, 4] = 2.5, -3.0
     np.testing.assert_array_equal(px, expected)
@@ -119,7 +124,7 @@ def test_feature_trigger_percentile_values():
     x_train = np.arange(200, dtype=np.float32).reshape(100, 2)  # columns 0,2,...,198 and 1,3,...,199
     attack = feature_trigger(0, trigger_features=[1], trigger_percentile=99.0, x_train=x_train, input_shape=(2,))
     np.testing.assert_allclose(percentile_values(x_train, [1], 99.0), [np.percentile(x_train[:, 1], 99.0)])
-    px, _ = attack.poison(jnp.zeros((1, 2)), jnp.array([1]), KEY, 0)
+    px, _ = attack.poison(jnp.zeros((1, 2)), jnp.array([1]), real(1), KEY, 0)
     np.testing.assert_allclose(px, [[0.0, np.percentile(x_train[:, 1], 99.0)]], rtol=1e-6)
 
 

@@ -34,7 +34,7 @@ def test_targeted_label_flip():
     attack = label_flip(num_classes=10, source=5, target=3)
     x = jnp.ones((4, 2))
     y = jnp.array([5, 1, 5, 3])
-    x2, y2 = attack.poison(x, y, jax.random.PRNGKey(0), 0)
+    x2, y2 = attack.poison(x, y, jnp.ones(4, bool), jax.random.PRNGKey(0), 0)
     np.testing.assert_array_equal(y2, [3, 1, 3, 3])
     np.testing.assert_array_equal(x2, x)
     _, yt, valid = attack.targeted(x, y)
@@ -44,7 +44,7 @@ def test_targeted_label_flip():
 
 def test_all_to_all_label_flip():
     attack = label_flip(num_classes=10)
-    _, y2 = attack.poison(jnp.ones((3, 1)), jnp.array([0, 4, 9]), jax.random.PRNGKey(0), 0)
+    _, y2 = attack.poison(jnp.ones((3, 1)), jnp.array([0, 4, 9]), jnp.ones(3, bool), jax.random.PRNGKey(0), 0)
     np.testing.assert_array_equal(y2, [9, 5, 0])
     assert attack.targeted is None
 

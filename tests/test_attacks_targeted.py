@@ -86,7 +86,7 @@ def test_neurotoxin_training_by_hand_and_zero_outside_the_mask():
     for _ in range(steps):
         w = w - lr * mask * grad(w, y_poison)  # steps on the poisoned batches
     update = neurotoxin_training(squared_loss, optax.sgd(lr), mask_ratio=ratio, local_steps=steps, batch_size=4)
-    delta = np.asarray(update({"w": jnp.asarray(G)}, CLIENT, KEY, lambda x, y, k: (x, y + 1.0))["w"])
+    delta = np.asarray(update({"w": jnp.asarray(G)}, CLIENT, KEY, lambda x, y, m, k: (x, y + 1.0))["w"])
     np.testing.assert_allclose(delta, w - G, rtol=1e-5, atol=1e-6)
     assert np.all(delta[mask == 0] == 0.0) and np.all(delta[mask == 1] != 0.0)
 

@@ -6,6 +6,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import fljax
@@ -13,9 +14,11 @@ from fljax.attacks import MODEL_ATTACKS, scheduled, zero
 from fljax.attacks.threat import ball_offsets, masked_mean_std, observed_rows
 from fljax.experiment import ExperimentConfig, build_attacks
 from fljax.types import AttackContext, ModelAttack
+from tests.helpers import make_data
 
 U = jnp.array([[1.0, -2.0], [3.0, 4.0], [5.0, 6.0]])
 MAL = jnp.array([True, False, False])
+KEY0 = jax.random.PRNGKey(0)
 KNOWING = ["ipm", "alie", "fang_krum", "fang_trim", "min_max", "min_sum"]
 
 
@@ -171,3 +174,65 @@ def test_malicious_ids_hold_the_same_label_mix_as_honest_ones(method, kw):
     for d in (np.asarray(diffs), np.asarray(count_diffs)[:, None]):
         t = d.mean(0) / (d.std(0, ddof=1) / np.sqrt(len(d)) + 1e-12)
         assert np.all(np.abs(t) < 5), (method, kw, np.round(d.mean(0), 3), np.round(t, 1))
+
+
+# ---- A data attack poisons a share of the REAL examples of each batch (issue 12, item 2) ----
+
+def _recorder(n: int) -> fljax.Aggregator:
+    """The mean, keeping each client's last update in its state (row = population id)."""
+    def update(u, state, ctx):
+        return jnp.mean(u, 0), state.at[ctx.client_ids].set(u), {"weights": jnp.full(n, 1.0 / n)}
+    return fljax.Aggregator(init=lambda p: jnp.zeros((n, p.shape[0])), update=update)
+
+
+def _counting_loss(target: int):
+    """Summed over the real examples (not averaged): ``w0 * [y == target] + w1 * sum(x)``, so the
+    client's negative gradient counts the real examples labelled ``target`` (w0) and sums their
+    inputs (w1): with clean inputs all zero, the stamped trigger pixels."""
+    def loss(params, batch, key=None):
+        per = params["w"][0] * (batch.y == target) + params["w"][1] * jnp.sum(batch.x.reshape(len(batch.y), -1), 1)
+        return jnp.sum(jnp.where(batch.mask, per, 0.0))
+    return loss
+
+
+SIZES = (3, 12)  # a small and a large client: FedSGD pads the small one to 12
+TRIGGERS = {
+    "backdoor": lambda: fljax.attacks.backdoor(0, trigger_size=2, poison_fraction=0.5),
+    "dba": lambda: fljax.attacks.dba(0, num_parts=2, trigger_size=2, poison_fraction=0.5),
+    "feature_trigger": lambda: fljax.attacks.feature_trigger(0, trigger_features="0,2", trigger_values=1.0,
+                                                             poison_fraction=0.5),
+}
+
+
+@pytest.mark.parametrize("protocol", ["fedsgd", "fedavg"])
+@pytest.mark.parametrize("name", sorted(TRIGGERS))
+def test_poison_fraction_is_a_share_of_the_real_examples_of_each_batch(name, protocol):
+    """Two malicious clients with 3 and 12 examples, fraction 0.5. FedSGD (one batch padded to 12):
+    round(0.5 * 3) = 2 and 6 poisoned; FedAvg with batches of 8 (1 epoch: batches of 3, and of 8 + 4):
+    2, and 4 + 2 = 6. Before the fix the fraction was taken of the padded batch: 3 (all) and 6 under
+    FedSGD, 3 (all) and 4 + 4 = 8 under FedAvg."""
+    from fljax.client import fedavg, fedsgd
+    attack = TRIGGERS[name]()
+    shape = (5,) if name == "feature_trigger" else (6, 6, 1)
+    total = sum(SIZES)
+    data = make_data([list(range(SIZES[0])), list(range(SIZES[0], total))], np.zeros((total, *shape)),
+                     np.ones(total, np.int32))
+    loss = _counting_loss(target=0)
+    update = fedsgd(loss, optax.sgd(1.0)) if protocol == "fedsgd" else \
+        fedavg(loss, optax.sgd(1.0), local_epochs=1, batch_size=8)
+    rnd = fljax.make_round(update, _recorder(2), clients_per_round=2, num_malicious=2, data_attack=attack)
+    state = rnd.step(rnd.init({"w": jnp.zeros(2)}), data, jax.random.PRNGKey(0))[0]
+    counts, pixels = -np.asarray(state.agg_state).T  # per client: poisoned real examples, their stamped pixel sum
+    np.testing.assert_array_equal(counts, [2, 6])
+    one = jnp.zeros((1, *shape))
+    stamp = [float(jnp.sum(attack.poison(one, jnp.ones(1, jnp.int32), jnp.ones(1, bool), KEY0, c)[0])) for c in (0, 1)]
+    np.testing.assert_allclose(pixels, counts * np.asarray(stamp))
+    assert min(stamp) > 0
+
+
+def test_poisoned_rows_skip_padding_wherever_it_sits():
+    from fljax.attacks.backdoor import poisoned_rows
+    mask = jnp.array([False, True, True, False, True, True, True, False])  # 5 real examples
+    np.testing.assert_array_equal(poisoned_rows(0.5, mask), [False, True, True, False, True, False, False, False])
+    np.testing.assert_array_equal(poisoned_rows(1.0, mask), mask)
+    np.testing.assert_array_equal(poisoned_rows(0.5, jnp.zeros(4, bool)), [False] * 4)

@@ -3,9 +3,10 @@
 A trigger is a static boolean mask over one example's shape (which entries it overwrites) plus
 the values written there. ``backdoor`` stamps a BadNets pixel pattern on images ``[H, W, C]``;
 ``dba`` splits that pattern into parts, one per attacker; ``feature_trigger`` sets chosen
-features of tabular inputs ``[F]``. All three poison the first ``round(poison_fraction * B)``
-examples of every batch of ``B`` (Bagdasaryan et al. mix backdoor examples into each batch),
-relabel them to ``target_label``, and test success on triggered test inputs whose true label
+features of tabular inputs ``[F]``. All three poison the first ``round(poison_fraction * r)``
+REAL examples of every batch with r real examples (Bagdasaryan et al. mix backdoor examples into
+each batch; padding, e.g. FedSGD's batch padded to the largest client or FedAvg's short last
+batch, never counts), relabel them to ``target_label``, and test success on triggered test inputs whose true label
 is not the target (``DataAttack.targeted``), always with the FULL trigger.
 """
 
@@ -48,9 +49,18 @@ def _check_fraction(attack: str, poison_fraction) -> float:
 
 
 def num_poisoned(poison_fraction: float, batch_size: int) -> int:
-    """How many examples of a batch of ``batch_size`` are poisoned: ``round(fraction * B)``,
-    halves rounded up (so a fraction of 0.5 of 5 poisons 3)."""
+    """How many examples of a batch of ``batch_size`` real examples are poisoned:
+    ``round(fraction * B)``, halves rounded up (so a fraction of 0.5 of 5 poisons 3)."""
     return int(math.floor(poison_fraction * batch_size + 0.5))
+
+
+def poisoned_rows(poison_fraction: float, mask) -> jnp.ndarray:
+    """``bool [B]``: the first ``num_poisoned(fraction, r)`` of the ``r`` real (``mask``) entries
+    of a batch, wherever the real entries sit; padding is never poisoned."""
+    table = jnp.asarray([num_poisoned(poison_fraction, r) for r in range(mask.shape[0] + 1)], jnp.int32)
+    mask = jnp.asarray(mask, bool)
+    rank = jnp.cumsum(mask.astype(jnp.int32))  # 1-based rank of each real entry
+    return mask & (rank <= table[rank[-1]])
 
 
 def _parse_position(attack: str, position: Position) -> Union[str, tuple[int, int]]:
@@ -124,7 +134,7 @@ def image_trigger(attack: str, trigger_size: int, trigger_position: Position, tr
 def _trigger_attack(attack: str, make: TriggerMaker, target_label: int, poison_fraction: float,
                     input_shape: Optional[Sequence[int]], num_classes: Optional[int]) -> DataAttack:
     """The ``DataAttack`` of a trigger: attacker ``a`` stamps part ``a % P`` (all of it when P = 1)
-    on the first ``round(poison_fraction * B)`` examples of a batch and relabels them."""
+    on the first ``round(poison_fraction * r)`` of a batch's r real examples and relabels them."""
     if num_classes is not None:
         _check_int(attack, "num_classes", num_classes, 2)
         _check_int(attack, "target_label", target_label, 0, num_classes - 1)
@@ -139,11 +149,11 @@ def _trigger_attack(attack: str, make: TriggerMaker, target_label: int, poison_f
         make(tuple(int(s) for s in input_shape))  # fails at build time when the trigger does not fit
     make = functools.lru_cache(maxsize=None)(make)
 
-    def poison(x, y, key, attacker):
+    def poison(x, y, mask, key, attacker):
         parts, values = make(tuple(x.shape[1:]))
         part = jnp.asarray(parts)[jnp.asarray(attacker) % parts.shape[0]]
         batch = x.shape[0]
-        rows = jnp.arange(batch) < num_poisoned(fraction, batch)
+        rows = poisoned_rows(fraction, mask)
         stamp = rows.reshape((batch,) + (1,) * (x.ndim - 1)) & part[None]
         return (jnp.where(stamp, jnp.asarray(values, x.dtype), x),
                 jnp.where(rows, target_label, y).astype(y.dtype))
@@ -162,7 +172,7 @@ def backdoor(target_label: int, trigger_size: int = 4, trigger_position: Positio
              input_shape: Optional[Sequence[int]] = None, num_classes: Optional[int] = None) -> DataAttack:
     """BadNets pixel-pattern backdoor on images ``[H, W, C]`` of any size the trigger fits.
 
-    The first ``round(poison_fraction * B)`` examples of each malicious batch get the pattern
+    The first ``round(poison_fraction * r)`` of the r real examples of each malicious batch get the pattern
     (every channel of its pixels set to ``trigger_value``) and the label ``target_label``; the
     rest of the batch stays clean, as in Bagdasaryan et al.'s mixed batches. The success test
     stamps the trigger on every test input whose true label is not ``target_label``.
@@ -174,7 +184,7 @@ def backdoor(target_label: int, trigger_size: int = 4, trigger_position: Positio
         ``top_right``, ``top_left``, ``center``, or the top-left pixel ``(row, col)`` / ``"row,col"``.
       trigger_pattern: ``square`` (a filled block) or ``plus`` (middle row + middle column).
       trigger_value: the value written (images are in [0, 1]: 1.0 is white).
-      poison_fraction: share of each batch poisoned, in (0, 1].
+      poison_fraction: share of each batch's real examples poisoned, in (0, 1].
       input_shape: one example's shape; when given, a trigger that does not fit fails here.
       num_classes: when given, ``target_label`` must be a class in ``0..num_classes - 1``.
 
@@ -185,7 +195,7 @@ def backdoor(target_label: int, trigger_size: int = 4, trigger_position: Positio
 
     Examples:
       >>> attack = backdoor(target_label=0, trigger_size=4, input_shape=(28, 28, 1))
-      >>> x_poisoned, y_poisoned = attack.poison(x, y, key, 0)
+      >>> x_poisoned, y_poisoned = attack.poison(x, y, jnp.ones(len(y), bool), key, 0)
     """
     make = image_trigger("backdoor", trigger_size, trigger_position, trigger_pattern, trigger_value)
     return _trigger_attack("backdoor", make, target_label, poison_fraction, input_shape, num_classes)
@@ -255,7 +265,7 @@ def feature_trigger(target_label: int, trigger_features: Union[str, Sequence[int
       trigger_features: feature indices (or ``"0,3,7"``).
       trigger_values: a number, one number per feature (or ``"3,3,-2"``), or ``None``.
       trigger_percentile: percentile in [0, 100] used when ``trigger_values`` is ``None``.
-      poison_fraction: share of each batch poisoned, in (0, 1].
+      poison_fraction: share of each batch's real examples poisoned, in (0, 1].
       x_train: ``[N, F]`` training inputs, for percentile values.
       input_shape: ``(F,)``; when given, features outside ``0..F-1`` fail here.
       num_classes: when given, ``target_label`` must be in ``0..num_classes - 1``.

@@ -35,13 +35,13 @@ def label_flip(num_classes: int, source: int | None = None, target: int | None =
     if (source is None) != (target is None):
         raise ValueError("label_flip: give both source and target (targeted flip) or neither (all-to-all flip)")
     if source is None:
-        return DataAttack(poison=lambda x, y, key, attacker: (x, (num_classes - 1 - y).astype(y.dtype)))
+        return DataAttack(poison=lambda x, y, mask, key, attacker: (x, (num_classes - 1 - y).astype(y.dtype)))
     _check_class("label_flip", "source", source, num_classes)
     _check_class("label_flip", "target", target, num_classes)
     if source == target:
         raise ValueError(f"label_flip: source and target must differ, got {source} for both")
 
-    def poison(x, y, key, attacker):
+    def poison(x, y, mask, key, attacker):
         return x, jnp.where(y == source, target, y).astype(y.dtype)
 
     def targeted(x, y):
