@@ -25,8 +25,8 @@ from fljax.client import use_cpu_cores as use_cores
 from fljax import checkpoint as checkpoint_lib
 from fljax import sharding as sharding_lib
 from experiments.configs import base_config, load_config_file, replace_fields
-from fljax.attacks import STRENGTH
-from fljax.experiment import Experiment, ExperimentConfig, build
+from fljax.attacks import DATA_ATTACKS, STRENGTH
+from fljax.experiment import Experiment, ExperimentConfig, build, effective_num_byzantine
 
 FLAGS = flags.FLAGS
 
@@ -146,9 +146,14 @@ def run_experiment(exp: Experiment, log=print, *, workdir=None, checkpoint_every
     seconds = seconds_before + time.perf_counter() - start
     diverged = int(state.diverged_round)
     final = {k: _py(v[-1]) for k, v in eval_history.items() if k != "finite"}
+    tpr, beyond = np.asarray(history["detection_tpr"], np.float64), np.asarray(history["beyond_f"], bool)
     final.update(
-        detection_tpr=_nanmean(history["detection_tpr"]),
+        detection_tpr=_nanmean(tpr),
         detection_fpr=_nanmean(history["detection_fpr"]),
+        # Rounds with more attacking clients than the f the rule tolerates, reported apart.
+        rounds_beyond_f=int(beyond.sum()),
+        detection_tpr_within_f=_nanmean(tpr[~beyond]),
+        detection_tpr_beyond_f=_nanmean(tpr[beyond]),
         diverged=diverged >= 0,
         diverged_round=diverged if diverged >= 0 else None,
         seconds=seconds,
@@ -157,6 +162,7 @@ def run_experiment(exp: Experiment, log=print, *, workdir=None, checkpoint_every
     )
     results = {
         "config": dataclasses.asdict(exp.config),
+        "settings": describe(exp.config),
         "history": {k: _py(v) for k, v in history.items()},
         "evals": dict({k: _py(v) for k, v in eval_history.items()}, round=eval_rounds),
         "final": final,
@@ -164,31 +170,77 @@ def run_experiment(exp: Experiment, log=print, *, workdir=None, checkpoint_every
     if ckpt is not None:
         results["checkpoint"] = {"workdir": ckpt.workdir, "resumed_after_blocks": first_block,
                                  "checkpoint_every": checkpoint_every}
-        write_json_atomic(ckpt.results_path, results)
+        results["checkpoint"]["results"] = checkpoint_lib.write_json_or_fallback(
+            ckpt.results_path, results, lambda msg: print(f"warning: {msg}", file=sys.stderr))
     return results
 
 
+_TRIGGER_ATTACKS = ("backdoor", "dba", "feature_trigger")
+
+
+def describe(config) -> dict:
+    """Every setting that defines the run, as readable text (the summary's rows; also in the
+    results JSON as ``settings``): the partition's parameter, the attack's targets, knowledge
+    and schedule, the rule's f and its pre-aggregation chain, the local training."""
+    c = config if isinstance(config, dict) else dataclasses.asdict(config)
+    part = {"dirichlet": f"dirichlet, alpha={c['dirichlet_alpha']}", "bias": f"bias, p={c['bias']}",
+            "shards": f"shards, {c['shards_per_client']} per client"}.get(c["partition"], c["partition"])
+
+    def attack_text(name):
+        if name == "label_flip":
+            return f"label_flip {c['source_class']} -> {c['target_class']}"
+        if name == "label_flip_all":
+            return "label_flip_all (l -> C - 1 - l)"
+        if name in _TRIGGER_ATTACKS:
+            return f"{name} -> class {c['target_class']}"
+        return name
+
+    attack = attack_text(c["attack"]) + (f" + {attack_text(c['data_attack'])}" if c.get("data_attack") else "")
+    extra = []
+    if c["attack"] in STRENGTH:
+        extra.append(f"scale {c['attack_scale']}")
+    if c.get("attack_knowledge"):
+        extra.append(f"{c['attack_knowledge']} knowledge")
+    if c.get("attack_single_shot"):
+        extra.append(f"single shot in round {c['attack_start_round']}")
+    elif (c["attack_start_round"], c["attack_every"]) != (0, 1):
+        extra.append(f"every {c['attack_every']} round(s) from round {c['attack_start_round']}")
+    if c.get("continuous_data_poisoning"):
+        extra.append("data poisoning in every round")
+    rule = f"{c['aggregator']} (f = {effective_num_byzantine(ExperimentConfig(**c))})"
+    if c.get("pre_aggregation"):
+        rule += f" after {' -> '.join(p.strip() for p in c['pre_aggregation'].split(','))}"
+    local = (f"fedavg, {c['local_steps']} local steps" if c["local_steps"] is not None else
+             f"fedavg, {c['local_epochs']} local epochs") if c["protocol"] == "fedavg" else "fedsgd"
+    return {
+        "dataset / model": f"{c['dataset']} / {c['model']} ({part})",
+        "clients": f"{c['num_clients']} ({c['clients_per_round']} per round, {c['num_malicious']} malicious)",
+        "attack": attack + (f" ({', '.join(extra)})" if extra else ""),
+        "aggregator": rule,
+        "rounds": f"{c['rounds']} ({local}, client lr {c['client_lr']}, server lr {c['server_lr']}, seed {c['seed']})",
+    }
+
+
 def summary_table(results: dict) -> str:
-    """A readable table of the final metrics."""
+    """A readable table of the run's settings (``describe``) and final metrics."""
     c, f = results["config"], results["final"]
-    rows = [
-        ("dataset / model", f"{c['dataset']} / {c['model']} ({c['partition']})"),
-        ("clients", f"{c['num_clients']} ({c['clients_per_round']} per round, {c['num_malicious']} malicious)"),
-        ("attack", c["attack"] + (f" + {c['data_attack']}" if c.get("data_attack") else "")
-         + (f" (scale {c['attack_scale']})" if c["attack"] in STRENGTH else "")),
-        ("aggregator", c["aggregator"]),
-        ("rounds", str(c["rounds"])),
+    rows = list(describe(c).items()) + [
         ("test accuracy", f"{f['accuracy']:.4f}"),
         ("test loss", f"{f['loss']:.4f}"),
     ]
     if "attack_success_rate" in f:
         rows.append(("attack success rate", f"{f['attack_success_rate']:.4f}"))
-    if "source_recall" in f:
-        rows.append(("source-class recall", f"{f['source_recall']:.4f}"))
+    if "source_recall" in f:  # the attack's test examples classified as their true label
+        triggered = c["attack"] in _TRIGGER_ATTACKS or c.get("data_attack") in _TRIGGER_ATTACKS
+        rows.append(("accuracy on triggered inputs" if triggered else "source-class recall", f"{f['source_recall']:.4f}"))
     rows += [
         ("detection TPR / FPR", f"{f['detection_tpr']:.3f} / {f['detection_fpr']:.3f}"),
         ("time", f"{f['seconds']:.1f} s ({f['rounds_per_second']:.2f} rounds/s) + {f['compile_seconds']:.1f} s compile"),
     ]
+    if f.get("rounds_beyond_f"):
+        rows.append(("rounds beyond f", f"{f['rounds_beyond_f']} of {c['rounds']} had more attacking clients than f "
+                                        f"(TPR {f['detection_tpr_beyond_f']:.3f} there, {f['detection_tpr_within_f']:.3f} "
+                                        "in the others)"))
     if f["diverged"]:
         rows.append(("DIVERGED", f"global model non-finite after round {f['diverged_round']}; training stopped there"))
     width = max(len(k) for k, _ in rows)
@@ -197,8 +249,9 @@ def summary_table(results: dict) -> str:
 
 
 def _writable_location(flag: str, path: str, kind: str) -> None:
-    """``path`` can be created as a ``kind`` ("file" or "directory"): it is not the other kind,
-    and its nearest existing ancestor is a writable directory."""
+    """``path`` can be written as a ``kind`` ("file" or "directory"): it is not the other kind,
+    and a file can really be created where it goes (``checkpoint.probe_writable``, which creates
+    the folder), checked before any training."""
     if not isinstance(path, str) or not path.strip():
         raise ValueError(f"--{flag} must be a non-empty path, got {path!r}")
     path = os.path.abspath(path)
@@ -211,6 +264,10 @@ def _writable_location(flag: str, path: str, kind: str) -> None:
         ancestor = os.path.dirname(ancestor)
     if not os.path.isdir(ancestor) or not os.access(ancestor, os.W_OK | os.X_OK):
         raise ValueError(f"--{flag}: cannot create {path!r}: {ancestor!r} is not a writable directory")
+    try:
+        checkpoint_lib.probe_writable(path, kind)
+    except OSError as e:
+        raise ValueError(f"--{flag}: cannot write to {path!r}: {e.strerror or e}") from None
 
 
 def check_runner_flags(argv) -> None:
@@ -300,7 +357,10 @@ def main(argv) -> int:
     if primary:
         print(summary_table(results))
     if FLAGS.output and primary:
-        write_json_atomic(FLAGS.output, results)
+        written = checkpoint_lib.write_json_or_fallback(FLAGS.output, results,
+                                                        lambda msg: print(f"error: {msg}", file=sys.stderr))
+        if written != FLAGS.output:
+            return 1
         log(f"results written to {FLAGS.output}")
     return 0
 

@@ -29,7 +29,8 @@ import json
 import math
 import os
 import tempfile
-from typing import Any, NamedTuple, Optional
+import time
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -85,6 +86,52 @@ def write_json_atomic(path: str, payload: dict) -> None:
         pass
     finally:
         os.close(dir_fd)
+
+
+def probe_writable(path: str, kind: str = "file") -> None:
+    """Creates the folder that will hold ``path`` (``kind="file"``) or ``path`` itself
+    (``kind="directory"``), and a temporary file in it that is removed at once: the OS's own
+    answer, before any training, to whether the results can be written there (``os.access``
+    says yes to root even where nothing can be created, e.g. under /proc).
+
+    Raises:
+      OSError: the location cannot be written.
+    """
+    folder = os.path.abspath(path) if kind == "directory" else os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".fljax-probe-", suffix=".tmp")
+    os.close(fd)
+    os.unlink(tmp)
+
+
+def fallback_folders() -> list[str]:
+    """Where results go when their own location fails at the end of a run: the working
+    directory, the home directory, the system's temporary directory (in that order)."""
+    return [os.getcwd(), os.path.expanduser("~"), tempfile.gettempdir()]
+
+
+def write_json_or_fallback(path: str, payload: dict, say: Callable[[str], None] = print) -> str:
+    """``write_json_atomic(path, payload)``; if that fails, the same JSON in the first writable
+    of ``fallback_folders()`` as ``fljax-results-<time>-<pid>.json``, saying where (``say``).
+    Returns the path written: a finished run's results are never lost.
+
+    Raises:
+      OSError: no location could be written (the first error).
+    """
+    try:
+        write_json_atomic(path, payload)
+        return path
+    except OSError as first:
+        name = f"fljax-results-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.json"
+        for folder in fallback_folders():
+            fallback = os.path.join(folder, name)
+            try:
+                write_json_atomic(fallback, payload)
+            except OSError:
+                continue
+            say(f"could not write {path} ({first}); the results were saved to {fallback} instead")
+            return fallback
+        raise first
 
 
 def _normalized(config: dict) -> dict:

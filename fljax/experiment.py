@@ -88,9 +88,12 @@ class ExperimentConfig:
     fang_b: Optional[float] = _field(None, "fang_trim: interval factor b (> 1, default 2)")
     mimic_choice: Optional[str] = _field(None, "mimic: honest client copied, max_variance or first (default max_variance)")
     gamma_init: Optional[float] = _field(None, "min_max / min_sum: first gamma of the halving search (> 0, default 10)")
-    attack_start_round: int = _field(0, "model attacks act from this round on (0-based)")
-    attack_every: int = _field(1, "model attacks act every k rounds from --attack_start_round")
-    attack_single_shot: bool = _field(False, "model attacks act in --attack_start_round only")
+    attack_start_round: int = _field(0, "the attack acts from this round on (0-based); before, malicious clients behave honestly")
+    attack_every: int = _field(1, "the attack acts every k rounds from --attack_start_round")
+    attack_single_shot: bool = _field(False, "the attack acts in --attack_start_round only (Bagdasaryan et al.'s single shot)")
+    continuous_data_poisoning: bool = _field(False, "with an attack schedule and --data_attack: keep poisoning the malicious "
+                                                    "clients' data in every round (the schedule then gates the model attack "
+                                                    "and the attack's local training only)")
     aggregator: str = _field("median", "aggregation rule (see fljax.aggregators)")
     num_byzantine: Optional[int] = _field(None, "f the rule tolerates (default: num_malicious scaled to clients_per_round)")
     num_selected: Optional[int] = _field(None, "multi_krum: updates averaged (default n - f)")
@@ -330,10 +333,12 @@ def build_attacks(config: ExperimentConfig, num_classes: int, x_train=None, *, m
         _check(getattr(config, flag) is None or any(flag in inspect.signature(f).parameters for f in users),
                f"--{flag} does not apply to --attack={name}" + (f" --data_attack={config.data_attack}" if config.data_attack else ""))
     schedule = (config.attack_start_round, config.attack_every, config.attack_single_shot)
-    if name in attacks_lib.DATA_ATTACKS:
-        _check(schedule == (0, 1, False), f"--attack_start_round / --attack_every / --attack_single_shot apply to "
-               f"model attacks only, not to the data attack {name}")
-        return _call_with_config("attack", name, attacks_lib.DATA_ATTACKS[name], values), None
+    _check(not config.continuous_data_poisoning or (config.data_attack is not None and schedule != (0, 1, False)),
+           "--continuous_data_poisoning applies only to a model attack paired with a --data_attack and scheduled with "
+           "--attack_start_round / --attack_every / --attack_single_shot")
+    if name in attacks_lib.DATA_ATTACKS:  # a schedule rides on a no-op model attack, which make_round reads
+        data_attack = _call_with_config("attack", name, attacks_lib.DATA_ATTACKS[name], values)
+        return data_attack, None if schedule == (0, 1, False) else attacks_lib.scheduled(attacks_lib.no_attack(), *schedule)
     paired = None if config.data_attack is None else _call_with_config(
         "data attack", config.data_attack, attacks_lib.DATA_ATTACKS[config.data_attack], values)
     if name == "adaptive" and config.objective == "targeted":
@@ -409,7 +414,8 @@ def build(config: ExperimentConfig) -> Experiment:
                         malicious_client_update=malicious_update,
                         server_optimizer=optax.sgd(config.server_lr, momentum=config.server_momentum or None),
                         execution=config.execution, chunk_size=config.chunk_size, jit=False,
-                        shard_clients=config.shard_clients)
+                        shard_clients=config.shard_clients, num_byzantine=effective_num_byzantine(config),
+                        continuous_data_poisoning=config.continuous_data_poisoning)
     evaluate = make_evaluate(model.apply, data_attack)
     train = make_train(round_, data, model.init, evaluate, num_rounds=config.rounds, eval_every=config.eval_every)
     return Experiment(config, data, model, round_, train, dataset.num_classes)

@@ -26,8 +26,8 @@ from fljax.data.federated import FederatedData
 from fljax.types import AggregationContext, Aggregator, AttackContext, DataAttack, ModelAttack, ServerState
 
 DETECTION_THRESHOLD = 0.5
-"""A client counts as flagged by a rule when its effective weight is below this fraction of the
-weight plain FedAvg (the count-weighted mean) would have given it."""
+"""A client counts as flagged by a rule when the rule treats it at less than this fraction of
+its equal treatment (``flagged_clients``)."""
 
 
 class Round(NamedTuple):
@@ -37,14 +37,35 @@ class Round(NamedTuple):
     step: Callable[..., tuple[ServerState, dict]]
 
 
-def detection_rates(weights, counts, malicious, threshold: float = DETECTION_THRESHOLD):
-    """True / false positive rates of a rule seen as a detector of the round's malicious clients.
+def flagged_clients(info: dict, counts, count_weighted: bool = False, threshold: float = DETECTION_THRESHOLD):
+    """``bool[n]``: the clients a rule's aggregation flagged, measured against the rule's own
+    equal treatment, so that a rule that excludes no one flags no one whatever the counts.
 
-    A client is flagged when ``weights_i < threshold * counts_i / sum(counts)``. Rates are NaN
-    when the round has no malicious (for TPR) or no honest (for FPR) client.
+    * By default client i is flagged when its effective weight ``info["weights"][i]`` is below
+      ``threshold`` times its weight under equal treatment: ``1 / n`` for a rule that ignores
+      example counts, ``counts_i / sum(counts)`` for a count-weighted one
+      (``Aggregator.count_weighted``: the weighted mean, norm clipping, AFA, ...). Selectors
+      really drop clients: Krum flags all but the one it picks, multi-Krum all but its m,
+      Bulyan those it does not select (or trims on most coordinates), FLAME / DnC / SignGuard /
+      cluster filter the ones they filter out; reweighting rules (FLTrust, FoolsGold, AFA,
+      CONTRA, geometric median, centered / norm clipping) those they weigh at less than half.
+    * A coordinate-wise rule (median, trimmed mean) reports ``info["kept_share"]``: the share of
+      each client's update, its entries weighed by magnitude, in the values it kept. Zero entries
+      and coordinates where every client ties weigh nothing, so they do not dilute the verdict.
+      Client i is flagged when its share is below ``threshold`` times the cohort's average.
     """
-    baseline = normalize(counts.astype(jnp.float32))
-    flagged = weights < threshold * baseline
+    n = counts.shape[0]
+    uniform = jnp.full((n,), 1.0 / n, jnp.float32)
+    if "kept_share" in info:
+        return normalize(info["kept_share"].astype(jnp.float32)) < threshold * uniform
+    baseline = normalize(counts.astype(jnp.float32)) if count_weighted else uniform
+    return info["weights"] < threshold * baseline
+
+
+def detection_rates(flagged, malicious):
+    """True / false positive rates of ``flagged`` (``flagged_clients``) as a detector of the
+    round's ``malicious`` clients; NaN when the round has no malicious (for TPR) or no honest
+    (for FPR) client."""
     n_mal = jnp.sum(malicious)
     n_hon = jnp.sum(~malicious)
     tpr = jnp.where(n_mal > 0, jnp.sum(flagged & malicious) / jnp.maximum(n_mal, 1), jnp.nan)
@@ -58,7 +79,8 @@ def make_round(client_update: ClientUpdate, aggregator: Aggregator, *, clients_p
                malicious_client_update: Optional[ClientUpdate] = None,
                server_optimizer: Optional[optax.GradientTransformation] = None,
                execution: str = "auto", chunk_size: int = 8, root_size: int = 100,
-               attack_knows_aggregator: bool = True, jit: bool = True, shard_clients: bool | Mesh = False) -> Round:
+               attack_knows_aggregator: bool = True, jit: bool = True, shard_clients: bool | Mesh = False,
+               num_byzantine: Optional[int] = None, continuous_data_poisoning: bool = False) -> Round:
     """Builds one federated round.
 
     Args:
@@ -70,8 +92,12 @@ def make_round(client_update: ClientUpdate, aggregator: Aggregator, *, clients_p
         (``fljax.data.partition`` shuffles them after any structured assignment), so the
         malicious clients' data is distributed like everyone else's; data built by hand must
         shuffle its clients the same way.
-      data_attack: poisons the malicious clients' training batches.
-      model_attack: rewrites the malicious clients' updates after local training.
+      data_attack: poisons the malicious clients' training batches (a share of their real
+        examples).
+      model_attack: rewrites the malicious clients' updates after local training. Its schedule
+        (``ModelAttack.active``, set by ``fljax.attacks.scheduled``) gates the WHOLE attack:
+        outside its rounds the malicious clients train on clean data with the honest
+        ``client_update`` and send exactly what honest clients would.
       malicious_client_update: how malicious clients train locally, for attacks that change
         local training itself (constrain-and-scale, PGD, Neurotoxin); default: like honest ones.
         Selected per client with ``lax.cond`` (a real branch under ``sequential`` execution,
@@ -89,16 +115,38 @@ def make_round(client_update: ClientUpdate, aggregator: Aggregator, *, clients_p
         (``True``), or over a given ``jax.sharding.Mesh`` with a ``"clients"`` axis: each device
         trains its ``ceil(clients_per_round / D)`` clients with ``execution`` (``fljax.sharding``;
         a cohort that is not a multiple of the device count D is padded, the padding dropped).
+      num_byzantine: f, the malicious clients per round the defense and the attack assume:
+        checked against the model attack's requirement, and rounds with more than f attacking
+        clients are reported (metric ``beyond_f``; with partial participation the count per round
+        is hypergeometric and can exceed f). Default: the expected number per round,
+        ``round(num_malicious * clients_per_round / num_clients)``.
+      continuous_data_poisoning: opt-in: the data attack poisons the malicious clients' batches
+        in every round, also outside the model attack's schedule.
 
-    Requirements (the aggregator's and the attack's) are checked here, before compiling.
+    Metrics per round: ``num_malicious`` (sampled), ``num_attacking`` (of them, those attacking
+    in this round), ``beyond_f``, ``detection_tpr`` / ``detection_fpr`` (``flagged_clients``
+    against the attacking clients), ``update_norm``, ``nonfinite_updates``, ``finite``.
+
+    Requirements (the aggregator's, the attack's and the population's) are checked here, before
+    compiling: at build time, or for those that need the population at the first trace.
     """
     if isinstance(clients_per_round, bool) or not isinstance(clients_per_round, int) or clients_per_round < 1:
         raise ValueError(f"make_round: clients_per_round must be an integer >= 1, got {clients_per_round!r}")
     if isinstance(num_malicious, bool) or not isinstance(num_malicious, int) or num_malicious < 0:
         raise ValueError(f"make_round: num_malicious must be an integer >= 0, got {num_malicious!r}")
+    if num_byzantine is not None and (isinstance(num_byzantine, bool) or not isinstance(num_byzantine, int)
+                                      or not 0 <= num_byzantine <= clients_per_round):
+        raise ValueError(f"make_round: num_byzantine must be an integer in 0..clients_per_round={clients_per_round} "
+                         f"(or None), got {num_byzantine!r}")
+    if not isinstance(continuous_data_poisoning, bool):
+        raise ValueError(f"make_round: continuous_data_poisoning must be True or False, got {continuous_data_poisoning!r}")
+    if continuous_data_poisoning and data_attack is None:
+        raise ValueError("make_round: continuous_data_poisoning needs a data_attack to keep poisoning with")
     aggregator.requirement(clients_per_round)
     mesh = sharding_lib.resolve_mesh(shard_clients)
     model_attack = no_attack() if model_attack is None else model_attack
+    if num_byzantine is not None:
+        model_attack.requirement(clients_per_round, num_byzantine)
     server_optimizer = optax.sgd(1.0) if server_optimizer is None else server_optimizer
 
     def init(params) -> ServerState:
@@ -109,35 +157,45 @@ def make_round(client_update: ClientUpdate, aggregator: Aggregator, *, clients_p
     def step(state: ServerState, data: FederatedData, key):
         if clients_per_round > data.num_clients:
             raise ValueError(f"make_round: clients_per_round must be in 1..num_clients={data.num_clients}, got {clients_per_round}")
+        if num_malicious > data.num_clients:
+            raise ValueError(f"make_round: num_malicious must be in 0..num_clients={data.num_clients}, got {num_malicious}")
+        f = num_byzantine
+        if f is None:  # the expected malicious clients per round (the runner's default num_byzantine)
+            f = int(round(num_malicious * clients_per_round / data.num_clients))
+            model_attack.requirement(clients_per_round, f)
         k_cohort, k_train, k_attack, k_agg, k_root = jax.random.split(jax.random.fold_in(key, state.round), 5)
         cohort = jax.random.choice(k_cohort, data.num_clients, (clients_per_round,), replace=False)
         malicious = cohort < num_malicious
+        # The schedule gates the whole attack: attack-specific local training and data poisoning too.
+        active = jnp.bool_(True) if model_attack.active is None else jnp.asarray(model_attack.active(state.round), bool)
+        attacking = malicious & active
+        poisoning = malicious & (active | continuous_data_poisoning) if data_attack is not None else attacking
         counts = data.client_counts[cohort]
         flat_params, unravel = ravel_pytree(state.params)
 
         def train_one(args):
-            client_id, is_malicious, client_key = args
+            client_id, is_attacking, is_poisoning, client_key = args
             client = ClientData(data.x, data.y, data.client_indices[client_id], data.client_counts[client_id])
             transform = None
             if data_attack is not None:
                 def transform(x, y, mask, k):
                     px, py = data_attack.poison(x, y, mask, k, client_id)
-                    return jnp.where(is_malicious, px, x), jnp.where(is_malicious, py, y)
+                    return jnp.where(is_poisoning, px, x), jnp.where(is_poisoning, py, y)
             extra = () if transform is None else (transform,)
             if malicious_client_update is None:
                 delta = client_update(state.params, client, client_key, *extra)
             else:
-                delta = jax.lax.cond(is_malicious,
+                delta = jax.lax.cond(is_attacking,
                                      lambda: malicious_client_update(state.params, client, client_key, *extra),
                                      lambda: client_update(state.params, client, client_key, *extra))
             return ravel_pytree(delta)[0]
 
         client_keys = jax.random.split(k_train, clients_per_round)
+        per_client = (cohort, attacking, poisoning, client_keys)
         if mesh is None:
-            updates = map_clients(train_one, (cohort, malicious, client_keys), execution, chunk_size)
+            updates = map_clients(train_one, per_client, execution, chunk_size)
         else:
-            updates = sharding_lib.map_clients_sharded(train_one, (cohort, malicious, client_keys), mesh,
-                                                       execution, chunk_size)
+            updates = sharding_lib.map_clients_sharded(train_one, per_client, mesh, execution, chunk_size)
 
         attack_ctx = AttackContext(params=flat_params, weights=counts, round=state.round,
                                    aggregator=aggregator if attack_knows_aggregator else None,
@@ -157,9 +215,12 @@ def make_round(client_update: ClientUpdate, aggregator: Aggregator, *, clients_p
         server_updates, opt_state = server_optimizer.update(pseudo_grad, state.opt_state, state.params)
         params = optax.apply_updates(state.params, server_updates)
         new_flat = ravel_pytree(params)[0]
-        tpr, fpr = detection_rates(info["weights"], counts, malicious)
+        acting = attacking | poisoning  # clients that do not behave honestly this round
+        tpr, fpr = detection_rates(flagged_clients(info, counts, aggregator.count_weighted), acting)
         metrics = {
             "num_malicious": jnp.sum(malicious),
+            "num_attacking": jnp.sum(acting),
+            "beyond_f": jnp.sum(acting) > f,
             "detection_tpr": tpr,
             "detection_fpr": fpr,
             "update_norm": jnp.linalg.norm(jnp.where(jnp.isfinite(aggregate), aggregate, 0.0)),

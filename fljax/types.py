@@ -44,17 +44,24 @@ class Aggregator(NamedTuple):
       update: ``update(updates [n, d], state, context) -> (aggregate [d], state, info)`` where
         ``info["weights"]`` is the ``[n]`` effective weight each client got in the aggregate
         (non-negative, summing to 1; 0 for an excluded client; for coordinate-wise rules the
-        share of coordinates it contributed), so every rule can be scored as a detector.
+        share of coordinates it contributed), so every rule can be scored as a detector
+        (``fljax.rounds.flagged_clients``). Coordinate-wise rules also report
+        ``info["kept_share"]`` ``[n]``, the share of each client's update (entries weighed by
+        magnitude) in the values they kept, which their detection verdict reads instead.
       requirement: ``requirement(n) -> None`` raises ``ValueError`` naming the rule, the values
         and the condition when the rule cannot work with ``n`` clients per round (checked at
         build time, outside jit).
       needs_reference: the rule reads ``context.reference`` (the round must compute it).
+      count_weighted: when the rule excludes no one it weighs clients by their example counts
+        (FedAvg's mean); otherwise (the default) equally. Detection compares a client's weight
+        with this equal treatment, so a rule that excludes no one flags no one.
     """
 
     init: Callable[[Array], Any]
     update: Callable[[Array, Any, AggregationContext], tuple[Array, Any, dict]]
     requirement: Callable[[int], None] = lambda n: None
     needs_reference: bool = False
+    count_weighted: bool = False
 
 
 class AttackContext(NamedTuple):
@@ -87,11 +94,16 @@ class ModelAttack(NamedTuple):
         state)``; rewrites only the malicious rows (with ``jnp.where``, never a shape change),
         and is the identity when no malicious client is in the round.
       requirement: ``requirement(n, num_byzantine) -> None`` build-time check.
+      active: the attack's schedule, ``active(round) -> bool`` (traced), or ``None`` for every
+        round (``fljax.attacks.scheduled`` sets it). ``make_round`` gates the WHOLE attack with
+        it: outside the active rounds the malicious clients also train on clean data, with the
+        honest local training, and so send exactly what an honest client would.
     """
 
     init: Callable[[Array], Any]
     update: Callable[..., tuple[Array, Any]]
     requirement: Callable[[int, int], None] = lambda n, f: None
+    active: Optional[Callable[[Array], Array]] = None
 
 
 class DataAttack(NamedTuple):

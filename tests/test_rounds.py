@@ -143,5 +143,7 @@ def test_clients_per_round_larger_than_population_is_rejected():
 
 def test_detection_rates():
     w = jnp.array([0.0, 0.3, 0.3, 0.4])
-    tpr, fpr = fljax.rounds.detection_rates(w, jnp.ones(4), jnp.array([True, True, False, False]))
+    flagged = fljax.rounds.flagged_clients({"weights": w}, jnp.ones(4))
+    np.testing.assert_array_equal(flagged, [True, False, False, False])
+    tpr, fpr = fljax.rounds.detection_rates(flagged, jnp.array([True, True, False, False]))
     assert float(tpr) == 0.5 and float(fpr) == 0.0

@@ -5,6 +5,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
 import numpy as np
 import optax
 import pytest
@@ -124,14 +125,20 @@ def test_runner_flags_reach_the_attack():
         attack_from(attack="fang_krum", attack_colluding="yes")
 
 
-def test_runner_schedule_flags_wrap_model_attacks_only():
+def test_runner_schedule_flags_schedule_the_attack():
     _, attack = attack_from(attack="zero", attack_start_round=3, attack_every=2)
     out = [np.asarray(attack.update(U, MAL, (), jax.random.PRNGKey(0), ctx(3, 2, r))[0])[0] for r in range(7)]
     np.testing.assert_array_equal(out, [[1, -2], [1, -2], [1, -2], [0, 0], [1, -2], [0, 0], [1, -2]])
-    with pytest.raises(ValueError, match="apply to model attacks only, not to the data attack label_flip"):
-        attack_from(attack="label_flip", attack_single_shot=True)
+    assert [bool(attack.active(r)) for r in range(7)] == [False, False, False, True, False, True, False]
+    # a data attack alone is scheduled through a no-op model attack carrying the schedule
+    poison, carrier = attack_from(attack="label_flip", attack_start_round=2, attack_single_shot=True)
+    assert poison is not None and [bool(carrier.active(r)) for r in range(4)] == [False, False, True, False]
+    np.testing.assert_array_equal(carrier.update(U, MAL, (), KEY0, ctx(3, 2, 2))[0], U)
     with pytest.raises(ValueError, match="scheduled: every must be an integer >= 1"):
         attack_from(attack="zero", attack_every=0)
+    with pytest.raises(ValueError, match="--continuous_data_poisoning applies only to a model attack paired with a "
+                                         "--data_attack and scheduled"):
+        attack_from(attack="model_replacement", data_attack="backdoor", continuous_data_poisoning=True)
 
 
 def test_scheduled_nan_updates_reach_the_round_only_when_scheduled_small():
@@ -236,3 +243,70 @@ def test_poisoned_rows_skip_padding_wherever_it_sits():
     np.testing.assert_array_equal(poisoned_rows(0.5, mask), [False, True, True, False, True, False, False, False])
     np.testing.assert_array_equal(poisoned_rows(1.0, mask), mask)
     np.testing.assert_array_equal(poisoned_rows(0.5, jnp.zeros(4, bool)), [False] * 4)
+
+
+# ---- A schedule gates the WHOLE attack (issue 12, item 4) ----
+
+def _scheduled_rounds(num_malicious, rounds=3, continuous=False):
+    """Per round, every client's update (row = id) under a backdoor + PGD attack (poisoned data,
+    PGD local training, boosted PGD sends) scheduled for round 2 only."""
+    from fljax.attacks import backdoor, pgd, pgd_training
+    from fljax.client import classification_loss, fedavg
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(0, 1, (48, 6, 6, 1)).astype(np.float32), rng.integers(0, 4, 48)
+    data = make_data([list(range(i, 48, 6)) for i in range(6)], x, y)
+    loss = classification_loss(lambda p, xb: xb.reshape(len(xb), -1) @ p["w"] + p["b"])
+    honest = fedavg(loss, optax.sgd(0.5), local_steps=3, batch_size=4)
+    rnd = fljax.make_round(honest, _recorder(6), clients_per_round=6, num_malicious=num_malicious,
+                           data_attack=backdoor(0, trigger_size=2, poison_fraction=0.5),
+                           model_attack=scheduled(pgd(norm_bound=0.05, gamma=3.0), start_round=2, single_shot=True),
+                           malicious_client_update=pgd_training(loss, optax.sgd(0.5), norm_bound=0.05, local_steps=3,
+                                                                batch_size=4),
+                           continuous_data_poisoning=continuous)
+    state = rnd.init({"w": jnp.zeros((36, 4)), "b": jnp.zeros(4)})
+    out = []
+    for _ in range(rounds):
+        state, metrics = rnd.step(state, data, KEY0)
+        out.append((np.asarray(state.agg_state), int(metrics["num_attacking"])))
+    return out
+
+
+def test_before_the_attack_round_malicious_clients_train_and_send_exactly_what_honest_ones_would():
+    """Clients 0, 1 are malicious, their attack scheduled for round 2 (single shot). In rounds 0 and
+    1 every update equals the honest run's bit for bit: no poisoned batches, no PGD training, no
+    boost. Before the fix the data attack and the PGD training ran in every round."""
+    attacked, honest = _scheduled_rounds(2), _scheduled_rounds(0)
+    for r in (0, 1):
+        np.testing.assert_array_equal(attacked[r][0], honest[r][0])
+        assert attacked[r][1] == 0
+    assert attacked[2][1] == 2
+    assert not np.allclose(attacked[2][0][:2], honest[2][0][:2])  # round 2: the attack
+    np.testing.assert_allclose(np.linalg.norm(attacked[2][0][:2], axis=1), 3.0 * 0.05, rtol=1e-4)  # PGD ball, boosted
+    np.testing.assert_array_equal(attacked[2][0][2:], honest[2][0][2:])  # honest clients untouched
+    # opt-in: continuous data poisoning keeps poisoning the malicious clients' batches before round 2
+    continuous = _scheduled_rounds(2, rounds=1, continuous=True)
+    assert continuous[0][1] == 2 and not np.allclose(continuous[0][0][:2], honest[0][0][:2])
+    np.testing.assert_array_equal(continuous[0][0][2:], honest[0][0][2:])
+
+
+def test_runner_schedule_gates_the_data_attack_and_local_training_small():
+    """Through ``build``: model replacement + backdoor training, single shot in round 2, leaves the
+    global model of rounds 0 and 1 exactly where an honest run puts it."""
+    from fljax.experiment import build
+    base = dict(dataset="digits", model="logreg", num_clients=10, clients_per_round=10, num_malicious=2,
+                local_steps=2, rounds=3, aggregator="mean")
+    attacked = build(ExperimentConfig(**base, attack="pgd", data_attack="backdoor", trigger_size=2, norm_bound=0.1,
+                                      attack_start_round=2, attack_single_shot=True))
+    honest = build(ExperimentConfig(**base, attack="none"))
+    params = []
+    for exp in (attacked, honest):
+        step = jax.jit(exp.round.step)
+        state = exp.round.init(exp.model.init(KEY0))
+        trace = []
+        for _ in range(3):
+            state, _ = step(state, exp.data, KEY0)
+            trace.append(ravel_pytree(state.params)[0])
+        params.append(trace)
+    for r in (0, 1):
+        np.testing.assert_array_equal(params[0][r], params[1][r])
+    assert not np.allclose(params[0][2], params[1][2])

@@ -144,5 +144,5 @@ def afa(num_clients: int, xi: float = 2.0, delta_xi: float = 0.5, prior_alpha: f
         aggregate = _common.weighted_average(x, weights)
         return aggregate, new_state, _common.info(weights, good=good, blocked=blocked, afa_passes=passes)
 
-    return Aggregator(init=init, update=update,
+    return Aggregator(init=init, update=update, count_weighted=True,
                       requirement=lambda n: _population.population_requirement(rule, num_clients, n))

@@ -30,4 +30,4 @@ def mean(weighted: bool = True) -> Aggregator:
         w = w.astype(updates.dtype)
         return _common.weighted_average(updates, w), state, _common.info(w)
 
-    return Aggregator(init=lambda params: (), update=update)
+    return Aggregator(init=lambda params: (), update=update, count_weighted=weighted)

@@ -72,7 +72,7 @@ def norm_clipping(max_norm: float, weighted: bool = True) -> Aggregator:
         out, info = aggregate(updates, context)
         return out, state, info
 
-    return Aggregator(init=lambda params: (), update=update)
+    return Aggregator(init=lambda params: (), update=update, count_weighted=weighted)
 
 
 def weak_dp(max_norm: float, noise_std: float, weighted: bool = True) -> Aggregator:
@@ -99,7 +99,7 @@ def weak_dp(max_norm: float, noise_std: float, weighted: bool = True) -> Aggrega
         noise = noise_std * jax.random.normal(context.key, out.shape, out.dtype)
         return out + noise, state, info
 
-    return Aggregator(init=lambda params: (), update=update)
+    return Aggregator(init=lambda params: (), update=update, count_weighted=weighted)
 
 
 def centered_clipping(clip_radius: float, num_iterations: Optional[int] = 1) -> Aggregator:

@@ -187,4 +187,4 @@ def cluster_filter(num_iterations: int = 10) -> Aggregator:
         weights = jnp.where(kept, context.weights, 0.0).astype(updates.dtype)
         return _common.weighted_average(updates, weights), state, _common.info(weights, cluster=assign)
 
-    return Aggregator(init=lambda params: (), update=update)
+    return Aggregator(init=lambda params: (), update=update, count_weighted=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 from fljax.aggregators import _common
-from fljax.aggregators.order_statistics import trimmed_mean_with_shares
+from fljax.aggregators.order_statistics import trimmed_mean_and_kept_mass
 from fljax.types import Aggregator
 
 
@@ -15,8 +15,8 @@ def _coordinatewise(rule: str, trim_of_n) -> Aggregator:
         _common.require(0 <= 2 * k < n, rule, f"needs n > 2 * trimmed values per side; got n={n} and trim k={k} (requires num_byzantine < n/2)")
 
     def update(updates, state, context):
-        aggregate, shares = trimmed_mean_with_shares(_common.sanitize(updates), trim_of_n(updates.shape[0]))
-        return aggregate, state, _common.info(shares)
+        aggregate, shares, kept = trimmed_mean_and_kept_mass(_common.sanitize(updates), trim_of_n(updates.shape[0]))
+        return aggregate, state, _common.info(shares, kept_share=kept)
 
     return Aggregator(init=lambda params: (), update=update, requirement=requirement)
 
@@ -27,7 +27,9 @@ def median() -> Aggregator:
     For even n the mean of the two middle values. NaN updates count as +inf, so up to
     ``ceil(n/2) - 1`` arbitrary (even non-finite) updates cannot move the output outside the
     range of the honest values. ``info["weights"][i]`` is the share of coordinates client i
-    supplied. Needs no f: it tolerates any f < n/2.
+    supplied; ``info["kept_share"][i]`` the share of its update (entries weighed by magnitude)
+    in the kept values, which detection reads: client i is flagged when that share is below half
+    the cohort's average. Needs no f: it tolerates any f < n/2.
 
     References:
       Yin, Chen, Ramchandran, Bartlett, "Byzantine-Robust Distributed Learning: Towards Optimal
@@ -46,7 +48,9 @@ def trimmed_mean(num_byzantine: Optional[int] = None, beta: Optional[float] = No
       num_byzantine: k = f values trimmed at each end (Yin et al. use k = beta n >= f).
       beta: alternatively, the trimmed fraction per side, k = floor(beta * n); ``0 <= beta < 0.5``.
 
-    Requires n > 2k. NaN updates count as +inf (trimmed as outliers).
+    Requires n > 2k. NaN updates count as +inf (trimmed as outliers). ``info`` as ``median``'s:
+    a client is flagged when the share of its update in the kept values is below half the
+    cohort's average (with k = 0 every value is kept and no one is flagged).
 
     References:
       Yin, Chen, Ramchandran, Bartlett, "Byzantine-Robust Distributed Learning: Towards Optimal

@@ -175,7 +175,7 @@ def geometric_median(nu: float = 1e-6, tol: Optional[float] = 1e-5, max_iter: Op
         b = jax.lax.stop_gradient(_weiszfeld_weights(z, x, a, nu))
         return z, state, _common.info(b, iterations=iterations)
 
-    return Aggregator(init=lambda params: (), update=update)
+    return Aggregator(init=lambda params: (), update=update, count_weighted=weighted)
 
 
 def rfa(num_iterations: Optional[int] = 3, nu: float = 1e-6, weighted: bool = True) -> Aggregator:
@@ -212,4 +212,4 @@ def rfa(num_iterations: Optional[int] = 3, nu: float = 1e-6, weighted: bool = Tr
         z = jnp.dot(b, x, precision=_HI) / jnp.sum(b)
         return z, state, _common.info(jax.lax.stop_gradient(b))
 
-    return Aggregator(init=lambda params: (), update=update)
+    return Aggregator(init=lambda params: (), update=update, count_weighted=weighted)

@@ -392,9 +392,10 @@ def _kth_jvp(k, primals, tangents):
     return (lo, hi), (tie_mean(lo), tie_mean(hi))
 
 
-def _trim_stats(x: Array, lo: Array, hi: Array, k: int, aggregate: bool = True) -> tuple[Array, Array, Array]:
+def _trim_stats(x: Array, lo: Array, hi: Array, k: int, aggregate: bool = True) -> tuple[Array, Array, Array, Array]:
     """Per column of ``x [n, c]`` given its ``lo``/``hi``: the trimmed mean (or 0 when
-    ``aggregate`` is false), and the kept slots of each entry equal to ``lo`` and to ``hi``."""
+    ``aggregate`` is false), the kept slots of each entry equal to ``lo`` and to ``hi``, and
+    whether all n entries are equal."""
     n = x.shape[0]
     kept = n - 2 * k
     count_reductions, unpack = _count_pairs(
@@ -412,7 +413,7 @@ def _trim_stats(x: Array, lo: Array, hi: Array, k: int, aggregate: bool = True) 
     mean = jnp.where(same, lo, (inner_sum + ends) / kept) if aggregate else jnp.zeros_like(lo)
     share_lo = jnp.where(same, kept / n_at_lo, slots_lo / jnp.maximum(n_at_lo, 1.0))
     share_hi = jnp.where(same, 0.0, slots_hi / jnp.maximum(n_at_hi, 1.0))
-    return mean, share_lo, share_hi
+    return mean, share_lo, share_hi, n_at_lo == n
 
 
 def _kept_slots(r: Array, lo: Array, hi: Array, inner: Array, share_lo: Array, share_hi: Array) -> Array:
@@ -421,20 +422,34 @@ def _kept_slots(r: Array, lo: Array, hi: Array, inner: Array, share_lo: Array, s
             + jnp.where(r == hi, share_hi, 0.0))
 
 
+MASS_CAP = 2.0 ** 100
+"""Magnitude an entry counts with in the kept-mass shares at most (infinite entries count as it)."""
+
+
 def _trimmed_block(x: Array, k: int, fresh: Array, lo: Array, hi: Array) -> tuple[Array, Array]:
-    """Trimmed mean of the columns of NaN-free ``x [n, c]`` given their ``lo``/``hi``, and each
-    row's kept slots summed over the ``fresh`` columns (see ``trimmed_mean_with_shares``)."""
-    aggregate, share_lo, share_hi = _trim_stats(x, lo, hi, k)
+    """Trimmed mean of the columns of NaN-free ``x [n, c]`` given their ``lo``/``hi``, and per row,
+    summed over the ``fresh`` columns, ``[kept slots, kept mass, mass]`` (``[3n]``; see
+    ``trimmed_mean_and_kept_mass``)."""
+    aggregate, share_lo, share_hi, everyone = _trim_stats(x, lo, hi, k)
     zero = jnp.zeros_like(lo)
     per_coord = _kept_slots(x, lo, hi, jnp.where(fresh, 1.0, zero), jnp.where(fresh, share_lo, zero),
                             jnp.where(fresh, share_hi, zero))
-    slots = jnp.dot(per_coord, jnp.ones(x.shape[1], x.dtype), precision=lax.Precision.HIGHEST)
-    return aggregate, slots
+    mass = jnp.where(fresh & ~everyone, jnp.minimum(jnp.abs(x), MASS_CAP), 0.0)  # columns where all tie: none
+    ones = jnp.ones(x.shape[1], x.dtype)
+    rows = [jnp.dot(r, ones, precision=lax.Precision.HIGHEST) for r in (per_coord, per_coord * mass, mass)]
+    return aggregate, jnp.concatenate(rows)
+
+
+def trimmed_mean_with_shares(x: Array, k: int) -> tuple[Array, Array]:
+    """``trimmed_mean_and_kept_mass`` without the kept-mass shares: ``(aggregate, shares)``."""
+    aggregate, shares, _ = trimmed_mean_and_kept_mass(x, k)
+    return aggregate, shares
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
-def trimmed_mean_with_shares(x: Array, k: int) -> tuple[Array, Array]:
-    """Coordinate-wise mean of the ``n - 2k`` middle values and each client's share.
+def trimmed_mean_and_kept_mass(x: Array, k: int) -> tuple[Array, Array, Array]:
+    """Coordinate-wise mean of the ``n - 2k`` middle values, each client's share, and the share
+    of each client's update that the rule kept.
 
     Differentiable in ``x``: the aggregate's tangent is the mean of the kept entries' tangents
     (tied entries at ``lo`` / ``hi`` sharing their slots); the shares are piecewise constant.
@@ -444,8 +459,12 @@ def trimmed_mean_with_shares(x: Array, k: int) -> tuple[Array, Array]:
       k: how many values to drop at each end, ``0 <= k < n / 2``.
 
     Returns:
-      ``(aggregate [d], shares [n])`` where ``shares[i]`` is the fraction of the kept slots,
-      averaged over coordinates, that client i filled (ties at ``lo`` / ``hi`` split evenly).
+      ``(aggregate [d], shares [n], kept_mass [n])`` where ``shares[i]`` is the fraction of the
+      kept slots, averaged over coordinates, that client i filled (ties at ``lo`` / ``hi`` split
+      evenly), and ``kept_mass[i]`` the share of client i's update, weighing each entry by its
+      magnitude (at most ``MASS_CAP``, so infinite entries outweigh finite ones), that lies in
+      kept slots, over the coordinates where not all n values are equal: zero entries and
+      all-equal coordinates weigh nothing (1 for a client with no such mass).
     """
     n, d = x.shape
     _check_rank(n, k, trimmed=True)
@@ -457,27 +476,30 @@ def trimmed_mean_with_shares(x: Array, k: int) -> tuple[Array, Array]:
         block = _no_nan(block)
         if not lo_hi:
             lo_hi = _kth_block(block, k) if block.dtype == jnp.float32 else _sorted_kth(block, k)
-        aggregate, slots = _trimmed_block(block, k, fresh, *lo_hi)
-        return aggregate[None], slots
+        aggregate, rows = _trimmed_block(block, k, fresh, *lo_hi)
+        return aggregate[None], rows
 
     if x.dtype != jnp.float32 or d == 0:
-        (aggregate,), slots = block_fn(x, jnp.ones(d, bool))
+        (aggregate,), rows = block_fn(x, jnp.ones(d, bool))
     elif n <= NETWORK_MAX_N:  # the network in one pass over x, then the blocked reductions
-        (aggregate,), slots = _over_column_blocks(x, block_fn, 1, n, *_kth_block(x, k))
+        (aggregate,), rows = _over_column_blocks(x, block_fn, 1, 3 * n, *_kth_block(x, k))
     else:
-        (aggregate,), slots = _over_column_blocks(x, block_fn, 1, n)
+        (aggregate,), rows = _over_column_blocks(x, block_fn, 1, 3 * n)
+    slots, kept, mass = rows[:n], rows[n:2 * n], rows[2 * n:]
     shares = slots / (max(d, 1) * (n - 2 * k))
-    return aggregate.astype(dtype), shares
+    kept_mass = jnp.where(mass > 0, kept / jnp.where(mass > 0, mass, 1.0), 1.0)
+    return aggregate.astype(dtype), shares, kept_mass
 
 
-@trimmed_mean_with_shares.defjvp
+@trimmed_mean_and_kept_mass.defjvp
 def _trimmed_jvp(k, primals, tangents):
     (x,), (t,) = primals, tangents
-    aggregate, shares = trimmed_mean_with_shares(x, k)
+    aggregate, shares, kept_mass = trimmed_mean_and_kept_mass(x, k)
     x = _no_nan(x)
     lo, hi = kth_smallest_and_largest(x, k)
-    _, share_lo, share_hi = _trim_stats(x, lo, hi, k, aggregate=False)
+    _, share_lo, share_hi, _ = _trim_stats(x, lo, hi, k, aggregate=False)
     one = jnp.ones_like(lo)
     weighted = _reduce_rows([(lambda r, s: _kept_slots(r, lo, hi, one, share_lo, share_hi).astype(s.dtype) * s,
                               jnp.add)], x, t)[0]
-    return (aggregate, shares), ((weighted / (x.shape[0] - 2 * k)).astype(aggregate.dtype), jnp.zeros_like(shares))
+    return (aggregate, shares, kept_mass), ((weighted / (x.shape[0] - 2 * k)).astype(aggregate.dtype),
+                                            jnp.zeros_like(shares), jnp.zeros_like(kept_mass))

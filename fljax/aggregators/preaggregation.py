@@ -150,7 +150,10 @@ def with_preaggregation(aggregator: Aggregator, *preaggregators: PreAggregator) 
     The rule sees the transformed rows with their example counts and ids; each pre-aggregator
     and the rule get their own key split from ``context.key``; the rule's state passes through.
     ``info["weights"]`` is per ORIGINAL client (``normalize(w' @ M)`` with ``M`` the product of
-    the mixing matrices); ``info["inner_weights"]`` keeps the rule's weights per row.
+    the mixing matrices); ``info["inner_weights"]`` keeps the rule's weights per row. A rule's
+    ``info["kept_share"]`` maps back as each client's average over the rows it enters, weighted
+    by its coefficients (``(s' @ M) / (1 @ M)``), so detection reads it per client too; the
+    result is ``count_weighted`` when the rule is.
 
     Examples:
       >>> agg = with_preaggregation(fljax.aggregators.krum(num_byzantine=2), bucketing(2), nnm(2))
@@ -181,10 +184,15 @@ def with_preaggregation(aggregator: Aggregator, *preaggregators: PreAggregator) 
         inner = context._replace(weights=w, key=keys[-1], client_ids=ids)
         aggregate, state, info = aggregator.update(x, state, inner)
         weights = jnp.dot(info["weights"], total, precision=_HI)
-        return aggregate, state, {**info, **_common.info(weights), "inner_weights": info["weights"]}
+        out = {**info, **_common.info(weights), "inner_weights": info["weights"]}
+        if "kept_share" in info:
+            presence = jnp.dot(jnp.ones_like(info["kept_share"]), total, precision=_HI)
+            kept = jnp.dot(info["kept_share"], total, precision=_HI)
+            out["kept_share"] = jnp.where(presence > 0, kept / jnp.where(presence > 0, presence, 1.0), 1.0)
+        return aggregate, state, out
 
     return Aggregator(init=aggregator.init, update=update, requirement=requirement,
-                      needs_reference=aggregator.needs_reference)
+                      needs_reference=aggregator.needs_reference, count_weighted=aggregator.count_weighted)
 
 
 PREAGGREGATORS = {

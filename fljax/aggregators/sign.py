@@ -205,4 +205,4 @@ def rlr(learning_threshold: int, weighted: bool = True) -> Aggregator:
         lr = jnp.where(agreement >= theta, 1.0, -1.0).astype(updates.dtype)
         return lr * _common.weighted_average(x, w), state, _common.info(w, flipped=jnp.mean(lr < 0))
 
-    return Aggregator(init=lambda params: (), update=update, requirement=requirement)
+    return Aggregator(init=lambda params: (), update=update, requirement=requirement, count_weighted=weighted)

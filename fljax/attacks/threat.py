@@ -6,7 +6,8 @@
   Shejwalkar & Houmansadr 2021). ``observed_rows`` turns this into a row mask and
   ``masked_mean_std`` into the statistics.
 * Schedule. ``scheduled(attack, ...)`` applies an attack only in chosen rounds; in the other
-  rounds the malicious clients send their honest update.
+  rounds the malicious clients behave honestly: ``make_round`` reads the schedule
+  (``ModelAttack.active``) and gates the data attack and the malicious local training with it too.
 * Collusion. Attacks whose papers send identical crafted updates, or per-attacker samples, take
   ``colluding=True|False``; ``ball_offsets`` gives the small per-attacker perturbations.
 """
@@ -105,6 +106,12 @@ def scheduled(attack: ModelAttack, start_round: int = 0, every: int = 1, single_
     ``single_shot=True`` only ``start_round`` (e.g. a one-shot model replacement); or exactly the
     listed ``rounds``. In the other rounds the malicious clients send their honest update and
     the attack's state passes through unchanged (``lax.cond``: the attack is not computed).
+    The schedule is the result's ``active``, which ``make_round`` applies to the whole attack:
+    outside the active rounds the malicious clients' data attack and attack-specific local
+    training (constrain-and-scale, PGD, Neurotoxin) are off as well, so they train and send
+    exactly what honest clients would (Bagdasaryan et al.'s single-shot setting); pass
+    ``make_round(continuous_data_poisoning=True)`` to keep poisoning their data in every round.
+    Scheduling a scheduled attack attacks in the rounds both schedules allow.
 
     Args:
       attack: any ``ModelAttack``.
@@ -120,11 +127,12 @@ def scheduled(attack: ModelAttack, start_round: int = 0, every: int = 1, single_
     Examples:
       >>> attack = scheduled(fljax.attacks.ipm(0.5), start_round=10, every=2)
     """
-    active = attack_rounds(start_round, every, single_shot, rounds)
+    own = attack_rounds(start_round, every, single_shot, rounds)
+    active = own if attack.active is None else (lambda r: own(r) & attack.active(r))
 
     def update(updates, malicious, state, key, context):
-        return jax.lax.cond(active(context.round),
+        return jax.lax.cond(own(context.round),
                             lambda: attack.update(updates, malicious, state, key, context),
                             lambda: (updates, state))
 
-    return ModelAttack(init=attack.init, update=update, requirement=attack.requirement)
+    return ModelAttack(init=attack.init, update=update, requirement=attack.requirement, active=active)
