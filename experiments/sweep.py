@@ -54,6 +54,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from experiments import run as run_lib
+from fljax import checkpoint as checkpoint_lib
 from experiments.configs import SweepSpec, load_config_file, replace_fields
 import fljax
 from fljax import aggregators as aggregators_lib
@@ -62,8 +63,10 @@ from fljax.data import METHODS, load
 from fljax.experiment import (ExperimentConfig, attack_names, build, build_aggregator, build_attacks,
                               effective_num_byzantine, partition_in_program, validate)
 
-FORMAT_VERSION = 1
-"""Version of the cell files; a file of another version is recomputed."""
+FORMAT_VERSION = 2
+"""Version of the cell files; a file of another version is recomputed. 2: partitions shuffle
+the client order, poisoning counts real examples only, schedules gate the whole attack and
+detection is measured against each rule's own treatment (issue 12): version 1 numbers differ."""
 
 PARTITION_FIELDS = ("partition", "dirichlet_alpha", "bias", "shards_per_client")
 """Config fields that only shape the data partition: cells differing only in these can share a
@@ -328,8 +331,9 @@ def summarize(seeds, diverged_round, history) -> dict:
 
     ``final[m]`` holds ``mean``, ``std`` (sample std over seeds, ddof=1; NaN seeds left out) and
     the per-seed ``values``: every evaluation metric at the last evaluation, the detection rates
-    averaged over rounds (NaN rounds, e.g. with no malicious client, left out), and
-    ``diverged`` (1 for a seed whose global model went non-finite)."""
+    averaged over rounds (NaN rounds, e.g. with no malicious client, left out), the number of
+    rounds with more attacking clients than f (``rounds_beyond_f``), and ``diverged`` (1 for a
+    seed whose global model went non-finite)."""
     rounds, evals = jax.device_get(history.rounds), jax.device_get(history.evals)
     diverged_round = np.asarray(diverged_round)
     final = {k: _nan_stats(np.asarray(v)[:, -1]) for k, v in evals.items() if k != "finite"}
@@ -337,6 +341,8 @@ def summarize(seeds, diverged_round, history) -> dict:
         arr = np.asarray(rounds[k], np.float64)
         per_seed = [float(np.nanmean(r)) if np.any(~np.isnan(r)) else float("nan") for r in arr]
         final[k] = _nan_stats(per_seed)
+    # rounds with more attacking clients than f (partial participation), reported, not hidden
+    final["rounds_beyond_f"] = _nan_stats(np.asarray(rounds["beyond_f"], np.float64).sum(axis=1))
     final["diverged"] = _nan_stats((diverged_round >= 0).astype(np.float64))
     return {
         "seeds": list(seeds),
@@ -447,6 +453,19 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, unit="cell", file=sys.stderr, dynamic_ncols=True)
 
 
+def fallback_output_dir() -> str:
+    """A fresh writable folder for a sweep whose ``output_dir`` failed (``checkpoint.fallback_folders``)."""
+    name = f"fljax-sweep-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    for folder in checkpoint_lib.fallback_folders():
+        path = os.path.join(folder, name)
+        try:
+            checkpoint_lib.probe_writable(path, "directory")
+        except OSError:
+            continue
+        return path
+    raise OSError(f"no writable folder for the sweep's results among {checkpoint_lib.fallback_folders()}")
+
+
 def run_sweep(spec: SweepSpec, output_dir: Optional[str] = None, *, log: Callable = print, progress: bool = True,
               compare_sequential_seeds: bool = False, allow_missing: bool = False,
               cache: Optional[ProgramCache] = None, seed_execution: str = "auto") -> SweepResult:
@@ -505,7 +524,14 @@ def run_sweep(spec: SweepSpec, output_dir: Optional[str] = None, *, log: Callabl
             if result is not None:
                 computed.append(cell.name)
                 if path:
-                    run_lib.write_json_atomic(path, result)
+                    target = os.path.join(output_dir, "cells", cell.name + ".json")
+                    try:
+                        run_lib.write_json_atomic(target, result)
+                    except OSError as e:  # keep every finished cell: go on in a fallback folder
+                        output_dir = fallback_output_dir()
+                        say(f"error: could not write {target} ({e}); the sweep's new cells and its results go to "
+                            f"{output_dir} from now on")
+                        run_lib.write_json_atomic(os.path.join(output_dir, "cells", cell.name + ".json"), result)
                 f, t = result["final"], result["timing"]
                 say(f"{cell.name}: accuracy {f['accuracy']['mean']:.4f} +- {f['accuracy']['std']:.4f}"
                     + (f", ASR {f['attack_success_rate']['mean']:.4f}" if "attack_success_rate" in f else "")
@@ -524,7 +550,13 @@ def run_sweep(spec: SweepSpec, output_dir: Optional[str] = None, *, log: Callabl
               "run_seconds": sum(r["timing"]["seconds"] for r in results if r["name"] in computed)}
     out = SweepResult(results, invalid, computed, skipped, timing, seed_vmap, output_dir, spec)
     if output_dir:
-        write_outputs(out)
+        try:
+            write_outputs(out)
+        except OSError as e:
+            out = dataclasses.replace(out, output_dir=fallback_output_dir())
+            log(f"error: could not write the sweep's results to {output_dir} ({e}); they were saved to "
+                f"{out.output_dir} instead")
+            write_outputs(out)
     log(f"{len(computed)} cells computed, {len(skipped)} already done, {len(invalid)} invalid; "
         f"wall time {timing['wall_seconds']:.1f} s ({timing['programs_compiled']} programs compiled, "
         f"{timing['programs_reused']} reused)")
@@ -630,8 +662,9 @@ def markdown(result: SweepResult) -> str:
         name = _slice_name(s)
         lines += [f"## {_slice_title(s)}", ""]
         for metric, title in (("accuracy", "Test accuracy"), ("attack_success_rate", "Attack success rate"),
-                              ("source_recall", "Source-class recall (targeted attacks: attack examples classified "
-                                                "as their true label)"),
+                              ("source_recall", "Source-class recall (targeted label flip) / accuracy on triggered "
+                                                "inputs (backdoors): the attack's test examples classified as their "
+                                                "true label"),
                               ("detection_tpr", "Detection TPR (malicious clients flagged, mean over rounds)"),
                               ("detection_fpr", "Detection FPR (honest clients flagged, mean over rounds)")):
             attacks, rules, _, _ = matrix(result, s, metric)
@@ -814,8 +847,8 @@ def main(argv) -> int:
         return 2
     result = run_sweep(spec, FLAGS.output_dir, progress=FLAGS.progress, allow_missing=FLAGS.allow_missing,
                        compare_sequential_seeds=FLAGS.compare_sequential_seeds, seed_execution=FLAGS.seed_execution)
-    print(f"results in {FLAGS.output_dir}/ (results.md, results.csv, results.json, history.csv, heatmap_*.png)")
-    return 0
+    print(f"results in {result.output_dir}/ (results.md, results.csv, results.json, history.csv, heatmap_*.png)")
+    return 0 if os.path.abspath(result.output_dir) == os.path.abspath(FLAGS.output_dir) else 1
 
 
 if __name__ == "__main__":

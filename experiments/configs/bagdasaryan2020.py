@@ -6,9 +6,12 @@ Learning?"), against the undefended mean.
 
     python -m experiments.sweep --config=experiments/configs/bagdasaryan2020.py --output_dir=results/bagdasaryan2020
 
-Here the attacker (client 0) is in every round's cohort (all clients take part) and replaces
-the model once, in round ``attack_start_round`` (``attack_single_shot``), as in the paper's
-single-shot experiments; its poisoned training runs every round. ``max_norm`` and
+Here the attacker (client 0) is in every round's cohort (all clients take part) and attacks
+once, in round ``attack_start_round`` (``attack_single_shot``), as in the paper's single-shot
+experiments: in that round it trains on backdoored batches and sends its boosted update; in
+every other round it trains and sends exactly what an honest client would (the schedule gates
+the whole attack; ``--continuous_data_poisoning`` would keep its backdoor training in every
+round). The ``backdoor`` row poisons data in every round with no boost. ``max_norm`` and
 ``noise_std`` of the defenses are preset settings to tune to the model's update norms.
 """
 
