@@ -40,7 +40,7 @@ KINDS = ("nan", "inf", "mixed", "huge", "float_max")
 NONFINITE = ("nan", "inf", "mixed")
 HUGE = ("huge", "float_max")
 N, F = 16, 3
-ACCURACY = 0.6  # clean mean reaches ~0.73 in 3 rounds here; chance is 0.1
+ACCURACY = 0.55  # clean mean reaches ~0.73 in 3 rounds here, Krum (one client's update) 0.59-0.67 by partition; chance is 0.1
 
 # Settings that rules require (no default), at values sensible for this small run.
 SETTINGS = {
