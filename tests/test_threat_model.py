@@ -155,7 +155,10 @@ def test_scheduled_nan_updates_reach_the_round_only_when_scheduled_small():
 
 MIX_LABELS = np.repeat(np.arange(10), 400)  # 4,000 examples sorted by label, like the embedded files
 PARTITION_CASES = [("iid", {}), ("dirichlet", {"alpha": 0.3}), ("shards", {"shards_per_client": 2}),
-                   ("bias", {"p": 0.5}), ("bias", {"p": 0.9})]
+                   ("bias", {"p": 0.5}), ("bias", {"p": 0.9}), ("natural", {})]
+# natural clients whose order follows their data: 200 writers of growing size (1 to 30 examples) cut from the
+# label-sorted examples, so the writer's number tells its labels and its size
+WRITERS = np.repeat(np.arange(200), np.diff((np.linspace(0, 1, 201) ** 1.5 * 4000).astype(int)))
 
 
 def _mix(indices, counts, clients):
@@ -170,11 +173,15 @@ def test_malicious_ids_hold_the_same_label_mix_as_honest_ones(method, kw):
     their pooled label shares (and example counts) must match the honest clients' within sampling
     error (|t| < 5 per label). Before the fix the bias partition gave ids 0..19 exactly groups 0
     and 1 (~27% of labels 0 and 1 each, against ~5% for honest clients)."""
-    from fljax.data import partition
+    from fljax.data import natural, partition
     mal, hon = np.arange(20), np.arange(20, 100)
     diffs, count_diffs = [], []
     for seed in range(30):
-        idx, counts = partition(jax.random.PRNGKey(seed), MIX_LABELS, 100, method, num_classes=10, **kw)
+        key = jax.random.PRNGKey(seed)
+        if method == "natural":
+            idx, counts = natural(key, WRITERS, 100)
+        else:
+            idx, counts = partition(key, MIX_LABELS, 100, method, num_classes=10, **kw)
         (m_mix, m_count), (h_mix, h_count) = _mix(idx, counts, mal), _mix(idx, counts, hon)
         diffs.append(m_mix - h_mix)
         count_diffs.append(m_count - h_count)
