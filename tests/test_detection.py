@@ -3,6 +3,8 @@ item 3): a rule that excludes no one flags no one whatever the example counts; c
 all clients tie and ties at zero do not dilute a coordinate-wise rule's verdict; rounds with more
 attacking clients than f are reported apart."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -97,25 +99,38 @@ def _recorder(n):
     return fljax.Aggregator(init=lambda p: (jnp.zeros((n, p.shape[0])), jnp.zeros(n)), update=update)
 
 
-_UPDATES = {}
+PARTITIONS = ["iid", "dirichlet:0.3", "shards:2", "bias:0.5"]
 
 
-def round_updates(partition: str, num_clients: int = 30, num_malicious: int = 6):
-    """One FedAvg round's updates (rows = client ids; clients 0..m-1 send x10 sign flips) and
-    counts on 8x8 digits with a logistic regression, data partitioned by ``partition``."""
-    name, _, value = partition.partition(":")
-    if partition not in _UPDATES:
+@functools.lru_cache(maxsize=None)
+def all_round_updates(num_clients: int = 30, num_malicious: int = 6):
+    """Per partition of ``PARTITIONS``: one FedAvg round's updates (rows = client ids; clients
+    0..m-1 send x10 sign flips) and example counts, on 8x8 digits with a logistic regression.
+    The client tables are padded to one width so that one compiled round serves them all."""
+    datas = {}
+    for partition in PARTITIONS:
+        name, _, value = partition.partition(":")
         field = {"dirichlet": "dirichlet_alpha", "bias": "bias", "shards": "shards_per_client"}.get(name)
         settings = {} if field is None else {field: (int if name == "shards" else float)(value)}
         exp = build(ExperimentConfig(dataset="digits", model="logreg", num_clients=num_clients,
                                      clients_per_round=num_clients, num_malicious=num_malicious, attack="none",
                                      aggregator="mean", partition=name, rounds=1, local_steps=2, **settings))
-        update = fedavg(classification_loss(exp.model.apply), optax.sgd(0.3), local_steps=2, batch_size=32)
-        rnd = fljax.make_round(update, _recorder(num_clients), clients_per_round=num_clients,
-                               num_malicious=num_malicious, model_attack=sign_flip(10.0))
-        state, _ = rnd.step(rnd.init(exp.model.init(KEY)), exp.data, KEY)
-        _UPDATES[partition] = tuple(np.asarray(a) for a in state.agg_state)
-    return _UPDATES[partition]
+        datas[partition] = exp.data
+    width = max(d.client_indices.shape[1] for d in datas.values())
+    update = fedavg(classification_loss(exp.model.apply), optax.sgd(0.3), local_steps=2, batch_size=32)
+    rnd = fljax.make_round(update, _recorder(num_clients), clients_per_round=num_clients, num_malicious=num_malicious,
+                           model_attack=sign_flip(10.0))
+    out = {}
+    for partition, data in datas.items():
+        pad = width - data.client_indices.shape[1]
+        data = data._replace(client_indices=jnp.pad(data.client_indices, ((0, 0), (0, pad))))
+        state, _ = rnd.step(rnd.init(exp.model.init(KEY)), data, KEY)
+        out[partition] = tuple(np.asarray(a) for a in state.agg_state)
+    return out
+
+
+def round_updates(partition: str):
+    return all_round_updates()[partition]
 
 
 def verdict(rule, updates, counts):
@@ -123,7 +138,6 @@ def verdict(rule, updates, counts):
     return np.asarray(flagged_clients(jax.tree.map(jnp.asarray, info), jnp.asarray(counts), rule.count_weighted))
 
 
-PARTITIONS = ["iid", "dirichlet:0.3", "shards:2", "bias:0.5"]
 NO_EXCLUSION = {  # built once: aggregate_once compiles each rule object once
     "mean": agg.mean(),
     "unweighted mean": agg.mean(weighted=False),
