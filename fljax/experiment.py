@@ -409,6 +409,8 @@ def build(config: ExperimentConfig) -> Experiment:
     client_update = with_matmul_precision(client_update, config.precision)
     if malicious_update is not None:
         malicious_update = with_matmul_precision(malicious_update, config.precision)
+    if config.attack == "none":  # the malicious clients behave honestly (unless --data_attack): no attack to score
+        model_attack = None
     round_ = make_round(client_update, aggregator, clients_per_round=config.clients_per_round,
                         num_malicious=config.num_malicious, data_attack=data_attack, model_attack=model_attack,
                         malicious_client_update=malicious_update,

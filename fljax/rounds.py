@@ -124,7 +124,7 @@ def make_round(client_update: ClientUpdate, aggregator: Aggregator, *, clients_p
         in every round, also outside the model attack's schedule.
 
     Metrics per round: ``num_malicious`` (sampled), ``num_attacking`` (of them, those attacking
-    in this round), ``beyond_f``, ``detection_tpr`` / ``detection_fpr`` (``flagged_clients``
+    in this round: none without any attack), ``beyond_f``, ``detection_tpr`` / ``detection_fpr`` (``flagged_clients``
     against the attacking clients), ``update_norm``, ``nonfinite_updates``, ``finite``.
 
     Requirements (the aggregator's, the attack's and the population's) are checked here, before
@@ -144,6 +144,8 @@ def make_round(client_update: ClientUpdate, aggregator: Aggregator, *, clients_p
         raise ValueError("make_round: continuous_data_poisoning needs a data_attack to keep poisoning with")
     aggregator.requirement(clients_per_round)
     mesh = sharding_lib.resolve_mesh(shard_clients)
+    # Without any attack the malicious clients behave honestly: no one attacks (detection TPR is NaN).
+    has_attack = data_attack is not None or model_attack is not None or malicious_client_update is not None
     model_attack = no_attack() if model_attack is None else model_attack
     if num_byzantine is not None:
         model_attack.requirement(clients_per_round, num_byzantine)
@@ -168,7 +170,7 @@ def make_round(client_update: ClientUpdate, aggregator: Aggregator, *, clients_p
         malicious = cohort < num_malicious
         # The schedule gates the whole attack: attack-specific local training and data poisoning too.
         active = jnp.bool_(True) if model_attack.active is None else jnp.asarray(model_attack.active(state.round), bool)
-        attacking = malicious & active
+        attacking = malicious & active & has_attack
         poisoning = malicious & (active | continuous_data_poisoning) if data_attack is not None else attacking
         counts = data.client_counts[cohort]
         flat_params, unravel = ravel_pytree(state.params)

@@ -213,3 +213,17 @@ def test_partial_participation_reports_rounds_beyond_f_apart_small():
     np.testing.assert_allclose(f["detection_tpr_beyond_f"], np.nanmean(tpr[beyond]))
     np.testing.assert_allclose(f["detection_tpr_within_f"], np.nanmean(tpr[~beyond]))
     assert f"{int(beyond.sum())} of 12 had more attacking clients than f" in summary_table(results)
+
+
+def test_without_any_attack_no_client_counts_as_attacking():
+    """Malicious clients with no attack to run behave honestly: TPR is NaN ("no attacker"), the
+    FPR scores the rule on clean clients; with a model attack they are scored as attackers."""
+    from tests.helpers import make_data, squared_loss
+    data = make_data([[0], [1], [2], [3]], np.arange(4.0)[:, None], np.arange(4.0))
+    for attack, attacking in ((None, 0), (sign_flip(10.0), 2)):
+        rnd = fljax.make_round(fljax.fedsgd(squared_loss), agg.median(), clients_per_round=4, num_malicious=2,
+                               model_attack=attack)
+        _, metrics = rnd.step(rnd.init({"w": jnp.zeros(1)}), data, KEY)
+        assert int(metrics["num_malicious"]) == 2 and int(metrics["num_attacking"]) == attacking
+        assert np.isnan(float(metrics["detection_tpr"])) == (attacking == 0)
+        assert np.isfinite(float(metrics["detection_fpr"]))
