@@ -234,7 +234,8 @@ def summary_table(results: dict) -> str:
         triggered = c["attack"] in _TRIGGER_ATTACKS or c.get("data_attack") in _TRIGGER_ATTACKS
         rows.append(("accuracy on triggered inputs" if triggered else "source-class recall", f"{f['source_recall']:.4f}"))
     rows += [
-        ("detection TPR / FPR", f"{f['detection_tpr']:.3f} / {f['detection_fpr']:.3f}"),
+        ("detection TPR / FPR", " / ".join("n/a" if math.isnan(f[k]) else f"{f[k]:.3f}"
+                                           for k in ("detection_tpr", "detection_fpr"))),
         ("time", f"{f['seconds']:.1f} s ({f['rounds_per_second']:.2f} rounds/s) + {f['compile_seconds']:.1f} s compile"),
     ]
     if f.get("rounds_beyond_f"):
