@@ -192,24 +192,46 @@ def max_scaled(x: Array) -> tuple[Array, Array]:
     return jax.lax.cond(jnp.any(m > 2.0 ** 120), huge, plain), m
 
 
+def _plain_squares(updates: Array) -> Array:
+    """Whether every row is finite with its largest entry 0 or within ``[2^-40, 2^40]``: then
+    squares and dot products of the raw rows neither overflow nor underflow to zero (d < 2^40
+    entries), and the rescaled paths below (two extra copies of ``[n, d]``) are not needed."""
+    m = jnp.max(jnp.abs(updates), axis=1)  # NaN rows give NaN, failing both tests below
+    return jnp.all((m == 0) | ((m >= 2.0 ** -40) & (m <= 2.0 ** 40)))
+
+
 def cosine_similarity_matrix(updates: Array, eps: float = 1e-12) -> Array:
     """``[n, n]`` cosine similarities (fp32 Gram matrix of the unit rows); non-finite rows and
-    zero rows get similarity 0. Rows are scaled by their largest entry before normalizing, so
-    huge finite rows (1e30) neither overflow nor turn into NaN."""
-    finite = finite_rows(updates)
-    scaled, _ = max_scaled(jnp.where(finite[:, None], updates, 0.0))
-    norms = jnp.sqrt(jnp.sum(scaled * scaled, axis=1))
-    unit = scaled / jnp.maximum(norms, eps)[:, None]
-    return gram(unit)
+    zero rows get similarity 0. When some row is non-finite, huge or tiny, rows are scaled by
+    their largest entry before normalizing, so huge finite rows (1e30) neither overflow nor
+    turn into NaN; otherwise the raw rows' Gram matrix is normalized (no copies of the rows)."""
+
+    def plain():
+        g = gram(updates)
+        norms = jnp.sqrt(jnp.diag(g))
+        inverse = jnp.where(norms > 0, 1.0 / jnp.where(norms > 0, norms, 1.0), 0.0)
+        return g * inverse[:, None] * inverse[None, :]
+
+    def rescaled():
+        finite = finite_rows(updates)
+        scaled, _ = max_scaled(jnp.where(finite[:, None], updates, 0.0))
+        norms = jnp.sqrt(jnp.sum(scaled * scaled, axis=1))
+        return gram(scaled / jnp.maximum(norms, eps)[:, None])
+
+    return jax.lax.cond(_plain_squares(updates), plain, rescaled)
 
 
 def safe_norms(updates: Array) -> Array:
-    """``[n]`` Euclidean norms; +inf for rows with non-finite entries. Computed as
-    ``m * ||x / m||`` (m the row's largest entry), so a norm overflows only when it exceeds
-    the float range, not when its square does."""
-    finite = finite_rows(updates)
-    scaled, m = max_scaled(jnp.where(finite[:, None], updates, 0.0))
-    return jnp.where(finite, m * jnp.sqrt(jnp.sum(scaled * scaled, axis=1)), jnp.inf)
+    """``[n]`` Euclidean norms; +inf for rows with non-finite entries. When some row is
+    non-finite, huge or tiny, computed as ``m * ||x / m||`` (m the row's largest entry), so a
+    norm overflows only when it exceeds the float range, not when its square does."""
+
+    def rescaled():
+        finite = finite_rows(updates)
+        scaled, m = max_scaled(jnp.where(finite[:, None], updates, 0.0))
+        return jnp.where(finite, m * jnp.sqrt(jnp.sum(scaled * scaled, axis=1)), jnp.inf)
+
+    return jax.lax.cond(_plain_squares(updates), lambda: jnp.sqrt(jnp.sum(updates * updates, axis=1)), rescaled)
 
 
 def info(weights: Array, **extra) -> dict:
