@@ -3,6 +3,8 @@
     python -m experiments.benchmark                              # ~3 minutes on a 2-core CPU
     python -m experiments.benchmark --clients_per_round=10,100,1000 --executions=vmap,sequential
     python -m experiments.benchmark --aggregators=all --large --torch=false
+    python -m experiments.benchmark --model=cnn --local_steps=1 --conv_impl=xla,auto --aggregators=
+        # Fang's CNN, 100 clients x 1 step of batch 32: XLA's convolution vs patches vs PyTorch
 
 Prints, for each cohort size in ``--clients_per_round``:
 
@@ -12,14 +14,11 @@ Prints, for each cohort size in ``--clients_per_round``:
    Shakespeare's 80-character sequences for char_lstm; ``--local_steps`` steps of
    ``--batch_size`` per client; FedAvg with the mean aggregator) under each client execution
    strategy: round time, rounds/s, clients/s and achieved TFLOP/s, counted as 3 x the forward
-   pass's matmul and convolution FLOPs (``timing.forward_flops``; 6 x parameters for the MLP)
+   pass's matmul and convolution FLOPs (``timing.forward_flops``; about 6 x parameters for the MLP)
    x examples, next to the fp32 matmul peak measured in the same run. ``--conv_impl`` forces
    how convolutions are computed (``fljax.layers``: auto, xla or patches; several compare them).
 2. The same round as a plain PyTorch per-client loop (``--torch``; skipped if torch is absent),
    ``timing.torch_round``: the same model in torch.
-
-    python -m experiments.benchmark --model=cnn --local_steps=1 --executions=sequential,parallel \
-        --conv_impl=auto,xla --aggregators=mean       # issue 20's CNN workload vs PyTorch
 3. Each aggregation rule (``--aggregators``, names of ``fljax.aggregators.REGISTRY``, built with
    ``num_byzantine`` = 20% of n where the factory takes one) on the round's ``[n, d]`` updates,
    next to the clients' local training time and ``torch.median`` (``--large`` adds

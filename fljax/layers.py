@@ -1,12 +1,13 @@
 """Convolution and max-pooling whose forward and backward run at matmul speed on every backend.
 
-XLA:CPU lowers a convolution's gradient to slow loops: measured on a 2-core CPU (jax 0.10.2),
-Fang et al.'s CNN took 270 ms per client-step of batch 32 inside a round's client loop with
-``flax.linen.Conv`` against 35 ms as image patches times a matmul. So on CPU a convolution is
-computed as explicit image patches (strided slices of the padded input, concatenated along
-channels) times the kernel reshaped to a matrix, whose gradient is a matmul plus slices; on
-GPU and TPU XLA's native convolution (cuDNN on NVIDIA) stays. Both compute the same function,
-so results agree to float rounding and parameters are interchangeable.
+XLA:CPU runs a convolution's gradient and a max-pool's (``select_and_scatter``) as slow loops
+(Fang et al.'s CNN: a round of 100 clients ~14x slower than the formulation below, see
+``python -m experiments.benchmark --model=cnn --conv_impl=xla,auto``). So on CPU a convolution
+is explicit image patches (strided slices of the padded input, concatenated along channels)
+times the kernel reshaped to a matrix, whose gradient is matmuls plus pads; a max-pool over
+non-overlapping windows is a reshape and a max. On GPU and TPU XLA's native convolution (cuDNN
+on NVIDIA) stays. Both compute the same functions, so results agree to float rounding and
+parameters are interchangeable.
 
 ``Conv`` is ``flax.linen.Conv`` (same attributes, parameter names, shapes and initialisation)
 with an ``impl`` attribute: ``"auto"`` (patches on CPU, XLA's convolution elsewhere),
@@ -100,10 +101,9 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence[int], 
         return conv()
     if unsupported:
         raise ValueError(f"impl='patches' needs {', '.join(unsupported)}; use impl='xla' (or 'auto')")
-    window, cin, cout = rhs.shape[:-2], rhs.shape[-2], rhs.shape[-1]
+    window, cout = rhs.shape[:-2], rhs.shape[-1]
     patches = image_patches(lhs, window, window_strides, padding, rhs_dilation)
-    kernel = rhs.reshape(-1, cout)
-    assert patches.shape[-1] == kernel.shape[0] == cin * len(list(itertools.product(*map(range, window))))
+    kernel = rhs.reshape(-1, cout)  # HWIO rows in the patches' feature order
     return lax.dot_general(patches, kernel, (((patches.ndim - 1,), (0,)), ((), ())), precision=precision,
                            preferred_element_type=preferred_element_type)
 
@@ -123,7 +123,9 @@ class Conv(nn.Conv):
 
     def __post_init__(self):
         _check_impl(self.impl)
-        if self.conv_general_dilated is None:  # frozen dataclass: set once, before flax binds the module
+        own = self.conv_general_dilated
+        if own is None or (isinstance(own, functools.partial) and own.func is conv_general_dilated):
+            # Set before flax binds the module (its fields are frozen after); re-set on clone(impl=...).
             object.__setattr__(self, "conv_general_dilated", functools.partial(conv_general_dilated, impl=self.impl))
         super().__post_init__()
 

@@ -76,6 +76,8 @@ def test_auto_is_patches_on_cpu_and_xla_keeps_the_convolution():
     assert ("conv_general_dilated" in primitives(lambda p: auto.apply(p, x), params)) == (not on_cpu)
     xla = layers.Conv(3, (3, 3), impl="xla")
     assert "conv_general_dilated" in primitives(lambda p: xla.apply(p, x), params)
+    cloned = layers.Conv(3, (3, 3), impl="patches").clone(impl="xla")
+    assert "conv_general_dilated" in primitives(lambda p: cloned.apply(p, x), params)
     assert_close(xla.apply(params, x), layers.Conv(3, (3, 3), impl="patches").apply(params, x))
 
 

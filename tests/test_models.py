@@ -206,3 +206,30 @@ def test_runner_builds_and_runs_a_new_model():
                               attack="none", aggregator="mean", rounds=1, eval_every=1, local_steps=1, batch_size=8)
     experiment = build(config)
     assert models.num_params(experiment.model.init(jax.random.PRNGKey(0))) == 61_706
+
+
+def test_lstm_layer_is_the_standard_lstm():
+    """Against the LSTM equations step by step (gates i, f, g, o), and torch.nn.LSTM when present."""
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 5, 3))
+    layer = models.LSTM(4)
+    params = layer.init(jax.random.PRNGKey(0), x)
+    p = params["params"]
+    sigmoid = lambda v: 1 / (1 + np.exp(-v))
+    c, h, expected = np.zeros((2, 4)), np.zeros((2, 4)), []
+    for t in range(5):
+        z = np.asarray(x[:, t]) @ np.asarray(p["input_kernel"]) + np.asarray(p["bias"]) + h @ np.asarray(
+            p["recurrent_kernel"])
+        i, f, g, o = np.split(z, 4, axis=-1)
+        c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
+        h = sigmoid(o) * np.tanh(c)
+        expected.append(h)
+    np.testing.assert_allclose(layer.apply(params, x), np.stack(expected, axis=1), rtol=1e-5, atol=1e-6)
+    torch = pytest.importorskip("torch")
+    reference = torch.nn.LSTM(3, 4, batch_first=True)
+    with torch.no_grad():
+        reference.weight_ih_l0.copy_(torch.tensor(np.asarray(p["input_kernel"]).T))
+        reference.weight_hh_l0.copy_(torch.tensor(np.asarray(p["recurrent_kernel"]).T))
+        reference.bias_ih_l0.copy_(torch.tensor(np.asarray(p["bias"])))
+        reference.bias_hh_l0.zero_()
+    np.testing.assert_allclose(layer.apply(params, x), reference(torch.tensor(np.asarray(x)))[0].detach().numpy(),
+                               rtol=1e-5, atol=1e-6)
