@@ -193,6 +193,7 @@ def max_pool(x: Array, window_shape: Sequence[int], strides: Optional[Sequence[i
     """
     window_shape = tuple(window_shape)
     strides = window_shape if strides is None else tuple(strides)
-    if resolve_impl(impl) == "patches" and strides == window_shape and padding == "VALID" and x.ndim == len(window_shape) + 2:
+    non_overlapping = strides == window_shape and padding == "VALID" and x.ndim == len(window_shape) + 2
+    if resolve_impl(impl) == "patches" and non_overlapping:
         return _first_max_pool(x, window_shape)
     return nn.max_pool(x, window_shape, strides=strides, padding=padding)

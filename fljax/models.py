@@ -246,6 +246,10 @@ class LSTM(nn.Module):
             return (c, state), state
 
         zeros = jnp.zeros((x.shape[0], h), inputs.dtype)
+        # The kernel enters the scan as a value made here: closed over as the parameter itself, the
+        # scan's transpose failed under pmap (parallel execution) with a sharding-mesh mismatch
+        # (jax 0.10.2; flax's nn.RNN too).
+        w_rec = w_rec * 1.0
         _, states = jax.lax.scan(step, (zeros, zeros), inputs)
         return jnp.swapaxes(states, 0, 1)
 

@@ -233,3 +233,18 @@ def test_lstm_layer_is_the_standard_lstm():
         reference.bias_hh_l0.zero_()
     np.testing.assert_allclose(layer.apply(params, x), reference(torch.tensor(np.asarray(x)))[0].detach().numpy(),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_char_lstm_trains_under_parallel_execution():
+    """A round of char_lstm with clients split over 2 CPU devices (pmap): the benchmark in a fresh
+    process, since the device count is fixed when JAX starts."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "experiments.benchmark", "--model=char_lstm", "--clients_per_round=2",
+               "--executions=parallel", "--local_steps=1", "--batch_size=4", "--examples_per_client=8", "--repeats=1",
+               "--aggregators=", "--torch=false", "--cpu_cores=2"]
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    proc = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "(2 device(s))" in proc.stdout and "\nparallel " in proc.stdout, proc.stdout
