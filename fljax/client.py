@@ -130,9 +130,14 @@ def fedavg(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, local_st
             active_steps = local_epochs * steps_per_epoch
         k_perm, k_data, k_loss = jax.random.split(key, 3)
         real = jnp.arange(width) < count
+        # Steps never reach past position local_steps * batch_size of an epoch's order: only that
+        # prefix is drawn, with top_k (the first entries of the same stable argsort, ~10x faster on
+        # CPU than sorting a client's 600 keys), when it is a small part of the order.
+        prefix = width if local_steps is None else min(width, local_steps * batch_size)
 
         def epoch_order(epoch):  # a fresh permutation of the real examples (padding sorts last)
-            return jnp.argsort(jnp.where(real, jax.random.uniform(jax.random.fold_in(k_perm, epoch), (width,)), 2.0))
+            keys = jnp.where(real, jax.random.uniform(jax.random.fold_in(k_perm, epoch), (width,)), 2.0)
+            return lax.top_k(-keys, prefix)[1] if 4 * prefix <= width else jnp.argsort(keys)[:prefix]
 
         def step(carry, t):
             p, opt_state, order = carry
@@ -141,7 +146,7 @@ def fedavg(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, local_st
             order = lax.cond(b == 0, lambda: epoch_order(epoch), lambda: order)
             pos = b * batch_size + jnp.arange(batch_size)
             mask = pos < count
-            idx = data.indices[order[jnp.minimum(pos, width - 1)]]
+            idx = data.indices[order[jnp.minimum(pos, prefix - 1)]]
             x, y = transform(data.x[idx], data.y[idx], mask, jax.random.fold_in(k_data, t))
             grads = grad_fn(p, Batch(x, y, mask), jax.random.fold_in(k_loss, t))
             upd, new_opt_state = optimizer.update(grads, opt_state, p)
@@ -151,7 +156,7 @@ def fedavg(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, local_st
             return lax.cond(t < active_steps, step, lambda c, _: (c, None), carry, t)
 
         body = step if local_steps is not None else masked_step
-        start = (params, optimizer.init(params), jnp.arange(width))
+        start = (params, optimizer.init(params), jnp.arange(prefix))
         (local, _, _), _ = lax.scan(body, start, jnp.arange(total))
         # A client with no data sends a zero update (selected once here, not at every step).
         return jax.tree.map(lambda a, b: jnp.where(count > 0, a - b, jnp.zeros_like(a)), local, params)

@@ -52,6 +52,10 @@ class MLP(nn.Module):
 class CNN(nn.Module):
     """Fang et al. 2020's CNN: conv3x3x30, maxpool 2, conv3x3x50, maxpool 2, dense 200, dense C.
 
+    Each convolution computes only the outputs its pool keeps (``layers.crop_for_pool``: on
+    28x28 inputs the second one computes 10x10 of its 11x11 outputs); values and gradients are
+    those of the uncropped network.
+
     References:
       Fang, Cao, Jia, Gong, "Local Model Poisoning Attacks to Byzantine-Robust Federated
       Learning", USENIX Security 2020 (Table 1).
@@ -62,10 +66,9 @@ class CNN(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        x = nn.relu(layers.Conv(30, (3, 3), padding="VALID", impl=self.impl)(x))
-        x = layers.max_pool(x, (2, 2), strides=(2, 2), impl=self.impl)
-        x = nn.relu(layers.Conv(50, (3, 3), padding="VALID", impl=self.impl)(x))
-        x = layers.max_pool(x, (2, 2), strides=(2, 2), impl=self.impl)
+        for features in (30, 50):  # each convolution computes only the outputs its pool keeps
+            x = layers.Conv(features, (3, 3), padding="VALID", impl=self.impl)(layers.crop_for_pool(x, (3, 3), (2, 2)))
+            x = layers.max_pool(nn.relu(x), (2, 2), strides=(2, 2), impl=self.impl)
         x = nn.relu(nn.Dense(200)(x.reshape(x.shape[0], -1)))
         return nn.Dense(self.num_classes)(x)
 

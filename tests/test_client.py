@@ -69,6 +69,30 @@ def test_fedavg_epochs_mask_steps_beyond_a_small_clients_count():
     np.testing.assert_allclose(delta["w"], -2 * X[1], rtol=1e-6)
 
 
+@pytest.mark.parametrize("count,local_steps", [(30, 2), (3, 2), (5, 3), (40, 12)])
+def test_fedavg_batches_follow_each_epochs_permutation(count, local_steps):
+    """Step t of a client with ``count`` real examples takes batch t % steps_per_epoch of epoch
+    t // steps_per_epoch's order, the stable argsort of fresh uniform keys (padding last), also
+    where only a prefix of the order is drawn (top_k, local_steps * batch_size << width)."""
+    width, batch = 40, 4
+    onehot = jnp.eye(width)
+    indices = np.asarray(jax.random.permutation(jax.random.PRNGKey(3), width), np.int32)
+    data = ClientData(onehot, jnp.zeros(width), jnp.asarray(indices), jnp.asarray(count))
+    linear = lambda p, b, k=None: jnp.sum(b.mask * (b.x @ p["w"])) / jnp.maximum(jnp.sum(b.mask), 1)
+    delta = fljax.fedavg(linear, optax.sgd(1.0), local_steps=local_steps, batch_size=batch)(
+        {"w": jnp.zeros(width)}, data, KEY)["w"]
+    k_perm = jax.random.split(KEY, 3)[0]
+    per_epoch = max(-(-count // batch), 1)
+    expected = np.zeros(width)
+    for t in range(local_steps):
+        epoch, b = divmod(t, per_epoch)
+        keys = np.where(np.arange(width) < count, jax.random.uniform(jax.random.fold_in(k_perm, epoch), (width,)), 2.0)
+        pos = b * batch + np.arange(batch)
+        used = indices[np.argsort(keys, kind="stable")[pos[pos < count]]]
+        expected[used] -= 1.0 / len(used)
+    np.testing.assert_allclose(delta, expected, rtol=1e-6, atol=1e-7)
+
+
 def test_client_without_data_sends_zero():
     delta = fljax.fedavg(squared_loss, optax.sgd(0.1), local_steps=3, batch_size=2)(W0, client([0, 0], 0), KEY)
     np.testing.assert_array_equal(delta["w"], 0.0)

@@ -37,6 +37,8 @@ CONV_CASES = [  # (kernel, strides, padding, C_in, C_out): Fang's CNN, ResNet, L
     ((1, 1), 2, "VALID", 16, 32),
     ((5, 5), 1, ((1, 2), (0, 3)), 6, 16),
     ((3, 2), (3, 1), "SAME", 2, 3),
+    ((5, 5), 1, ((2, 2), (2, 2)), 1, 6),  # LeNet-5's first layer: one input channel, padded
+    ((3, 3), 2, "SAME", 1, 4),  # one input channel, strided
 ]
 
 
@@ -65,6 +67,39 @@ def test_conv_without_bias_and_with_kernel_dilation():
     assert set(params["params"]) == {"kernel"}
     run = lambda m: jax.jit(lambda p: (m.apply(p, x), jax.grad(lambda p: jnp.sum(m.apply(p, x) ** 2))(p)))(params)
     assert_close(run(mine), run(ref))
+
+
+def test_one_channel_input_with_dilation_strides_and_padding():
+    """A one-channel input takes its own kernel gradient (patches built as [K, positions])."""
+    x = jax.random.normal(jax.random.PRNGKey(1), (3, 13, 12, 1))
+    for strides, padding, dilation in [(1, "VALID", 2), (2, ((1, 0), (2, 1)), 1), ((2, 1), "SAME", (1, 2))]:
+        ref = nn.Conv(5, (3, 3), strides=strides, padding=padding, kernel_dilation=dilation)
+        mine = layers.Conv(5, (3, 3), strides=strides, padding=padding, kernel_dilation=dilation, impl="patches")
+        params = ref.init(jax.random.PRNGKey(0), x)
+        loss = lambda m: lambda p, x: jnp.sum(jnp.sin(m.apply(p, x)) * jnp.arange(5))
+        run = lambda m: jax.jit(lambda p, x: (m.apply(p, x), jax.grad(loss(m), argnums=(0, 1))(p, x)))(params, x)
+        assert_close(run(mine), run(ref))
+
+
+@pytest.mark.parametrize("size", [(13, 13), (12, 11), (28, 27), (5, 4)])
+def test_crop_for_pool_keeps_pooled_values_and_gradients(size):
+    """Cropping what the pool drops changes neither the pooled output nor any gradient (the
+    cropped inputs' gradient is zero in the uncropped network too)."""
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, *size, 3))
+    conv = nn.Conv(4, (3, 3), padding="VALID")
+    params = conv.init(jax.random.PRNGKey(0), x)
+    cropped = layers.crop_for_pool(x, (3, 3), (2, 2))
+    out = [(n - 2) // 2 * 2 + 2 for n in size]
+    assert cropped.shape == (2, *out, 3)
+
+    def net(crop):
+        def f(p, x):
+            y = conv.apply(p, layers.crop_for_pool(x, (3, 3), (2, 2)) if crop else x)
+            return nn.max_pool(nn.relu(y), (2, 2), strides=(2, 2))
+        loss = lambda p, x: jnp.sum(jnp.sin(f(p, x)))
+        return jax.jit(lambda p, x: (f(p, x), jax.grad(loss, argnums=(0, 1))(p, x)))(params, x)
+
+    assert_close(net(True), net(False))
 
 
 def test_auto_is_patches_on_cpu_and_xla_keeps_the_convolution():
