@@ -54,15 +54,14 @@ def multi_krum(num_byzantine: int, num_selected: Optional[int] = None) -> Aggreg
         _check_krum(rule, n, f)
         _common.require(m_of(n) <= n, rule, f"num_selected must be in 1..n={n}, got {m_of(n)}")
 
-    def update(updates, state, context):
+    def aggregate(updates, context):
         n = updates.shape[0]
         scores = krum_scores(_common.pairwise_sq_distances(updates), n - f - 2)
         chosen = jnp.argsort(scores, stable=True)[: m_of(n)]
         weights = jnp.zeros(n, updates.dtype).at[chosen].set(1.0)
-        aggregate = jnp.mean(updates[chosen], axis=0)
-        return aggregate, state, _common.info(weights, scores=scores)
+        return jnp.mean(updates[chosen], axis=0), _common.info(weights, scores=scores)
 
-    return Aggregator(init=lambda params: (), update=update, requirement=requirement)
+    return _common.stateless(aggregate, requirement=requirement)
 
 
 def krum(num_byzantine: int) -> Aggregator:
