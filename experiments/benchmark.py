@@ -3,15 +3,22 @@
     python -m experiments.benchmark                              # ~3 minutes on a 2-core CPU
     python -m experiments.benchmark --clients_per_round=10,100,1000 --executions=vmap,sequential
     python -m experiments.benchmark --aggregators=all --large --torch=false
+    python -m experiments.benchmark --model=cnn --local_steps=1 --conv_impl=xla,auto --aggregators=
+        # Fang's CNN, 100 clients x 1 step of batch 32: XLA's convolution vs patches vs PyTorch
 
 Prints, for each cohort size in ``--clients_per_round``:
 
-1. Rounds of the MLP workload (``fljax.models.get('mlp', (28, 28, 1), 10)``, 784-200-200-10,
-   199,210 parameters; ``--local_steps`` steps of ``--batch_size`` per client; FedAvg with the
-   mean aggregator on synthetic MNIST-shaped data) under each client execution strategy:
-   round time, rounds/s, clients/s and achieved TFLOP/s, counted as 6 x parameters x examples
-   processed, next to the fp32 matmul peak measured in the same run.
-2. The same round as a plain PyTorch per-client loop (``--torch``; skipped if torch is absent).
+1. Rounds of the ``--model`` workload (``fljax.models.get(model, shape, classes)`` on synthetic
+   data of the shape in ``WORKLOADS``: MNIST's 28x28x1 for mlp (784-200-200-10, 199,210
+   parameters), cnn and lenet5, CIFAR-10's 32x32x3 for resnet18, resnet20 and vgg11,
+   Shakespeare's 80-character sequences for char_lstm; ``--local_steps`` steps of
+   ``--batch_size`` per client; FedAvg with the mean aggregator) under each client execution
+   strategy: round time, rounds/s, clients/s and achieved TFLOP/s, counted as 3 x the forward
+   pass's matmul and convolution FLOPs (``timing.forward_flops``; about 6 x parameters for the MLP)
+   x examples, next to the fp32 matmul peak measured in the same run. ``--conv_impl`` forces
+   how convolutions are computed (``fljax.layers``: auto, xla or patches; several compare them).
+2. The same round as a plain PyTorch per-client loop (``--torch``; skipped if torch is absent),
+   ``timing.torch_round``: the same model in torch.
 3. Each aggregation rule (``--aggregators``, names of ``fljax.aggregators.REGISTRY``, built with
    ``num_byzantine`` = 20% of n where the factory takes one) on the round's ``[n, d]`` updates,
    next to the clients' local training time and ``torch.median`` (``--large`` adds
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 
 import jax
 import jax.numpy as jnp
@@ -33,12 +41,21 @@ import optax
 from absl import app, flags
 
 import fljax
-from experiments.timing import (INPUT_SHAPE, NUM_CLASSES, build_aggregator, matmul_peak, parse_execution,
-                                round_updates, synthetic_data, table, time_aggregator, timed,
-                                torch_median_seconds, torch_mlp_round, torch_version)
+from experiments.timing import (build_aggregator, forward_flops, matmul_peak, parse_execution, round_updates,
+                                synthetic_data, table, time_aggregator, timed, torch_median_seconds, torch_round,
+                                torch_version)
 from fljax.aggregators import REGISTRY
 
+WORKLOADS = {  # model -> (input shape of one example, classes): the datasets each model is used on
+    "logreg": ((28, 28, 1), 10), "mlp": ((28, 28, 1), 10), "cnn": ((28, 28, 1), 10), "lenet5": ((28, 28, 1), 10),
+    "resnet18": ((32, 32, 3), 10), "resnet20": ((32, 32, 3), 10), "vgg11": ((32, 32, 3), 10),
+    "char_lstm": ((80,), 80),
+}
+
 FLAGS = flags.FLAGS
+flags.DEFINE_enum("model", "mlp", list(WORKLOADS), "the workload's model (fljax.models.get)")
+flags.DEFINE_list("conv_impl", ["auto"], "how convolutions are computed (fljax.layers: auto, xla, patches); "
+                  "several: one table row per execution and implementation")
 flags.DEFINE_list("clients_per_round", ["100"], "cohort sizes n to measure (the scale table)")
 flags.DEFINE_integer("local_steps", 18, "local SGD steps per client per round")
 flags.DEFINE_integer("batch_size", 32, "examples per local step")
@@ -49,70 +66,90 @@ flags.DEFINE_list("executions", ["vmap", "chunked:10", "sequential", "parallel"]
 flags.DEFINE_integer("cpu_cores", 0, "CPU cores exposed as JAX devices for --executions=parallel "
                      "(fljax.use_cpu_cores); 0: every core this process may use", lower_bound=0)
 flags.DEFINE_list("aggregators", ["mean", "median", "trimmed_mean", "krum"],
-                  "REGISTRY names to time on the round's updates, or 'all'")
+                  "REGISTRY names to time on the round's updates, or 'all' (empty: no aggregator table)")
 flags.DEFINE_bool("torch", True, "also time the round as a plain PyTorch per-client loop, and torch.median")
 flags.DEFINE_integer("torch_threads", 1, "torch.set_num_threads for the PyTorch round (0: torch's default); on a "
                      "small shared CPU multi-threaded torch steps of this size can stall for tens of ms each")
 flags.DEFINE_bool("large", False, "also time the aggregators on random [1000, 1000000] updates")
 flags.DEFINE_float("client_lr", 0.05, "local SGD learning rate")
 
-def benchmark_cohort(n: int, model, params, peak: float) -> None:
-    """All three tables for one cohort size n."""
+
+def benchmark_cohort(n: int, models: dict, peak: float) -> None:
+    """All three tables for one cohort size n; ``models``: conv implementation -> (model, params)."""
     repeats = FLAGS.repeats
-    data = synthetic_data(n, FLAGS.examples_per_client)
-    loss_fn = fljax.classification_loss(model.apply)
-    client_update = fljax.fedavg(loss_fn, optax.sgd(FLAGS.client_lr), local_steps=FLAGS.local_steps,
-                                 batch_size=FLAGS.batch_size)
+    input_shape, num_classes = WORKLOADS[FLAGS.model]
+    data = synthetic_data(n, FLAGS.examples_per_client, input_shape=input_shape, num_classes=num_classes,
+                          tokens=FLAGS.model == "char_lstm")
+    model, params = next(iter(models.values()))
     num_params = fljax.models.num_params(params)
     examples = n * FLAGS.local_steps * FLAGS.batch_size
-    flops = 6 * num_params * examples
+    flops = 3 * forward_flops(model.apply, params, data.x[:1]) * examples
 
-    # 1. Rounds per client execution strategy.
-    rows, round_seconds = [], {}
+    def make_update(model):
+        return fljax.fedavg(fljax.classification_loss(model.apply), optax.sgd(FLAGS.client_lr),
+                            local_steps=FLAGS.local_steps, batch_size=FLAGS.batch_size)
+
+    # 1. Rounds per client execution strategy (and convolution implementation).
+    rows, round_seconds, round_cpu = [], {}, {}
     for spec in FLAGS.executions:
         execution, chunk = parse_execution(spec)
-        try:
-            rnd = fljax.make_round(client_update, REGISTRY["mean"](), clients_per_round=n, execution=execution,
-                                   chunk_size=chunk)
-        except ValueError as e:
-            rows.append([spec, f"skipped: {e}"] + [""] * 6)
-            continue
-        state = [rnd.init(params)]
+        for impl, (model, params) in models.items():
+            label = spec if len(models) == 1 else f"{spec}, conv {impl}"
+            try:
+                rnd = fljax.make_round(make_update(model), REGISTRY["mean"](), clients_per_round=n,
+                                       execution=execution, chunk_size=chunk)
+            except ValueError as e:
+                rows.append([label, f"skipped: {e}"] + [""] * 7)
+                continue
+            state, cpu = [rnd.init(params)], []
 
-        def run():
-            state[0], metrics = rnd.step(state[0], data, jax.random.PRNGKey(1))
-            return state[0].params
+            def run():
+                start = time.process_time()
+                state[0], metrics = rnd.step(state[0], data, jax.random.PRNGKey(1))
+                jax.block_until_ready(state[0].params)
+                cpu.append(time.process_time() - start)
+                return state[0].params
 
-        first, seconds = timed(run, repeats)
-        round_seconds[spec] = seconds
-        rows.append([spec, f"{first:.1f}", f"{seconds * 1e3:.0f}", f"{1 / seconds:.2f}", f"{n / seconds:.0f}",
-                     f"{flops / seconds / 1e12:.4f}", f"{100 * flops / seconds / peak:.1f}%"])
-    print(table(f"Rounds: mlp ({num_params:,} params), {n} clients x {FLAGS.local_steps} steps x batch {FLAGS.batch_size} "
-          f"({examples:,} examples, {flops / 1e9:.1f} GFLOP at 6 x params x examples), FedAvg + mean",
-                ["execution", "compile+1st s", "round ms", "rounds/s", "clients/s", "TFLOP/s", "of peak"], rows))
+            first, seconds = timed(run, repeats)
+            cpu_ms = 1e3 * float(np.median(cpu[1:]))  # the calls after the compiling one
+            round_seconds[label], round_cpu[label] = seconds, cpu_ms
+            rows.append([label, f"{first:.1f}", f"{seconds * 1e3:.0f}", f"{cpu_ms:.0f}", f"{1 / seconds:.2f}",
+                         f"{n / seconds:.0f}", f"{flops / seconds / 1e12:.4f}", f"{100 * flops / seconds / peak:.1f}%"])
+    print(table(f"Rounds: {FLAGS.model} ({num_params:,} params, input {input_shape}), {n} clients x "
+                f"{FLAGS.local_steps} steps x batch {FLAGS.batch_size} ({examples:,} examples, {flops / 1e9:.1f} GFLOP "
+                "at 3 x forward matmul FLOPs), FedAvg + mean; CPU ms: the process's CPU time (all threads) per round",
+                ["execution", "compile+1st s", "round ms", "CPU ms", "rounds/s", "clients/s", "TFLOP/s", "of peak"],
+                rows))
     best = min(round_seconds, key=round_seconds.get) if round_seconds else None
 
     # 2. The same round in plain PyTorch.
     if FLAGS.torch:
-        one_round = torch_mlp_round(data, params, local_steps=FLAGS.local_steps, batch_size=FLAGS.batch_size,
-                                    lr=FLAGS.client_lr, threads=FLAGS.torch_threads)
+        one_round = torch_round(FLAGS.model, data, params, local_steps=FLAGS.local_steps, batch_size=FLAGS.batch_size,
+                                lr=FLAGS.client_lr, num_classes=num_classes, threads=FLAGS.torch_threads)
         if one_round is None:
             print("\nPyTorch round: skipped (torch is not importable)")
         else:
             one_round(n)  # warm-up
-            seconds = float(np.median([one_round(n) for _ in range(max(1, repeats // 2))]))
+            walls, cpus = [], []
+            for _ in range(max(1, repeats // 2)):
+                start = time.process_time()
+                walls.append(one_round(n))
+                cpus.append(time.process_time() - start)
+            seconds, cpu_ms = float(np.median(walls)), 1e3 * float(np.median(cpus))
             version = torch_version(FLAGS.torch_threads)
-            rows = [["torch per-client loop", f"{seconds * 1e3:.0f}", f"{flops / seconds / 1e12:.4f}", "1.00"]]
-            rows += [[f"fljax {spec}", f"{s * 1e3:.0f}", f"{flops / s / 1e12:.4f}", f"{s / seconds:.2f}"]
-                     for spec, s in round_seconds.items()]
-            print(table(f"PyTorch round ({version}) vs fljax", ["implementation", "round ms", "TFLOP/s", "time / torch"],
-                        rows))
+            rows = [["torch per-client loop", f"{seconds * 1e3:.0f}", f"{cpu_ms:.0f}", f"{flops / seconds / 1e12:.4f}",
+                     "1.00", "1.00"]]
+            rows += [[f"fljax {label}", f"{s * 1e3:.0f}", f"{round_cpu[label]:.0f}", f"{flops / s / 1e12:.4f}",
+                      f"{s / seconds:.2f}", f"{seconds / s:.2f}"] for label, s in round_seconds.items()]
+            print(table(f"PyTorch round ({version}) vs fljax, {FLAGS.model}",
+                        ["implementation", "round ms", "CPU ms", "TFLOP/s", "time / torch", "speed-up"], rows))
 
     # 3. Aggregators on this round's updates.
-    updates = round_updates(client_update, params, data, n)
-    train_seconds = round_seconds.get(best, float("nan"))
-    time_aggregators(f"Aggregators on this round's updates [{n}, {updates.shape[1]:,}]; local training (the "
-                     f"{best} round) takes {train_seconds * 1e3:.0f} ms", updates, train_seconds)
+    if FLAGS.aggregators:
+        updates = round_updates(make_update(model), params, data, n)
+        train_seconds = round_seconds.get(best, float("nan"))
+        time_aggregators(f"Aggregators on this round's updates [{n}, {updates.shape[1]:,}]; local training (the "
+                         f"{best} round) takes {train_seconds * 1e3:.0f} ms", updates, train_seconds)
 
 
 def time_aggregators(title: str, updates: jax.Array, train_seconds: float) -> None:
@@ -153,10 +190,16 @@ def main(argv) -> None:
           f"({jax.device_count()} device(s)); {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
     peak = matmul_peak(FLAGS.repeats)
     print(f"fp32 matmul peak (jnp.dot, Precision.HIGHEST): {peak / 1e12:.3f} TFLOP/s")
-    model = fljax.models.get("mlp", INPUT_SHAPE, NUM_CLASSES)
-    params = model.init(jax.random.PRNGKey(0))
+    input_shape, num_classes = WORKLOADS[FLAGS.model]
+    impls = FLAGS.conv_impl if FLAGS.model in fljax.models.CONV_MODELS else ["auto"]
+    models = {}
+    for impl in impls:
+        kwargs = {"impl": impl} if FLAGS.model in fljax.models.CONV_MODELS else {}
+        model = fljax.models.get(FLAGS.model, input_shape, num_classes, **kwargs)
+        models[f"{impl} ({fljax.layers.resolve_impl(impl)})" if impl == "auto" else impl] = (
+            model, model.init(jax.random.PRNGKey(0)))
     for n in [int(c) for c in FLAGS.clients_per_round]:
-        benchmark_cohort(n, model, params, peak)
+        benchmark_cohort(n, models, peak)
     if FLAGS.large:
         updates = jax.random.normal(jax.random.PRNGKey(3), (1000, 1_000_000), jnp.float32) * 1e-2
         time_aggregators("Aggregators on random updates [1000, 1,000,000]", updates, float("nan"))

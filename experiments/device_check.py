@@ -337,25 +337,14 @@ def section_kernels(check: Check, work: Workload, n: int) -> None:
     sq = np.diag(reference)
     ref_dist = sq[:, None] + sq[None, :] - 2 * reference
     off = ~np.eye(n, dtype=bool)
-    chosen = _common.gram_algorithm()
-
-    def with_algorithm(name):
-        def fn(a):
-            saved = _common.gram_algorithm
-            _common.gram_algorithm = lambda: name
-            try:
-                return _common.gram(a)
-            finally:
-                _common.gram_algorithm = saved
-        return fn
-
-    variants = {"highest": with_algorithm("highest"), "split_bf16": with_algorithm("split_bf16"),
-                "DEFAULT precision (one pass)": lambda a: jnp.dot(a, a.T),
-                "BF16_BF16_F32_X3 preset": lambda a: jnp.dot(a, a.T, precision=jax.lax.DotAlgorithmPreset.BF16_BF16_F32_X3)}
-    for name, fn in variants.items():
-        label = f"gram {name}" + (" (fljax's choice)" if name == chosen else "")
+    chosen = _common._gram_precision(jax.default_backend())
+    presets = jax.lax.DotAlgorithmPreset
+    variants = {"HIGHEST": jax.lax.Precision.HIGHEST, "BF16_BF16_F32_X3": presets.BF16_BF16_F32_X3,
+                "TF32_TF32_F32_X3": presets.TF32_TF32_F32_X3, "DEFAULT (one pass)": jax.lax.Precision.DEFAULT}
+    for name, precision in variants.items():
+        label = f"gram {name}" + (" (fljax's choice)" if precision == chosen else "")
         try:
-            dot = jax.jit(fn)
+            dot = jax.jit(lambda a, p=precision: jnp.dot(a, a.T, precision=p))
             g = np.asarray(dot(centered), np.float64)
         except Exception as e:  # not supported on this backend
             out.append({"kernel": label, "error": error_line(e)})
@@ -365,7 +354,7 @@ def section_kernels(check: Check, work: Workload, n: int) -> None:
         dist = d[:, None] + d[None, :] - 2 * g
         error = float(np.max(np.abs(dist - ref_dist)[off] / np.maximum(ref_dist[off], 1e-30)))
         seconds = timed_s(lambda: dot(centered))
-        out.append({"kernel": label, "seconds": seconds, "max_rel_distance_error": error, "chosen": name == chosen})
+        out.append({"kernel": label, "seconds": seconds, "max_rel_distance_error": error, "chosen": precision == chosen})
         rows.append([label, f"{seconds * 1e3:.2f}", f"{error:.2e} (distances)"])
     check.add("kernels", out, table(f"Kernels of the rules on a {n}-client round's updates [{n}, {x.shape[1]:,}] "
                                     "(errors: order statistics vs a full sort; Gram distances vs float64)",

@@ -14,6 +14,7 @@ import time
 from typing import Callable, Optional, Sequence
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 
@@ -59,17 +60,51 @@ def matmul_peak(repeats: int, precision=jax.lax.Precision.HIGHEST) -> float:
 
 
 def synthetic_data(num_clients: int, examples_per_client: int, *, input_shape: Sequence[int] = INPUT_SHAPE,
-                   num_classes: int = NUM_CLASSES, pool: int = 10_000, seed: int = 0) -> fljax.FederatedData:
+                   num_classes: int = NUM_CLASSES, pool: int = 10_000, seed: int = 0,
+                   tokens: bool = False) -> fljax.FederatedData:
     """Random examples of ``input_shape`` in a shared pool of ``pool``; each client holds
-    ``examples_per_client`` random indices into it (the real shapes, no real data needed)."""
+    ``examples_per_client`` random indices into it (the real shapes, no real data needed).
+    ``tokens``: sequences of ``input_shape = (T,)`` token ids in ``[0, num_classes)`` with
+    next-token labels ``[T]`` (next-character prediction)."""
     rng = np.random.default_rng(seed)
-    x = rng.random((pool, *input_shape), dtype=np.float32)
-    y = rng.integers(0, num_classes, pool).astype(np.int32)
+    if tokens:
+        (length,) = input_shape
+        text = rng.integers(0, num_classes, (pool, length + 1)).astype(np.int32)
+        x, y = text[:, :-1], text[:, 1:]
+    else:
+        x = rng.random((pool, *input_shape), dtype=np.float32)
+        y = rng.integers(0, num_classes, pool).astype(np.int32)
     indices = rng.integers(0, pool, (num_clients, examples_per_client)).astype(np.int32)
     counts = np.full(num_clients, examples_per_client, np.int32)
     test = min(pool, 1000)
     return fljax.FederatedData(jnp.asarray(x), jnp.asarray(y), jnp.asarray(indices), jnp.asarray(counts),
                                jnp.asarray(x[:test]), jnp.asarray(y[:test]))
+
+
+def forward_flops(apply_fn: Callable, params, x) -> float:
+    """Matmul and convolution FLOPs of ``apply_fn(params, x)`` (2 per multiply-add), counted on
+    its jaxpr: loops count once per iteration, elementwise work not at all. Training counts as
+    3x the forward (the backward's two products per forward one)."""
+
+    def count(jaxpr) -> float:
+        total = 0.0
+        for eqn in jaxpr.eqns:
+            name = eqn.primitive.name
+            if name == "dot_general":
+                (contract, _), _ = eqn.params["dimension_numbers"]
+                lhs = eqn.invars[0].aval.shape
+                total += 2 * np.prod(eqn.outvars[0].aval.shape) * np.prod([lhs[d] for d in contract])
+            elif name == "conv_general_dilated":
+                rhs = eqn.invars[1].aval.shape
+                dn = eqn.params["dimension_numbers"]
+                out_features = rhs[dn.rhs_spec[0]]
+                total += 2 * np.prod(eqn.outvars[0].aval.shape) * np.prod(rhs) / out_features
+            times = eqn.params.get("length", 1) if name == "scan" else 1
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                total += times * count(sub)
+        return total
+
+    return count(jax.make_jaxpr(apply_fn)(params, x).jaxpr)
 
 
 def parse_execution(spec: str) -> tuple[str, int]:
@@ -155,34 +190,142 @@ def torch_median_seconds(updates: np.ndarray, repeats: int, device: str = "cpu")
     return statistics.median(times[1:])
 
 
-def torch_mlp_round(data: fljax.FederatedData, init_params, *, local_steps: int, batch_size: int, lr: float,
-                    device: str = "cpu", threads: int = 1) -> Optional[Callable[[int], float]]:
-    """A FedAvg round of the MLP as a plain PyTorch loop: per client, copy the global model, run
-    ``local_steps`` SGD steps of ``batch_size`` on its batches, keep the delta; average; apply.
+def _torch_zoo(torch, name: str, input_shape: Sequence[int], num_classes: int):
+    """Torch versions of LeNet-5, the GroupNorm ResNets, VGG-11 and the character LSTM, with the
+    layer shapes of ``fljax.models`` (timing only: torch's own initialisation)."""
+    nn = torch.nn
 
-    Returns ``one_round(n) -> seconds`` (a round of clients ``0..n-1`` on ``device``, synchronised)
-    with the same initial weights as ``init_params`` (flax's MLP, kernels ``[in, out]``), or
-    ``None`` when torch is not importable. ``threads`` sets ``torch.set_num_threads`` for the
-    loop's duration (0: torch's default)."""
+    class Block(nn.Module):
+        def __init__(self, cin, cout, stride, shortcut):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.GroupNorm(2, cout), nn.ReLU(),
+                                      nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.GroupNorm(2, cout))
+            self.stride, self.extra, self.project = stride, cout - cin, None
+            if (stride != 1 or cin != cout) and shortcut == "projection":
+                self.project = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.GroupNorm(2, cout))
+
+        def forward(self, x):
+            y = self.body(x)
+            if self.project is not None:
+                x = self.project(x)
+            elif self.stride != 1 or self.extra:
+                x = x[:, :, ::self.stride, ::self.stride]
+                x = torch.nn.functional.pad(x, (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
+            return torch.relu(x + y)
+
+    def resnet(stages, widths, shortcut):
+        layers, cin = [nn.Conv2d(input_shape[-1], widths[0], 3, 1, 1, bias=False), nn.GroupNorm(2, widths[0]),
+                       nn.ReLU()], widths[0]
+        for stage, (blocks, width) in enumerate(zip(stages, widths)):
+            for block in range(blocks):
+                layers.append(Block(cin, width, 2 if stage > 0 and block == 0 else 1, shortcut))
+                cin = width
+        return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes))
+
+    class CharLSTM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(num_classes, 8)
+            self.lstm = nn.LSTM(8, 256, num_layers=2, batch_first=True)
+            self.out = nn.Linear(256, num_classes)
+
+        def forward(self, tokens):
+            return self.out(self.lstm(self.embed(tokens))[0])
+
+    if name == "lenet5":
+        h, w, c = input_shape
+        pads = [(max(0, (32 - n) // 2), max(0, 32 - n - (32 - n) // 2)) for n in (h, w)]
+        side = lambda n, p: ((n + sum(p) - 4) // 2 - 4) // 2
+        return nn.Sequential(nn.ZeroPad2d((*pads[1], *pads[0])), nn.Conv2d(c, 6, 5), nn.ReLU(), nn.MaxPool2d(2),
+                             nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                             nn.Linear(16 * side(h, pads[0]) * side(w, pads[1]), 120), nn.ReLU(), nn.Linear(120, 84),
+                             nn.ReLU(), nn.Linear(84, num_classes))
+    if name == "resnet18":
+        return resnet((2, 2, 2, 2), (64, 128, 256, 512), "projection")
+    if name == "resnet20":
+        return resnet((3, 3, 3), (16, 32, 64), "pad")
+    if name == "vgg11":
+        layers, cin = [], input_shape[-1]
+        for v in (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"):
+            if v == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers += [nn.Conv2d(cin, v, 3, padding=1), nn.ReLU()]
+                cin = v
+        flat = 512 * (input_shape[0] // 32) * (input_shape[1] // 32)
+        return nn.Sequential(*layers, nn.Flatten(), nn.Linear(flat, num_classes))
+    if name == "char_lstm":
+        return CharLSTM()
+    raise ValueError(f"torch_round: no torch version of model {name!r}")
+
+
+def _torch_model(torch, name: str, input_shape: Sequence[int], num_classes: int, init_params):
+    """The torch twin of ``fljax.models.get(name, ...)`` for the timing loop: the same layers and
+    shapes (channels-first). ``mlp`` and ``cnn`` start from ``init_params`` (flax's weights,
+    copied); the other models from torch's own initialisation (timing only)."""
+    nn = torch.nn
+    copy_weights, conv_out = name in ("mlp", "cnn"), None
+    if name == "mlp":
+        widths = [np.asarray(init_params[f"Dense_{i}"]["kernel"]).shape for i in range(3)]
+        model = nn.Sequential(nn.Flatten(), nn.Linear(*widths[0]), nn.ReLU(), nn.Linear(*widths[1]), nn.ReLU(),
+                              nn.Linear(*widths[2]))
+        dense, convs = [model[1], model[3], model[5]], []
+    elif name == "cnn":
+        h, w, c = input_shape
+        side = lambda n: ((n - 2) // 2 - 2) // 2  # conv 3x3 VALID, pool 2, conv 3x3 VALID, pool 2
+        conv_out = (side(h), side(w), 50)
+        model = nn.Sequential(nn.Conv2d(c, 30, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(30, 50, 3), nn.ReLU(),
+                              nn.MaxPool2d(2), nn.Flatten(), nn.Linear(int(np.prod(conv_out)), 200), nn.ReLU(),
+                              nn.Linear(200, num_classes))
+        dense, convs = [model[7], model[9]], [model[0], model[3]]
+    else:
+        model = _torch_zoo(torch, name, input_shape, num_classes)
+    if copy_weights:
+        with torch.no_grad():
+            for i, layer in enumerate(convs):
+                p = init_params[f"Conv_{i}"]  # HWIO -> OIHW
+                layer.weight.copy_(torch.from_numpy(np.asarray(p["kernel"]).transpose(3, 2, 0, 1).copy()))
+                layer.bias.copy_(torch.from_numpy(np.array(p["bias"])))
+            for i, layer in enumerate(dense):
+                p = init_params[f"Dense_{i}"]
+                kernel = np.asarray(p["kernel"])
+                if i == 0 and conv_out:  # flax flattens (h, w, c), torch (c, h, w)
+                    kernel = kernel.reshape(*conv_out, -1).transpose(2, 0, 1, 3).reshape(kernel.shape)
+                layer.weight.copy_(torch.from_numpy(kernel.T.copy()))
+                layer.bias.copy_(torch.from_numpy(np.array(p["bias"])))
+    return model
+
+
+def torch_round(model_name: str, data: fljax.FederatedData, init_params, *, local_steps: int, batch_size: int,
+                lr: float, num_classes: int = NUM_CLASSES, device: str = "cpu",
+                threads: int = 1) -> Optional[Callable[[int], float]]:
+    """A FedAvg round of ``model_name`` as a plain PyTorch loop: per client, copy the global
+    model, run ``local_steps`` SGD steps of ``batch_size`` on its batches, keep the delta;
+    average; apply.
+
+    Returns ``one_round(n) -> seconds`` (a round of clients ``0..n-1`` on ``device``,
+    synchronised), or ``None`` when torch is not importable. The torch model has the layers of
+    ``fljax.models.get(model_name, data.x.shape[1:], num_classes)`` (``_torch_model``; images
+    channels-first); ``mlp`` and ``cnn`` start from ``init_params``. ``threads`` sets
+    ``torch.set_num_threads`` for the loop's duration (0: torch's default)."""
     try:
         import torch
     except ImportError:
         return None
     torch.manual_seed(0)
-    widths = [np.asarray(init_params[f"Dense_{i}"]["kernel"]).shape for i in range(3)]
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(*widths[0]), torch.nn.ReLU(),
-                                torch.nn.Linear(*widths[1]), torch.nn.ReLU(), torch.nn.Linear(*widths[2]))
-    with torch.no_grad():
-        for layer, i in zip([model[1], model[3], model[5]], range(3)):
-            p = init_params[f"Dense_{i}"]
-            layer.weight.copy_(torch.from_numpy(np.asarray(p["kernel"]).T.copy()))
-            layer.bias.copy_(torch.from_numpy(np.array(p["bias"])))
-    model = model.to(device)
-    x = torch.from_numpy(np.array(data.x)).to(device)
+    input_shape = tuple(data.x.shape[1:])
+    model = _torch_model(torch, model_name, input_shape, num_classes, init_params).to(device)
+    x = torch.from_numpy(np.array(data.x))
+    if x.ndim == 4:  # NHWC -> NCHW
+        x = x.permute(0, 3, 1, 2).contiguous()
+    x = x.long().to(device) if model_name == "char_lstm" else x.to(device)
     y = torch.from_numpy(np.array(data.y)).long().to(device)
     indices = torch.from_numpy(np.array(data.client_indices)).long().to(device)
     local = copy.deepcopy(model)
     loss_fn = torch.nn.CrossEntropyLoss()
+    if model_name == "char_lstm":  # per-token loss: logits [B, T, V] against labels [B, T]
+        loss_fn = (lambda ce: lambda logits, labels: ce(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)))(
+            torch.nn.CrossEntropyLoss())
     generator = torch.Generator(device=device).manual_seed(0)
     sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
 
@@ -218,3 +361,8 @@ def torch_mlp_round(data: fljax.FederatedData, init_params, *, local_steps: int,
         return seconds
 
     return one_round
+
+
+def torch_mlp_round(data: fljax.FederatedData, init_params, **kwargs) -> Optional[Callable[[int], float]]:
+    """``torch_round("mlp", ...)``: the MLP's PyTorch loop (kept for ``experiments/device_check.py``)."""
+    return torch_round("mlp", data, init_params, **kwargs)

@@ -50,17 +50,26 @@ def identity_transform(x: Array, y: Array, mask: Array, key: Array) -> tuple[Arr
     return x, y
 
 
+def label_mask(labels: Array, mask: Array) -> Array:
+    """Which labels count: those of real examples (``mask [B]``) that are >= 0. ``labels`` is
+    ``[B]`` (one class per example) or ``[B, T, ...]`` (one per token of a sequence model, whose
+    logits are ``[B, T, ..., classes]``); negative labels mark padding tokens."""
+    return mask.reshape(mask.shape + (1,) * (labels.ndim - mask.ndim)) & (labels >= 0)
+
+
 def classification_loss(apply_fn: Callable[[PyTree, Array], Array]) -> LossFn:
-    """Softmax cross-entropy averaged over the real (``mask``) examples of a batch.
+    """Softmax cross-entropy averaged over the labels that count (``label_mask``): the real
+    (``mask``) examples of a batch, or for per-token labels ``[B, T]`` the real tokens (labels
+    >= 0) of the real examples, each token weighing the same.
 
     A batch with no real example has loss 0 and gradient 0.
     """
 
     def loss_fn(params, batch: Batch, key=None):
         logits = apply_fn(params, batch.x)
-        losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch.y)
-        mask = batch.mask.astype(losses.dtype)
-        return jnp.sum(jnp.where(batch.mask, losses, 0.0)) / jnp.maximum(jnp.sum(mask), 1.0)
+        valid = label_mask(batch.y, batch.mask)
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(valid, batch.y, 0))
+        return jnp.sum(jnp.where(valid, losses, 0.0)) / jnp.maximum(jnp.sum(valid.astype(losses.dtype)), 1.0)
 
     return loss_fn
 

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from fljax.client import label_mask
 from fljax.types import Array, DataAttack, PyTree
 
 
@@ -27,6 +28,9 @@ def make_evaluate(apply_fn: Callable[[PyTree, Array], Array], data_attack: Optio
                   batch_size: int = 1000) -> Callable[[PyTree, Array, Array], dict]:
     """Builds ``evaluate(params, x_test, y_test) -> {accuracy, loss[, attack_success_rate]}``.
 
+    Accuracy and loss are per example, or per token for sequence labels ``y_test [N, T]``
+    (logits ``[N, T, classes]``; negative labels are padding and do not count).
+
     The attack success rate is the share of the attack's test examples (``DataAttack.targeted``:
     e.g. source-class examples for a targeted flip, triggered non-target examples for a
     backdoor) that the model classifies as the attacker's label; ``source_recall`` the share it
@@ -43,9 +47,9 @@ def make_evaluate(apply_fn: Callable[[PyTree, Array], Array], data_attack: Optio
         def one(batch):
             bx, bm, br, *bl = batch
             logits = apply_fn(params, bx)
-            keep = bm & br
+            keep = label_mask(bl[0], bm & br)  # per token for sequence labels [B, T]
             predicted = jnp.argmax(logits, -1)
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, bl[0])
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(keep, bl[0], 0))
             hits = jnp.stack([jnp.sum((predicted == by) & keep) for by in bl])
             return hits, jnp.sum(jnp.where(keep, loss, 0.0)), jnp.sum(keep)
 

@@ -243,21 +243,18 @@ def test_weiszfeld_hyperparameters_are_validated():
         rfa(num_iterations=0)
 
 
-@pytest.mark.parametrize("algorithm", ["highest", "split_bf16"])
-def test_gram_is_float32_accurate(algorithm, monkeypatch):
-    """Both Gram algorithms (HIGHEST; the split-bfloat16 products used on GPUs) give pairwise
-    distances of close, offset updates to float32 accuracy against float64."""
+def test_gram_is_float32_accurate():
+    """Pairwise distances of close, offset updates to float32 accuracy against float64 (one
+    TF32 or bf16 pass, the GPU default, is off by ~2e-4)."""
     from fljax.aggregators import _common
 
-    monkeypatch.setattr(_common, "gram_algorithm", lambda: algorithm)
     rng = np.random.default_rng(0)
     x = (rng.normal(size=(12, 3000)) * 0.01 + rng.normal(size=(1, 3000))).astype(np.float32)
-    # Fresh lambdas: jit caches traces per function, and the algorithm is read at trace time.
-    d = np.asarray(jax.jit(lambda a: _common.pairwise_sq_distances(a))(jnp.asarray(x)), np.float64)
+    d = np.asarray(jax.jit(_common.pairwise_sq_distances)(jnp.asarray(x)), np.float64)
     x64 = x.astype(np.float64)
     ref = ((x64[:, None, :] - x64[None, :, :]) ** 2).sum(-1)
     off = ~np.eye(12, dtype=bool)
-    assert np.max(np.abs(d - ref)[off] / ref[off]) < 1e-5  # one bf16 pass: 2e-4
+    assert np.max(np.abs(d - ref)[off] / ref[off]) < 1e-5
     y = rng.normal(size=(5, 3000)).astype(np.float32)
-    g = np.asarray(jax.jit(lambda a, b: _common.gram(a, b))(jnp.asarray(x), jnp.asarray(y)), np.float64)
-    np.testing.assert_allclose(g, x64 @ y.astype(np.float64).T, rtol=1e-4, atol=1e-3)
+    g = np.asarray(jax.jit(_common.gram)(jnp.asarray(x), jnp.asarray(y)), np.float64)
+    np.testing.assert_allclose(g, x64 @ y.astype(np.float64).T, rtol=1e-5, atol=1e-4)

@@ -57,9 +57,12 @@ def multi_krum(num_byzantine: int, num_selected: Optional[int] = None) -> Aggreg
     def aggregate(updates, context):
         n = updates.shape[0]
         scores = krum_scores(_common.pairwise_sq_distances(updates), n - f - 2)
-        chosen = jnp.argsort(scores, stable=True)[: m_of(n)]
+        m = m_of(n)
+        chosen = jnp.argsort(scores, stable=True)[:m]
         weights = jnp.zeros(n, updates.dtype).at[chosen].set(1.0)
-        return jnp.mean(updates[chosen], axis=0), _common.info(weights, scores=scores)
+        # Gathering the m chosen rows copies them; a weighted matrix-vector product reads all n.
+        aggregate = jnp.mean(updates[chosen], axis=0) if 2 * m < n else _common.weighted_average(updates, weights)
+        return aggregate, _common.info(weights, scores=scores)
 
     return _common.stateless(aggregate, requirement=requirement)
 

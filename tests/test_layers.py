@@ -1,0 +1,127 @@
+"""fljax.layers: the CPU convolution and max-pool compute flax's functions, values and gradients."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fljax import layers
+
+
+def primitives(fn, *args) -> set:
+    """Names of the primitives in ``fn``'s jaxpr, sub-jaxprs included."""
+    names = set()
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            names.add(eqn.primitive.name)
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                walk(sub)
+
+    walk(jax.make_jaxpr(fn)(*args).jaxpr)
+    return names
+
+
+def assert_close(a, b, rtol=2e-5):
+    """Trees equal up to float32 rounding relative to each leaf's scale."""
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        scale = max(float(jnp.max(jnp.abs(y))), 1e-6)
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=rtol * scale)
+
+
+CONV_CASES = [  # (kernel, strides, padding, C_in, C_out): Fang's CNN, ResNet, LeNet-5 layers and odd cases
+    ((3, 3), 1, "VALID", 1, 30),
+    ((3, 3), 1, "VALID", 30, 50),
+    ((3, 3), 2, "SAME", 16, 32),
+    ((1, 1), 2, "VALID", 16, 32),
+    ((5, 5), 1, ((1, 2), (0, 3)), 6, 16),
+    ((3, 2), (3, 1), "SAME", 2, 3),
+]
+
+
+@pytest.mark.parametrize("kernel,strides,padding,cin,cout", CONV_CASES)
+def test_conv_patches_matches_flax(kernel, strides, padding, cin, cout):
+    x = jax.random.normal(jax.random.PRNGKey(1), (3, 11, 10, cin))
+    ref = nn.Conv(cout, kernel, strides=strides, padding=padding)
+    mine = layers.Conv(cout, kernel, strides=strides, padding=padding, impl="patches")
+    params = ref.init(jax.random.PRNGKey(0), x)
+    # Same parameter names, shapes and initial values: checkpoints are interchangeable.
+    jax.tree.map(np.testing.assert_array_equal, mine.init(jax.random.PRNGKey(0), x), params)
+    assert "conv_general_dilated" not in primitives(lambda p: mine.apply(p, x), params)
+
+    def outputs_and_grads(module):
+        loss = lambda p, x: jnp.sum(jnp.sin(module.apply(p, x)) * jnp.arange(cout))
+        return jax.jit(lambda p, x: (module.apply(p, x), jax.grad(loss, argnums=(0, 1))(p, x)))(params, x)
+
+    assert_close(outputs_and_grads(mine), outputs_and_grads(ref))
+
+
+def test_conv_without_bias_and_with_kernel_dilation():
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 12, 12, 3))
+    ref = nn.Conv(4, (3, 3), padding="SAME", use_bias=False, kernel_dilation=2)
+    mine = layers.Conv(4, (3, 3), padding="SAME", use_bias=False, kernel_dilation=2, impl="patches")
+    params = ref.init(jax.random.PRNGKey(0), x)
+    assert set(params["params"]) == {"kernel"}
+    run = lambda m: jax.jit(lambda p: (m.apply(p, x), jax.grad(lambda p: jnp.sum(m.apply(p, x) ** 2))(p)))(params)
+    assert_close(run(mine), run(ref))
+
+
+def test_auto_is_patches_on_cpu_and_xla_keeps_the_convolution():
+    x = jnp.ones((1, 8, 8, 2))
+    auto = layers.Conv(3, (3, 3))
+    params = auto.init(jax.random.PRNGKey(0), x)
+    on_cpu = jax.default_backend() == "cpu"
+    assert layers.resolve_impl("auto") == ("patches" if on_cpu else "xla")
+    assert ("conv_general_dilated" in primitives(lambda p: auto.apply(p, x), params)) == (not on_cpu)
+    xla = layers.Conv(3, (3, 3), impl="xla")
+    assert "conv_general_dilated" in primitives(lambda p: xla.apply(p, x), params)
+    cloned = layers.Conv(3, (3, 3), impl="patches").clone(impl="xla")
+    assert "conv_general_dilated" in primitives(lambda p: cloned.apply(p, x), params)
+    assert_close(xla.apply(params, x), layers.Conv(3, (3, 3), impl="patches").apply(params, x))
+
+
+def test_conv_rejects_unknown_impl_and_unsupported_patches():
+    with pytest.raises(ValueError, match="impl: unknown implementation 'cudnn'"):
+        layers.Conv(3, (3, 3), impl="cudnn")
+    x = jnp.ones((1, 8, 8, 4))
+    grouped = layers.Conv(4, (3, 3), feature_group_count=2, impl="patches")
+    with pytest.raises(ValueError, match="feature_group_count=1"):
+        grouped.init(jax.random.PRNGKey(0), x)
+    # auto falls back to XLA's convolution for what patches do not cover.
+    auto = layers.Conv(4, (3, 3), feature_group_count=2, impl="auto")
+    ref = nn.Conv(4, (3, 3), feature_group_count=2)
+    params = ref.init(jax.random.PRNGKey(0), x)
+    assert_close(auto.apply(params, x), ref.apply(params, x))
+
+
+POOL_INPUTS = {
+    "random": lambda k: jax.random.normal(k, (2, 7, 9, 3)),
+    "ties": lambda k: jnp.round(jax.random.normal(k, (2, 7, 9, 3)) * 2) / 2,  # many equal values per window
+    "constant": lambda k: jnp.ones((2, 7, 9, 3)),
+    "relu zeros": lambda k: jax.nn.relu(jax.random.normal(k, (2, 8, 8, 3)) - 1.0),
+}
+
+
+@pytest.mark.parametrize("window", [(2, 2), (3, 3), (2, 3)])
+@pytest.mark.parametrize("inputs", sorted(POOL_INPUTS))
+def test_max_pool_matches_flax_including_ties(inputs, window):
+    x = POOL_INPUTS[inputs](jax.random.PRNGKey(0))
+    weights = jax.random.normal(jax.random.PRNGKey(1), nn.max_pool(x, window, strides=window).shape)
+
+    def loss(pool):
+        return lambda x: jnp.sum(jnp.sin(pool(x)) * weights)
+
+    ref = lambda x: nn.max_pool(x, window, strides=window)
+    mine = lambda x: layers.max_pool(x, window, strides=window, impl="patches")
+    assert "select_and_scatter_add" not in primitives(jax.grad(loss(mine)), x)
+    run = lambda pool: jax.jit(lambda x: (pool(x), jax.grad(loss(pool))(x)))(x)
+    # Ties: the whole gradient goes to the first maximum of the window, as XLA's select_and_scatter does.
+    jax.tree.map(np.testing.assert_array_equal, run(mine), run(ref))
+
+
+def test_max_pool_overlapping_windows_use_flax():
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, 3))
+    for padding in ("VALID", "SAME"):
+        np.testing.assert_array_equal(layers.max_pool(x, (3, 3), strides=(1, 1), padding=padding, impl="patches"),
+                                      nn.max_pool(x, (3, 3), strides=(1, 1), padding=padding))
