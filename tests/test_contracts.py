@@ -11,8 +11,8 @@ an attack is covered the day it is registered:
   the structure, shapes and dtypes of the one it got: a second call does not recompile;
 * jit and vmap over a seed axis agree: the same program batched over seeds gives each seed's run.
 
-Sizes are small (n = 8 clients, d = 6) and each entry's checks share one compiled program (the
-seeds one by one and vmapped, in one ``jax.jit``) to keep CI fast.
+Sizes are small (n = 8 clients, d = 6), the inputs are drawn by numpy outside the programs, and
+each entry compiles two programs (one seed, and vmapped over the seeds) to keep CI fast.
 """
 
 from __future__ import annotations
@@ -29,10 +29,11 @@ import fljax
 from fljax.aggregators import PREAGGREGATORS, REGISTRY, mean, with_preaggregation
 from fljax.attacks import DATA_ATTACKS, MODEL_ATTACKS
 from fljax.experiment import RUN_FIXED
+from tests.helpers import make_data
 from fljax.types import AggregationContext, Aggregator, AttackContext, EmptyState
 
 N, D, SEEDS = 8, 6, 2
-MALICIOUS = jnp.array([True, False, False, True, False, False, False, False])
+MALICIOUS = np.array([True, False, False, True, False, False, False, False])
 NUM_CLASSES = 10
 TABULAR = np.random.default_rng(0).normal(size=(40, 5)).astype(np.float32)
 
@@ -46,35 +47,54 @@ def build(registry, name, **fixed):
     return registry.build(name, fixed=dict(ARGUMENTS, **fixed))
 
 
-def keys(seed: int):
-    return jax.random.split(jax.random.PRNGKey(seed), SEEDS)
+def seed_inputs(seed: int, **shapes):
+    """One array per ``name=(shape, kind)`` for each of the ``SEEDS`` seeds ``[SEEDS, *shape]``
+    (drawn by numpy: the random draws stay out of the compiled programs), plus their keys."""
+    rng = np.random.default_rng(seed)
+    draw = {"normal": lambda s: 0.5 + rng.normal(size=s), "uniform": lambda s: rng.uniform(size=s),
+            "count": lambda s: rng.integers(1, 5, size=s), "label": lambda s: rng.integers(0, NUM_CLASSES, size=s)}
+    out = {name: draw[kind]((SEEDS,) + shape).astype(np.int32 if kind == "label" else np.float32)
+           for name, (shape, kind) in shapes.items()}
+    return dict(out, key=jax.random.split(jax.random.PRNGKey(seed), SEEDS))
 
 
-def counting(step):
-    """``step`` and the list its traces append to (one entry per compilation)."""
+def programs(step, batched: dict):
+    """``step`` vmapped over the seeds (``batched``: the arguments with a seed axis, as
+    ``{name: True}``; the others are shared) and jitted, with the list its traces append to."""
     traces = []
 
-    def counted(*args):
+    def counted(**kwargs):
         traces.append(None)
-        return step(*args)
+        return step(**kwargs)
 
-    return counted, traces
+    def vmapped(**kwargs):
+        names = list(kwargs)
+        axes = tuple(0 if batched.get(n) else None for n in names)
+        return jax.vmap(lambda *a: counted(**dict(zip(names, a))), in_axes=axes)(*kwargs.values())
 
-
-def one_program(step, batched_axes):
-    """One jitted program: ``step`` for each seed on its own, and vmapped over the seeds."""
-
-    def program(ks, *rest):
-        single = [step(ks[i], *rest) for i in range(SEEDS)]
-        return single, jax.vmap(step, in_axes=(0,) + batched_axes)(ks, *rest)
-
-    return jax.jit(program)
+    return jax.jit(counted), jax.jit(vmapped), traces
 
 
-def assert_seeds_agree(single, batched):
-    for i, one in enumerate(single):
-        for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(batched)):
-            np.testing.assert_allclose(np.asarray(a), np.asarray(b)[i], rtol=1e-5, atol=1e-6, equal_nan=True)
+def rows(tree, i):
+    return jax.tree.map(lambda a: np.asarray(a)[i], tree)
+
+
+def run_seeds(vmapped, inputs: dict, batched: dict):
+    """Each seed's output of the vmapped program; called again with the seeds reversed (the same
+    shapes: no retrace), each seed's row must come out the same (no seed sees another's)."""
+    out = vmapped(**inputs)
+    flipped = vmapped(**{k: (v[::-1] if batched.get(k) else v) for k, v in inputs.items()})
+    for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(flipped)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b)[::-1], rtol=1e-5, atol=1e-6, equal_nan=True)
+    return [rows(out, i) for i in range(SEEDS)]
+
+
+def assert_jit_agrees(single, vmapped_outputs, inputs: dict, batched: dict):
+    """The single-seed program gives each seed's row of the vmapped one."""
+    for i, row in enumerate(vmapped_outputs):
+        one = single(**{k: (v[i] if batched.get(k) else v) for k, v in inputs.items()})
+        for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(row)):
+            np.testing.assert_allclose(np.asarray(a), b, rtol=1e-5, atol=1e-6, equal_nan=True)
 
 
 def assert_same_types(state, new_state):
@@ -94,12 +114,9 @@ def assert_named_state(state):
 
 
 def _rule_step(rule: Aggregator):
-    def step(key, state):
-        k_u, k_w, k_ctx, k_ref = jax.random.split(key, 4)
-        updates = 0.5 + jax.random.normal(k_u, (N, D))
-        ctx = AggregationContext(weights=jax.random.randint(k_w, (N,), 1, 5).astype(jnp.float32), key=k_ctx,
-                                 client_ids=jnp.arange(N), params=jnp.zeros(D),
-                                 reference=0.5 + jax.random.normal(k_ref, (D,)))
+    def step(updates, weights, reference, key, state):
+        ctx = AggregationContext(weights=weights, key=key, client_ids=jnp.arange(N), params=jnp.zeros(D),
+                                 reference=reference)
         out, new_state, info = rule.update(updates, state, ctx)
         return out, info["weights"], new_state
 
@@ -107,27 +124,29 @@ def _rule_step(rule: Aggregator):
 
 
 RULES = [("rule", name) for name in sorted(REGISTRY)] + [("pre-aggregation", name) for name in sorted(PREAGGREGATORS)]
+RULE_INPUTS = dict(updates=((N, D), "normal"), weights=((N,), "count"), reference=((D,), "normal"))
+RULE_SEEDED = dict(updates=True, weights=True, reference=True, key=True)
+
+
+def _rule_case(kind, name):
+    rule = build(REGISTRY, name) if kind == "rule" else with_preaggregation(mean(), build(PREAGGREGATORS, name))
+    rule.requirement(N)
+    state = rule.init(jnp.zeros(D))
+    return _rule_step(rule), dict(seed_inputs(0, **RULE_INPUTS), state=state), RULE_SEEDED
 
 
 @pytest.mark.parametrize("kind, name", RULES, ids=[f"{k}:{n}" for k, n in RULES])
 def test_aggregator_contract(kind, name):
-    rule = build(REGISTRY, name) if kind == "rule" else with_preaggregation(mean(), build(PREAGGREGATORS, name))
-    rule.requirement(N)
-    state = rule.init(jnp.zeros(D))
+    step, inputs, seeded = _rule_case(kind, name)
+    state = inputs["state"]
     assert_named_state(state)
-    step, traces = counting(_rule_step(rule))
-    program = one_program(step, (None,))
-    single, batched = program(keys(0), state)
-    assert_seeds_agree(single, batched)
-    for out, weights, new_state in single:
-        weights = np.asarray(weights)
+    _, vmapped, traces = programs(step, seeded)
+    for out, weights, new_state in run_seeds(vmapped, inputs, seeded):
         assert np.all(np.isfinite(out)) and np.shape(out) == (D,)
         assert weights.shape == (N,) and np.all(np.isfinite(weights)) and np.all(weights >= 0), weights
         assert abs(weights.sum() - 1.0) < 1e-5, weights.sum()
-        assert_same_types(state, new_state)
-    traced = len(traces)
-    program(keys(1), single[0][2])  # the state the update returned: same program
-    assert len(traces) == traced
+        assert_same_types(state, new_state)  # what a scan over rounds feeds back: the same program
+    assert len(traces) == 1  # the second call (new values) did not retrace
 
 
 # ----------------------------------------------------------------------------- model attacks
@@ -136,37 +155,37 @@ def test_aggregator_contract(kind, name):
 def _attack_step(attack):
     context_rule = mean()
 
-    def step(key, state, malicious):
-        k_u, k_a = jax.random.split(key)
-        updates = 0.5 + jax.random.normal(k_u, (N, D))
+    def step(updates, key, state, malicious):
         ctx = AttackContext(params=jnp.zeros(D), weights=jnp.ones(N), round=jnp.zeros((), jnp.int32),
                             aggregator=context_rule, agg_state=context_rule.init(jnp.zeros(D)), client_ids=jnp.arange(N))
-        out, new_state = attack.update(updates, malicious, state, k_a, ctx)
-        return updates, out, new_state
+        return attack.update(updates, malicious, state, key, ctx)
 
     return step
 
 
-@pytest.mark.parametrize("name", sorted(MODEL_ATTACKS))
-def test_model_attack_contract(name):
+ATTACK_SEEDED = dict(updates=True, key=True)
+
+
+def _model_attack_case(name):
     attack = build(MODEL_ATTACKS, name)
     attack.requirement(N, 2)
-    state = attack.init(jnp.zeros(D))
+    inputs = dict(seed_inputs(0, updates=((N, D), "normal")), state=attack.init(jnp.zeros(D)), malicious=MALICIOUS)
+    return _attack_step(attack), inputs, ATTACK_SEEDED
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_ATTACKS))
+def test_model_attack_contract(name):
+    step, inputs, seeded = _model_attack_case(name)
+    state = inputs["state"]
     assert_named_state(state)
-    step, traces = counting(_attack_step(attack))
-    program = one_program(step, (None, None))
-    single, batched = program(keys(0), state, MALICIOUS)
-    assert_seeds_agree(single, batched)
-    for updates, out, new_state in single:
-        updates, out = np.asarray(updates), np.asarray(out)
+    _, vmapped, traces = programs(step, seeded)
+    for updates, (out, new_state) in zip(inputs["updates"], run_seeds(vmapped, inputs, seeded)):
         assert out.shape == updates.shape and out.dtype == updates.dtype
         np.testing.assert_array_equal(out[~MALICIOUS], updates[~MALICIOUS])  # honest rows, bit for bit
         assert_same_types(state, new_state)
-    traced = len(traces)
-    quiet, _ = program(keys(1), single[0][2], jnp.zeros(N, bool))  # no malicious client; the returned state
-    assert len(traces) == traced
-    for updates, out, _ in quiet:
-        np.testing.assert_array_equal(np.asarray(out), np.asarray(updates))  # the identity
+    quiet, _ = vmapped(**dict(inputs, malicious=np.zeros(N, bool)))
+    np.testing.assert_array_equal(np.asarray(quiet), inputs["updates"])  # no malicious client: the identity
+    assert len(traces) == 1  # three calls, one program
 
 
 # ----------------------------------------------------------------------------- data attacks
@@ -180,31 +199,46 @@ def _data_inputs(name):
     return (8, 8, 1), dict(input_shape=(8, 8, 1))
 
 
-@pytest.mark.parametrize("name", sorted(DATA_ATTACKS))
-def test_data_attack_contract(name):
+DATA_SEEDED = dict(x=True, y=True, key=True)
+
+
+def _data_attack_case(name):
     shape, fixed = _data_inputs(name)
     attack = build(DATA_ATTACKS, name, **fixed)
+    mask = np.arange(12) < 9  # 3 padding rows
+
+    def step(x, y, key):
+        return attack.poison(x, y, mask, key, jnp.int32(1))
+
+    return step, seed_inputs(0, x=((12,) + shape, "uniform"), y=((12,), "label")), DATA_SEEDED, attack
+
+
+@pytest.mark.parametrize("name", sorted(DATA_ATTACKS))
+def test_data_attack_contract(name):
+    step, inputs, seeded, attack = _data_attack_case(name)
     assert (attack.targeted is not None) == DATA_ATTACKS[name].targeted
-
-    def step(key):
-        k_x, k_y, k_p = jax.random.split(key, 3)
-        x = jax.random.uniform(k_x, (12,) + shape)
-        y = jax.random.randint(k_y, (12,), 0, NUM_CLASSES)
-        mask = jnp.arange(12) < 9  # 3 padding rows
-        px, py = attack.poison(x, y, mask, k_p, jnp.int32(1))
-        return x, y, px, py
-
-    step, traces = counting(step)
-    program = one_program(step, ())
-    single, batched = program(keys(0))
-    assert_seeds_agree(single, batched)
-    for x, y, px, py in single:
+    _, vmapped, traces = programs(step, seeded)
+    for x, y, (px, py) in zip(inputs["x"], inputs["y"], run_seeds(vmapped, inputs, seeded)):
         assert (px.shape, px.dtype, py.shape, py.dtype) == (x.shape, x.dtype, y.shape, y.dtype)
         if attack.targeted is not None:
             tx, ty, valid = attack.targeted(x, y)
             assert (tx.shape, ty.shape, valid.shape, valid.dtype) == (x.shape, y.shape, y.shape, jnp.bool_)
-    program(keys(1))
     assert len(traces) == 1
+
+
+# ----------------------------------------------------------------------------- jit vs vmap
+
+CASES = ([(f"{k}:{n}", lambda k=k, n=n: _rule_case(k, n)) for k, n in RULES]
+         + [(f"model attack:{n}", lambda n=n: _model_attack_case(n)) for n in sorted(MODEL_ATTACKS)]
+         + [(f"data attack:{n}", lambda n=n: _data_attack_case(n)[:3]) for n in sorted(DATA_ATTACKS)])
+
+
+@pytest.mark.slow  # a second compilation per entry (~1 s of CPU each); the tests above run each entry vmapped
+@pytest.mark.parametrize("case", [c for _, c in CASES], ids=[i for i, _ in CASES])
+def test_jit_and_vmap_over_seeds_agree(case):
+    step, inputs, seeded = case()
+    single, vmapped, _ = programs(step, seeded)
+    assert_jit_agrees(single, run_seeds(vmapped, inputs, seeded), inputs, seeded)
 
 
 # ----------------------------------------------------------------------------- inside a round
@@ -232,28 +266,33 @@ def probe_rule(n: int) -> Aggregator:
 CLIENTS, PER_CLIENT, BAD = 6, 4, 2
 
 
-def _round_updates(shape, data_attack=None, model_attack=None, malicious_update=None):
-    """The clients' updates (rows by id) of one round with ``num_malicious`` 0 and ``BAD``, and
-    of the clean round, as one program: ``(honest-only, attacked, clean)``."""
+def _round_setup(shape):
     rng = np.random.default_rng(1)
     x = rng.uniform(size=(CLIENTS * PER_CLIENT,) + shape).astype(np.float32)
     y = np.tile([5, 3, 1, 7], CLIENTS)  # every client holds the source class 5 of label_flip
-    from tests.helpers import make_data
     data = make_data([list(range(c * PER_CLIENT, (c + 1) * PER_CLIENT)) for c in range(CLIENTS)], x, y)
     model = fljax.models.get("logreg", shape, NUM_CLASSES)
     client = fljax.fedavg(fljax.classification_loss(model.apply), optax.sgd(0.5), local_steps=2, batch_size=2)
+    return data, client, model.init(jax.random.PRNGKey(0))
+
+
+def _round_program(shape, *settings):
+    """The clients' updates (rows by id) of one round per ``(num_malicious, data_attack,
+    model_attack, malicious_update)`` of ``settings``, as one program."""
+    data, client, params = _round_setup(shape)
     rounds = [fljax.make_round(client, probe_rule(CLIENTS), clients_per_round=CLIENTS, num_malicious=m, jit=False,
                                data_attack=attack_data, model_attack=attack_model, malicious_client_update=update)
-              for m, attack_data, attack_model, update in ((0, data_attack, model_attack, malicious_update),
-                                                           (BAD, data_attack, model_attack, malicious_update),
-                                                           (0, None, None, None))]
-    params = model.init(jax.random.PRNGKey(0))
-
-    @jax.jit
-    def run(key):
-        return [r.step(r.init(params), data, key)[0].agg_state.updates for r in rounds]
-
+              for m, attack_data, attack_model, update in settings]
+    run = jax.jit(lambda key: [r.step(r.init(params), data, key)[0].agg_state.updates for r in rounds])
     return [np.asarray(u) for u in run(jax.random.PRNGKey(3))]
+
+
+def _round_updates(shape, data_attack=None, model_attack=None, malicious_update=None):
+    """``(honest-only, attacked, clean)``: the updates of the round with the attack and
+    ``num_malicious`` 0, then ``BAD``, and of the clean round, in one program (two programs may
+    round differently in the last bit)."""
+    attack = (data_attack, model_attack, malicious_update)
+    return _round_program(shape, (0, *attack), (BAD, *attack), (0, None, None, None))
 
 
 def _assert_round_contract(honest_only, attacked, clean):
