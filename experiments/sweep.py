@@ -65,6 +65,7 @@ import fljax
 from fljax import aggregators as aggregators_lib
 from fljax import attacks as attacks_lib
 from fljax.data import METHODS, load
+from fljax import flat_settings
 from fljax import spec as spec_lib
 from fljax.experiment import (ExperimentConfig, aggregator_chain, attack_chain, attack_names, build, build_aggregator,
                               build_attacks, catalogue, config_dict, effective_num_byzantine, partition_in_program,
@@ -200,6 +201,11 @@ def make_cells(spec: SweepSpec, log: Callable = lambda message: None) -> list[Ce
     rules = expand(spec.aggregators, "aggregator")
     grid = dict(spec.grid)
     clash = sorted(set(grid) & set(AXES + PARTITION_FIELDS + ("attack", "aggregator", "num_malicious")))
+    flat = sorted(set(grid) & set(flat_settings.FIELDS))
+    if flat:
+        raise ValueError(f"--grid: {', '.join(flat)} {'is a' if len(flat) == 1 else 'are'} deprecated flat component "
+                         f"setting{'s' if len(flat) > 1 else ''}: vary the component through its specs instead, e.g. "
+                         "--aggregators='krum,bucketing(bucket_size=2)+krum' or --attacks='gaussian(std=1.0),gaussian(std=10.0)'")
     if clash:
         raise ValueError(f"grid axes {', '.join(clash)} are set by the sweep's own axes (--attacks, --aggregators, "
                          "--malicious_fractions, --partitions)")
@@ -792,7 +798,8 @@ flags.DEFINE_list("malicious_fractions", None, "shares of malicious clients in t
 flags.DEFINE_list("partitions", None, "iid, dirichlet:<alpha>, bias:<p>, shards:<per client> (default: iid)")
 flags.DEFINE_list("seeds", None, "run keys, vmapped in one program per cell (default: 0,1,2); --seed fixes the data partition")
 flags.DEFINE_multi_string("grid", [], "an extra axis over any config field: FIELD=v1,v2 (e.g. --grid=model=logreg,cnn); "
-                          "separate values with ';' when they hold commas (--grid='pre_aggregation=none;bucketing,nnm')")
+                          "separate values with ';' when they hold commas (--grid='client_lr=0.05;0.1'); components vary through "
+                          "--attacks / --aggregators")
 flags.DEFINE_string("output_dir", "results/sweep", "where the cells and the results go (a rerun resumes)")
 flags.DEFINE_bool("compare_sequential_seeds", False, "also time the first cell's seeds one by one against the vmapped run")
 flags.DEFINE_bool("allow_missing", False, "sweep only the registered attacks/aggregators of a preset naming missing ones")

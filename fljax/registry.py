@@ -15,6 +15,7 @@ signature (``REGISTRY.build("krum(num_byzantine=2)")``); see ``fljax.spec``.
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 import typing
 from typing import Any, Callable, Iterator, Mapping, NamedTuple, Optional, Union
@@ -70,6 +71,8 @@ class Entry(NamedTuple):
         """The resolved annotation of every parameter (``typing.Any`` where there is none)."""
         hints = {}
         for f in (self.local_training, self.factory):
+            while isinstance(f, functools.partial):  # a named variant, as optax's nadam = partial(adam, ...)
+                f = f.func
             if f is not None:
                 hints.update(typing.get_type_hints(f))
         return {name: hints.get(name, typing.Any) for name in self.parameters()}

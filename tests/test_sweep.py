@@ -198,6 +198,9 @@ def test_axes_are_specs_and_the_side_tables_are_retired():
         sweep.make_cells(dataclasses.replace(spec, attacks=["sign_flip(scal=3)"]))
     with pytest.raises(ValueError, match="attack_settings is retired: write each component's arguments into its spec"):
         SweepSpec(base=BASE, attack_settings={"gaussian": {"attack_scale": 200.0}})
+    with pytest.raises(ValueError, match=r"--grid: pre_aggregation is a deprecated flat component setting: vary the "
+                                         r"component through its specs instead, e.g. --aggregators="):
+        sweep.make_cells(dataclasses.replace(spec, grid={"pre_aggregation": ["bucketing", "nnm"]}))
 
 
 def test_cells_a_rule_cannot_take_are_reported_not_run(tmp_path):
