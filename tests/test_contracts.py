@@ -4,15 +4,18 @@ an attack is covered the day it is registered:
 * an aggregator's ``info["weights"]`` are finite, non-negative and sum to 1, its aggregate is a
   finite ``[d]`` vector;
 * a model attack is the identity in a round without malicious clients and leaves the honest rows
-  bit for bit; a data attack keeps shapes and dtypes, has a success test iff its entry says it
-  is targeted, and inside a round is the identity without malicious clients and leaves the
-  honest clients' updates bit for bit (so do the attacks that change the malicious training);
+  bit for bit; a data attack keeps shapes and dtypes and has a success test iff its entry says
+  it is targeted; inside a round, a data attack (and an attack that changes the malicious
+  training) is the identity without malicious clients and leaves the honest clients' updates bit
+  for bit (one entry of each in CI, every entry with --runslow);
 * every state is a named type (``EmptyState`` without state), and the state an update returns has
-  the structure, shapes and dtypes of the one it got: a second call does not recompile;
-* jit and vmap over a seed axis agree: the same program batched over seeds gives each seed's run.
+  the structure, shapes and dtypes of the one it got; a second call does not retrace;
+* vmap over a seed axis keeps the seeds apart (each seed's row is the same with the seeds
+  reversed), and, with --runslow, agrees with the program jitted for one seed.
 
-Sizes are small (n = 8 clients, d = 6), the inputs are drawn by numpy outside the programs, and
-each entry compiles two programs (one seed, and vmapped over the seeds) to keep CI fast.
+Sizes are small (n = 8 clients, d = 6) and the inputs are drawn by numpy outside the programs:
+in CI each entry compiles one program (vmapped over the seeds) and calls it again with new
+values, ~0.5 s of CPU per entry.
 """
 
 from __future__ import annotations
@@ -301,7 +304,14 @@ def _assert_round_contract(honest_only, attacked, clean):
     assert not np.array_equal(attacked[:BAD], clean[:BAD])  # (and the attack did act on the malicious ones)
 
 
-@pytest.mark.parametrize("name", sorted(DATA_ATTACKS))
+def one_in_ci(names, representative):
+    """``names`` as parameters, all but ``representative`` marked slow: what a round checks here is
+    ``make_round``'s masking of the malicious clients, the same for every entry (a round compiles
+    three rounds with a model, ~2 s of CPU each)."""
+    return [pytest.param(n, marks=() if n == representative else pytest.mark.slow) for n in names]
+
+
+@pytest.mark.parametrize("name", one_in_ci(sorted(DATA_ATTACKS), "backdoor"))
 def test_data_attack_in_a_round_touches_the_malicious_clients_only(name):
     shape, fixed = _data_inputs(name)
     fixed = dict(fixed, x_train=TABULAR) if shape == (5,) else fixed
@@ -311,7 +321,7 @@ def test_data_attack_in_a_round_touches_the_malicious_clients_only(name):
 LOCAL_TRAINING = sorted(name for name, entry in MODEL_ATTACKS.items() if entry.local_training is not None)
 
 
-@pytest.mark.parametrize("name", LOCAL_TRAINING)
+@pytest.mark.parametrize("name", one_in_ci(LOCAL_TRAINING, "pgd"))
 def test_malicious_training_in_a_round_touches_the_malicious_clients_only(name):
     model = fljax.models.get("logreg", (8, 8, 1), NUM_CLASSES)
     loss = fljax.classification_loss(model.apply)
