@@ -59,14 +59,23 @@ def _json_safe(value):
     return value
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_json_atomic(path: str, payload: dict) -> None:
     """Writes JSON to a temporary file in the same folder, flushes it to disk, then renames it
     over ``path`` (and syncs the folder): a crash never leaves a half-written file, only the
-    old one or the new one. NaN is written as ``NaN`` (Python's ``json`` reads it back)."""
+    old one or the new one. NaN is written as ``NaN`` (Python's ``json`` reads it back). The
+    file gets the mode ``open`` would give it (0644 under the usual umask 022), not 0600."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     try:
+        # mkstemp makes the file 0600; results are shared with colleagues: the mode open() gives.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w") as f:
             json.dump(payload, f, indent=1, allow_nan=True)
             f.flush()

@@ -57,7 +57,7 @@ def make_evaluate(apply_fn: Callable[[PyTree, Array], Array], data_attack: Optio
         return jnp.sum(hits, axis=0), jnp.sum(loss), jnp.sum(total)
 
     def evaluate(params, x, y):
-        hits, loss, total = counts(params, x, (y,), jnp.ones(y.shape, bool))
+        hits, loss, total = counts(params, x, (y,), jnp.ones(y.shape[:1], bool))
         out = {"accuracy": hits[0] / total, "loss": loss / total}
         if data_attack is not None and data_attack.targeted is not None:
             xt, yt, valid = data_attack.targeted(x, y)

@@ -187,9 +187,10 @@ def test_per_token_loss_and_accuracy_by_hand():
     np.testing.assert_allclose(fljax.classification_loss(_logits_model)(None, all_real), expected5, rtol=1e-6)
     # Evaluation: predictions (argmax, first on ties) [[0, 1, 0], [1, 0, 0]]; hits on real tokens:
     # (0,0) yes, (0,1) no, (1,0) yes, (1,1) no, (1,2) yes -> 3 of 5.
-    out = fljax.make_evaluate(_logits_model, batch_size=1)(None, logits, labels)
-    np.testing.assert_allclose(out["accuracy"], 3 / 5)
-    np.testing.assert_allclose(out["loss"], expected5, rtol=1e-6)
+    for batch_size in (1, 2, 1000):  # 1000: a padded test batch (the default)
+        out = fljax.make_evaluate(_logits_model, batch_size=batch_size)(None, logits, labels)
+        np.testing.assert_allclose(out["accuracy"], 3 / 5)
+        np.testing.assert_allclose(out["loss"], expected5, rtol=1e-6)
 
 
 def test_per_example_loss_unchanged_by_the_token_mask():

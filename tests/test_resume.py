@@ -21,6 +21,7 @@ import dataclasses
 import glob
 import json
 import os
+import stat
 import signal
 import subprocess
 import sys
@@ -333,3 +334,16 @@ def test_write_json_atomic_never_leaves_partial_files(tmp_path, monkeypatch):
         checkpoint_lib.write_json_atomic(str(path), {"a": 2})
     assert json.loads(path.read_text()) == {"a": 1}
     assert os.listdir(tmp_path) == ["r.json"]
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_write_json_atomic_honours_the_umask(tmp_path, umask, mode):
+    """Results, sweep cells and a workdir's config are readable by colleagues as ``open`` would
+    make them (mkstemp alone gives 0600)."""
+    old = os.umask(umask)
+    try:
+        checkpoint_lib.write_json_atomic(str(tmp_path / "r.json"), {"a": 1})
+        assert os.umask(umask) == umask  # the umask is left as it was
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "r.json").st_mode) == mode
