@@ -1,11 +1,16 @@
 """Runs one poisoned federated experiment and writes its results as JSON.
 
-    python -m experiments.run                       # the default experiment (mnist5k, 20% label flippers vs median)
-    python -m experiments.run --attack=sign_flip --attack_scale=10 --aggregator=krum --output=out.json
+    python -m experiments.run                       # the default experiment (mnist5k, 20 of 100 label flippers vs median)
+    python -m experiments.run --attack='sign_flip(scale=10.0)' --aggregator='krum(num_byzantine=2)' --output=out.json
+    python -m experiments.run --attack='backdoor(target_label=0)+model_replacement' --aggregator='clip(max_norm=1.0)+mean'
     python -m experiments.run --config=experiments/configs/fang2020.py --rounds=10   # a preset, flags on top
 
-Every field of ``fljax.experiment.ExperimentConfig`` is a flag of the same name. All settings
-are validated before anything is compiled; a bad one exits with status 2 and a one-line message.
+Every field of ``fljax.experiment.ExperimentConfig`` is a flag of the same name: the shared
+settings flat, the aggregator and the attack as specs, name(arg=value, ...), whose arguments
+and defaults are the factories' own (listed under --aggregator and --attack below). All
+settings are validated before anything is compiled; a bad one exits with status 2 and a
+one-line message. The flat component flags of the previous release (--kappa, --attack_scale,
+--data_attack, ...; --helpfull lists them) still work, with a notice naming the replacement.
 """
 
 from __future__ import annotations
@@ -16,31 +21,76 @@ import os
 import sys
 import time
 import typing
+import warnings
 
 import jax
 import numpy as np
 from absl import app, flags, logging
 
 from fljax.client import use_cpu_cores as use_cores
+from fljax import aggregators as aggregators_lib
 from fljax import checkpoint as checkpoint_lib
 from fljax import sharding as sharding_lib
 from experiments.configs import base_config, load_config_file, replace_fields
-from fljax.attacks import DATA_ATTACKS, STRENGTH
-from fljax.experiment import Experiment, ExperimentConfig, build, effective_num_byzantine
+from fljax import flat_settings
+from fljax.attacks import DATA_ATTACKS, MODEL_ATTACKS
+from fljax.experiment import (SETTINGS, Experiment, ExperimentConfig, build, catalogue, components, config_dict,
+                              rule_num_byzantine, scoped)
 
 FLAGS = flags.FLAGS
 
 
+DEPRECATED_FLAGS = "fljax.flat_settings: the flat component flags of the previous release (they work for one more)"
+"""The module the deprecated flags are listed under (by --helpfull; --help shows this module's)."""
+
+_COMPONENTS = {"aggregator": "'bucketing(bucket_size=2)+krum(num_byzantine=2)'",
+               "attack": "'backdoor(target_label=0)+model_replacement(gamma=5.0)'"}
+_LEGEND = {"aggregator": "<f>: the run's f, --num_byzantine; <required>: no default",
+           "attack": "<f>: the run's f; <required>: no default; [targeted]: pursues a target, a targeted model "
+                     "attack boosts the training on the data attack before it"}
+_EXAMPLES = {"data_attack": "--attack='backdoor(target_label=0)+model_replacement'",
+             "pre_aggregation": "--aggregator='bucketing(bucket_size=2)+krum'",
+             "attack_scale": "--attack='sign_flip(scale=10.0)'"}
+
+
+def _example(field) -> str:
+    """A spec that gives a deprecated flat setting's parameter, for its flag's help."""
+    if field.name in _EXAMPLES:
+        return _EXAMPLES[field.name]
+    on = field.metadata["flat"]
+    registries = ((aggregators_lib.REGISTRY, aggregators_lib.PREAGGREGATORS) if on == "aggregator" else
+                  (MODEL_ATTACKS, DATA_ATTACKS))
+    for registry in registries:
+        for name in registry.names():
+            params = registry[name].parameters()
+            param = next((p for p in field.metadata["params"] if p in params), None)
+            if param is not None:
+                return f"--{on}='{name}({param}=...)'"
+    return f"--{on}='<component>({field.metadata['params'][0]}=...)'"
+
+
 def define_config_flags(config_cls=ExperimentConfig) -> None:
-    """Defines one absl flag per config field, with the field's default, type and help."""
+    """Defines one absl flag per config field, with the field's default, type and help; the
+    component flags list the registered components, the deprecated flat ones are listed by
+    --helpfull only."""
     hints = typing.get_type_hints(config_cls)
     for field in dataclasses.fields(config_cls):
         kind = hints[field.name]
-        help_text = field.metadata.get("help", field.name)
         args = typing.get_args(kind)
         base = next((a for a in args if a is not type(None)), kind) if args else kind
-        define = {int: flags.DEFINE_integer, float: flags.DEFINE_float, bool: flags.DEFINE_bool}.get(base, flags.DEFINE_string)
-        define(field.name, field.default, help_text)
+        if field.name in flat_settings.FIELDS:
+            help_text = flat_settings.flag_help(field, _example(field))
+        else:
+            help_text = field.metadata.get("help", field.name)
+            if field.metadata.get("component"):
+                help_text += (f"; e.g. --{field.name}={_COMPONENTS[field.name]}. The registered ones, with their "
+                              f"factories' defaults ({_LEGEND[field.name]}):\n{catalogue(field.name)}")
+        if base is bool:
+            flag = flags.BooleanFlag(field.name, field.default, help_text)
+        else:
+            parser = {int: flags.IntegerParser(), float: flags.FloatParser()}.get(base, flags.ArgumentParser())
+            flag = flags.Flag(parser, flags.ArgumentSerializer(), field.name, field.default, help_text)
+        flags.DEFINE_flag(flag, module_name=DEPRECATED_FLAGS if field.name in flat_settings.FIELDS else None)
 
 
 def config_from_flags(config_cls=ExperimentConfig):
@@ -81,10 +131,10 @@ def _nanmean(values) -> float:
 
 
 def open_workdir(workdir: str, config) -> "checkpoint_lib.RunCheckpointer":
-    """The run's checkpointer in ``workdir``; records the config there, or refuses (``ValueError``)
-    a workdir that holds a run with another config."""
-    defaults = {f.name: f.default for f in dataclasses.fields(config) if f.default is not dataclasses.MISSING}
-    return checkpoint_lib.RunCheckpointer(workdir, dataclasses.asdict(config), defaults=defaults)
+    """The run's checkpointer in ``workdir``; records the (scoped) config there, or refuses
+    (``ValueError``) a workdir that holds a run with another config."""
+    defaults = {f.name: f.default for f in dataclasses.fields(config) if f.name in SETTINGS}
+    return checkpoint_lib.RunCheckpointer(workdir, config_dict(scoped(config)), defaults=defaults)
 
 
 def run_experiment(exp: Experiment, log=print, *, workdir=None, checkpoint_every: int = 1) -> dict:
@@ -161,7 +211,7 @@ def run_experiment(exp: Experiment, log=print, *, workdir=None, checkpoint_every
         rounds_per_second=exp.config.rounds / seconds if seconds > 0 else math.inf,
     )
     results = {
-        "config": dataclasses.asdict(exp.config),
+        "config": config_dict(exp.config),
         "settings": describe(exp.config),
         "history": {k: _py(v) for k, v in history.items()},
         "evals": dict({k: _py(v) for k, v in eval_history.items()}, round=eval_rounds),
@@ -178,46 +228,63 @@ def run_experiment(exp: Experiment, log=print, *, workdir=None, checkpoint_every
 _TRIGGER_ATTACKS = ("backdoor", "dba", "feature_trigger")
 
 
+def _attack_text(spec, registry) -> tuple[str, list[str]]:
+    """A readable attack and its notes: ``label_flip 5 -> 3``, ``backdoor -> class 0``, the
+    strength and knowledge apart (``sign_flip``, ``["scale 10.0"]``), other arguments as given."""
+    entry, args = registry[spec.name], spec.kwargs
+    default = {name: p.default for name, p in entry.parameters().items()}
+    if spec.name == "label_flip":
+        head = f"label_flip {args.pop('source', default['source'])} -> {args.pop('target', default['target'])}"
+    elif spec.name == "label_flip_all":
+        head = "label_flip_all (l -> C - 1 - l)"
+    elif spec.name in _TRIGGER_ATTACKS:
+        head = f"{spec.name} -> class {args.pop('target_label')}"
+    else:
+        head = spec.name
+    notes = []
+    if entry.strength is not None:
+        notes.append(f"{entry.strength} {args.pop(entry.strength, default[entry.strength])}")
+    if "knowledge" in args:
+        notes.append(f"{args.pop('knowledge')} knowledge")
+    if args:
+        head += f"({', '.join(f'{k}={v!r}' for k, v in args.items())})"
+    return head, notes
+
+
 def describe(config) -> dict:
     """Every setting that defines the run, as readable text (the summary's rows; also in the
-    results JSON as ``settings``): the partition's parameter, the attack's targets, knowledge
-    and schedule, the rule's f and its pre-aggregation chain, the local training."""
-    c = config if isinstance(config, dict) else dataclasses.asdict(config)
-    part = {"dirichlet": f"dirichlet, alpha={c['dirichlet_alpha']}", "bias": f"bias, p={c['bias']}",
-            "shards": f"shards, {c['shards_per_client']} per client"}.get(c["partition"], c["partition"])
-
-    def attack_text(name):
-        if name == "label_flip":
-            return f"label_flip {c['source_class']} -> {c['target_class']}"
-        if name == "label_flip_all":
-            return "label_flip_all (l -> C - 1 - l)"
-        if name in _TRIGGER_ATTACKS:
-            return f"{name} -> class {c['target_class']}"
-        return name
-
-    attack = attack_text(c["attack"]) + (f" + {attack_text(c['data_attack'])}" if c.get("data_attack") else "")
-    extra = []
-    if c["attack"] in STRENGTH:
-        extra.append(f"scale {c['attack_scale']}")
-    if c.get("attack_knowledge"):
-        extra.append(f"{c['attack_knowledge']} knowledge")
-    if c.get("attack_single_shot"):
-        extra.append(f"single shot in round {c['attack_start_round']}")
-    elif (c["attack_start_round"], c["attack_every"]) != (0, 1):
-        extra.append(f"every {c['attack_every']} round(s) from round {c['attack_start_round']}")
-    if c.get("continuous_data_poisoning"):
+    results JSON as ``settings``): the partition's parameter, the attack's targets, strength,
+    knowledge, arguments and schedule, the rule's f, arguments and pre-aggregation chain, the
+    local training."""
+    config = config if isinstance(config, ExperimentConfig) else ExperimentConfig(**config)
+    c = scoped(config, notice=lambda message: None)
+    parts = components(c)
+    part = {"dirichlet": f"dirichlet, alpha={c.dirichlet_alpha}", "bias": f"bias, p={c.bias}",
+            "shards": f"shards, {c.shards_per_client} per client"}.get(c.partition, c.partition)
+    attack, extra = [], []
+    for spec, registry in ((parts.model_attack, MODEL_ATTACKS), (parts.data_attack, DATA_ATTACKS)):
+        if spec is not None:
+            head, notes = _attack_text(spec, registry)
+            attack.append(head)
+            extra += notes
+    if c.attack_single_shot:
+        extra.append(f"single shot in round {c.attack_start_round}")
+    elif (c.attack_start_round, c.attack_every) != (0, 1):
+        extra.append(f"every {c.attack_every} round(s) from round {c.attack_start_round}")
+    if c.continuous_data_poisoning:
         extra.append("data poisoning in every round")
-    rule = f"{c['aggregator']} (f = {effective_num_byzantine(ExperimentConfig(**c))})"
-    if c.get("pre_aggregation"):
-        rule += f" after {' -> '.join(p.strip() for p in c['pre_aggregation'].split(','))}"
-    local = (f"fedavg, {c['local_steps']} local steps" if c["local_steps"] is not None else
-             f"fedavg, {c['local_epochs']} local epochs") if c["protocol"] == "fedavg" else "fedsgd"
+    rule_args = {k: v for k, v in parts.rule.kwargs.items() if k != "num_byzantine"}  # f is shown apart
+    rule = f"{type(parts.rule)(parts.rule.name, tuple(rule_args.items()))} (f = {rule_num_byzantine(c)})"
+    if parts.pre_aggregations:
+        rule += f" after {' -> '.join(str(p) for p in parts.pre_aggregations)}"
+    local = (f"fedavg, {c.local_steps} local steps" if c.local_steps is not None else
+             f"fedavg, {c.local_epochs} local epochs") if c.protocol == "fedavg" else "fedsgd"
     return {
-        "dataset / model": f"{c['dataset']} / {c['model']} ({part})",
-        "clients": f"{c['num_clients']} ({c['clients_per_round']} per round, {c['num_malicious']} malicious)",
-        "attack": attack + (f" ({', '.join(extra)})" if extra else ""),
+        "dataset / model": f"{c.dataset} / {c.model} ({part})",
+        "clients": f"{c.num_clients} ({c.clients_per_round} per round, {c.num_malicious} malicious)",
+        "attack": " + ".join(attack) + (f" ({', '.join(extra)})" if extra else ""),
         "aggregator": rule,
-        "rounds": f"{c['rounds']} ({local}, client lr {c['client_lr']}, server lr {c['server_lr']}, seed {c['seed']})",
+        "rounds": f"{c.rounds} ({local}, client lr {c.client_lr}, server lr {c.server_lr}, seed {c.seed})",
     }
 
 
@@ -231,7 +298,8 @@ def summary_table(results: dict) -> str:
     if "attack_success_rate" in f:
         rows.append(("attack success rate", f"{f['attack_success_rate']:.4f}"))
     if "source_recall" in f:  # the attack's test examples classified as their true label
-        triggered = c["attack"] in _TRIGGER_ATTACKS or c.get("data_attack") in _TRIGGER_ATTACKS
+        data_attack = components(ExperimentConfig(**c)).data_attack
+        triggered = data_attack is not None and data_attack.name in _TRIGGER_ATTACKS
         rows.append(("accuracy on triggered inputs" if triggered else "source-class recall", f"{f['source_recall']:.4f}"))
     rows += [
         ("detection TPR / FPR", " / ".join("n/a" if math.isnan(f[k]) else f"{f[k]:.3f}"
@@ -334,8 +402,9 @@ def use_cpu_cores() -> None:
 def main(argv) -> int:
     logging.set_verbosity(logging.WARNING)
     use_cpu_cores()
+    notices = []  # deprecated flat flags and changed defaults, printed once the config is known to be valid
     try:
-        config = start_distributed(config_with_preset(FLAGS.config))
+        config = start_distributed(scoped(config_with_preset(FLAGS.config), notice=notices.append))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -343,11 +412,15 @@ def main(argv) -> int:
     log = (lambda *a: None) if FLAGS.quiet or not primary else (lambda msg: print(msg, flush=True))
     try:
         check_runner_flags(argv)
-        exp = build(config)
+        with warnings.catch_warnings():  # build reads the config again: its notices are the ones above
+            warnings.simplefilter("ignore", FutureWarning)
+            exp = build(config)
         ckpt = open_workdir(FLAGS.workdir, config) if FLAGS.workdir is not None else None
     except (ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    for message in notices if primary else ():
+        print(f"notice: {message}", file=sys.stderr)
     log(f"fljax: {config.attack} vs {config.aggregator} on {config.dataset}, {config.rounds} rounds "
         f"({jax.default_backend()}); compiling...")
     try:

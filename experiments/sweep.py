@@ -1,11 +1,15 @@
 """Sweeps a grid of poisoned federated experiments: attacks x aggregators x malicious fraction x
 non-IID level (x any extra config axis), every cell's seeds run as ONE vmapped XLA program.
 
-    python -m experiments.sweep --attacks=none,sign_flip,label_flip --aggregators=mean,median \\
+    python -m experiments.sweep --attacks='none,sign_flip(scale=10.0),label_flip' \\
+        --aggregators='mean,median,krum(num_byzantine=2),bucketing(bucket_size=2)+krum' \\
         --malicious_fractions=0.2 --partitions=iid,dirichlet:0.5 --seeds=0,1,2 --rounds=10 --output_dir=results/grid
     python -m experiments.sweep --config=experiments/configs/fang2020.py --output_dir=results/fang2020
 
-Every ``ExperimentConfig`` field is also a flag and sets the base of every cell (``--rounds=10``).
+The attacks and aggregators are specs, as ``--attack`` / ``--aggregator`` of ``experiments.run``
+(whose ``--help`` lists every registered one with its arguments): each axis value is a cell's
+component with its arguments, chains included. Every ``ExperimentConfig`` field is also a flag
+and sets the base of every cell (``--rounds=10``).
 
 Seeds and data: ``--seed`` (the base config's) fixes the data partition and the train/test split
 of every cell; ``--seeds`` are the run keys ``jax.random.PRNGKey(s)`` (model init, cohort
@@ -46,6 +50,7 @@ import re
 import sys
 import time
 import typing
+import warnings
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
@@ -60,8 +65,11 @@ import fljax
 from fljax import aggregators as aggregators_lib
 from fljax import attacks as attacks_lib
 from fljax.data import METHODS, load
-from fljax.experiment import (ExperimentConfig, attack_names, build, build_aggregator, build_attacks,
-                              effective_num_byzantine, partition_in_program, validate)
+from fljax import flat_settings
+from fljax import spec as spec_lib
+from fljax.experiment import (ExperimentConfig, aggregator_chain, attack_chain, attack_names, build, build_aggregator,
+                              build_attacks, catalogue, config_dict, effective_num_byzantine, partition_in_program,
+                              scoped, validate)
 
 FORMAT_VERSION = 2
 """Version of the cell files; a file of another version is recomputed. 2: partitions shuffle
@@ -76,7 +84,7 @@ an argument)."""
 _PARTITION_PARAMS = {"dirichlet": ("dirichlet_alpha", float), "bias": ("bias", float),
                      "shards": ("shards_per_client", int)}
 AXES = ("attack", "aggregator", "malicious_fraction", "partition")
-DEFAULTS = dict(attacks=("none", "sign_flip", "label_flip"), aggregators=("mean", "median", "trimmed_mean", "krum"),
+DEFAULTS = dict(attacks=("none", "sign_flip(scale=10.0)", "label_flip"), aggregators=("mean", "median", "trimmed_mean", "krum"),
                 malicious_fractions=(0.2,), partitions=("iid",), seeds=(0, 1, 2))
 
 
@@ -84,8 +92,9 @@ DEFAULTS = dict(attacks=("none", "sign_flip", "label_flip"), aggregators=("mean"
 
 
 class Cell(NamedTuple):
-    """One grid point: its axis values (``attack``, ``aggregator``, ``malicious_fraction``,
-    ``partition`` and the extra ``grid`` fields), its full config and a stable file name."""
+    """One grid point: its axis values (``attack``, ``aggregator``: their specs in canonical
+    text; ``malicious_fraction``, ``partition`` and the extra ``grid`` fields), its full
+    (scoped) config and a stable file name."""
 
     axes: dict
     config: ExperimentConfig
@@ -111,44 +120,42 @@ def partition_settings(spec: str) -> dict:
     return settings
 
 
-def expand_names(names: Sequence[str], registered: Sequence[str]) -> list[str]:
-    """``all`` expands to every registered name (sorted); duplicates are dropped, order kept."""
+def _names(value: str, kind: str) -> list[str]:
+    """The component names of an axis value (an attack or aggregator chain)."""
+    return [t.name for t in spec_lib.parse(value, f"--{kind}s")]
+
+
+def _registered(kind: str) -> list[str]:
+    return attack_names() if kind == "attack" else aggregators_lib.REGISTRY.names()
+
+
+def expand(values: Sequence[str], kind: str) -> list[str]:
+    """An axis's values as canonical spec text (``"all"`` expands to every registered attack /
+    rule, sorted); duplicates dropped, order kept. Components and arguments are checked."""
     out: list[str] = []
-    for n in names:
-        for m in (sorted(registered) if n == "all" else [n]):
-            if m not in out:
-                out.append(m)
+    for value in values:
+        for v in (_registered(kind) if value == "all" else [value]):
+            text = getattr(scoped(ExperimentConfig(**{kind: v}), notice=lambda m: None), kind)
+            if text not in out:
+                out.append(text)
     return out
 
 
-def _resolve(label: str, settings: dict, field: str) -> str:
-    """The registry name behind an axis label: a variant label (e.g. ``krum+bucketing``) names
-    its attack / rule in its settings (``{"aggregator": "krum", "pre_aggregation": "bucketing"}``)."""
-    return settings.get(label, {}).get(field, label)
-
-
-def _missing_of(spec: SweepSpec, label: str, kind: str) -> list[str]:
-    if label == "all":
+def _missing_of(value: str, kind: str) -> list[str]:
+    """The unregistered components of one axis value, as ``kind name (in value)``."""
+    if value == "all":
         return []
-    if kind == "attack":
-        settings = spec.attack_settings.get(label, {})
-        name, registered = _resolve(label, spec.attack_settings, "attack"), attack_names()
-    else:
-        settings = spec.aggregator_settings.get(label, {})
-        name, registered = _resolve(label, spec.aggregator_settings, "aggregator"), aggregators_lib.REGISTRY
-    suffix = f" (in {label})" if name != label else ""
-    out = [] if name in registered else [f"{kind} {name}{suffix}"]
-    data_attack = settings.get("data_attack")
-    if data_attack is not None and data_attack not in attacks_lib.DATA_ATTACKS:
-        out.append(f"data attack {data_attack} (in {label})")
-    return out
+    registries = ((attacks_lib.DATA_ATTACKS, attacks_lib.MODEL_ATTACKS) if kind == "attack" else
+                  (aggregators_lib.PREAGGREGATORS, aggregators_lib.REGISTRY))
+    missing = [n for n in _names(value, kind) if not any(n in r for r in registries)]
+    return [f"{kind} {n}" + (f" (in {value})" if value != n else "") for n in missing]
 
 
 def missing_names(spec: SweepSpec) -> list[str]:
-    """Attacks and aggregators the spec names (directly or through a variant's settings) that
-    are not registered (``all`` excluded)."""
-    return ([m for a in spec.attacks for m in _missing_of(spec, a, "attack")]
-            + [m for g in spec.aggregators for m in _missing_of(spec, g, "aggregator")])
+    """Attacks and aggregators the spec's axes name (in their chains too) that are not
+    registered (``all`` excluded)."""
+    return [m for a in spec.attacks for m in _missing_of(a, "attack")] + [
+        m for g in spec.aggregators for m in _missing_of(g, "aggregator")]
 
 
 def check_registered(spec: SweepSpec, allow_missing: bool = False, log=print) -> SweepSpec:
@@ -160,11 +167,12 @@ def check_registered(spec: SweepSpec, allow_missing: bool = False, log=print) ->
     pending = f" (the preset marks as pending: {', '.join(spec.pending)})" if spec.pending else ""
     if not allow_missing:
         raise ValueError(f"not registered in fljax: {', '.join(missing)}{pending}. Registered attacks: "
-                         f"{', '.join(attack_names())}; aggregators: {', '.join(sorted(aggregators_lib.REGISTRY))}. "
+                         f"{', '.join(attack_names())}; aggregators: {', '.join(aggregators_lib.REGISTRY.names())}; "
+                         f"pre-aggregations: {', '.join(aggregators_lib.PREAGGREGATORS.names())}. "
                          "Pass --allow_missing to sweep the registered part only.")
     log(f"warning: skipping unregistered {', '.join(missing)}{pending}")
-    return dataclasses.replace(spec, attacks=[a for a in spec.attacks if not _missing_of(spec, a, "attack")],
-                               aggregators=[g for g in spec.aggregators if not _missing_of(spec, g, "aggregator")])
+    return dataclasses.replace(spec, attacks=[a for a in spec.attacks if not _missing_of(a, "attack")],
+                               aggregators=[g for g in spec.aggregators if not _missing_of(g, "aggregator")])
 
 
 def _label(value) -> str:
@@ -173,17 +181,31 @@ def _label(value) -> str:
 
 def cell_key(config: ExperimentConfig, seeds: Sequence[int]) -> str:
     """A hash of everything a cell's result depends on (its config, its seeds, the file format)."""
-    payload = json.dumps({"config": dataclasses.asdict(config), "seeds": list(seeds), "version": FORMAT_VERSION},
+    payload = json.dumps({"config": config_dict(config), "seeds": list(seeds), "version": FORMAT_VERSION},
                          sort_keys=True, default=str)
     return hashlib.sha1(payload.encode()).hexdigest()[:10]
 
 
-def make_cells(spec: SweepSpec) -> list[Cell]:
-    """Every combination of the axes, in axis order (attacks slowest), as configs."""
-    attacks = expand_names(spec.attacks, attack_names())
-    rules = expand_names(spec.aggregators, aggregators_lib.REGISTRY)
+def _notice_once(seen: set, log: Callable):
+    def notice(message: str) -> None:
+        if message not in seen:
+            seen.add(message)
+            log(f"notice: {message}")
+    return notice
+
+
+def make_cells(spec: SweepSpec, log: Callable = lambda message: None) -> list[Cell]:
+    """Every combination of the axes, in axis order (attacks slowest), as scoped configs
+    (``log`` gets the deprecation notices of a base with flat settings, once each)."""
+    attacks = expand(spec.attacks, "attack")
+    rules = expand(spec.aggregators, "aggregator")
     grid = dict(spec.grid)
     clash = sorted(set(grid) & set(AXES + PARTITION_FIELDS + ("attack", "aggregator", "num_malicious")))
+    flat = sorted(set(grid) & set(flat_settings.FIELDS))
+    if flat:
+        raise ValueError(f"--grid: {', '.join(flat)} {'is a' if len(flat) == 1 else 'are'} deprecated flat component "
+                         f"setting{'s' if len(flat) > 1 else ''}: vary the component through its specs instead, e.g. "
+                         "--aggregators='krum,bucketing(bucket_size=2)+krum' or --attacks='gaussian(std=1.0),gaussian(std=10.0)'")
     if clash:
         raise ValueError(f"grid axes {', '.join(clash)} are set by the sweep's own axes (--attacks, --aggregators, "
                          "--malicious_fractions, --partitions)")
@@ -196,16 +218,14 @@ def make_cells(spec: SweepSpec) -> list[Cell]:
             raise ValueError(f"--seeds must be integers in 0..2**32-1, got {s!r}")
     if len(set(spec.seeds)) != len(spec.seeds) or not spec.seeds:
         raise ValueError(f"--seeds must be distinct and non-empty, got {list(spec.seeds)}")
-    cells = []
+    cells, notice = [], _notice_once(set(), log)
     for attack, rule, frac, part, *extra in itertools.product(attacks, rules, spec.malicious_fractions,
                                                                spec.partitions, *grid.values()):
         axes = dict(attack=attack, aggregator=rule, malicious_fraction=float(frac), partition=part,
                     **dict(zip(grid, extra)))
         overrides = dict(attack=attack, aggregator=rule, num_malicious=int(round(frac * spec.base.num_clients)),
                          **partitions[part], **dict(zip(grid, extra)))
-        overrides.update(spec.attack_settings.get(attack, {}))  # may rename: a variant of an attack / rule
-        overrides.update(spec.aggregator_settings.get(rule, {}))
-        config = replace_fields(spec.base, overrides, f"cell {axes}")
+        config = scoped(replace_fields(spec.base, overrides, f"cell {axes}"), notice=notice)
         label = "__".join([attack, rule, f"m{frac:g}", part] + [f"{k}-{v}" for k, v in zip(grid, extra)])
         cells.append(Cell(axes, config, f"{_label(label)}__{cell_key(config, spec.seeds)}"))
     return cells
@@ -286,7 +306,7 @@ def seeds_program(train, mode: str = "vmap"):
 
 def _static_key(config: ExperimentConfig, data, keys, mode: str) -> str:
     shared = () if partition_in_program(config) else PARTITION_FIELDS  # else the partition is only the data argument
-    fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in shared}
+    fields = {k: v for k, v in config_dict(config).items() if k not in shared}
     shapes = [(tuple(a.shape), str(a.dtype)) for a in jax.tree.leaves((data, keys))]
     return json.dumps([fields, shapes, mode], sort_keys=True, default=str)
 
@@ -365,7 +385,7 @@ def run_cell(cell: Cell, seeds: Sequence[int], cache: ProgramCache, seed_executi
     diverged_round, history = jax.block_until_ready(program(exp.data, keys))
     seconds = time.perf_counter() - t1
     result = {"version": FORMAT_VERSION, "name": cell.name, "key": cell_key(cell.config, seeds), "cell": cell.axes,
-              "num_malicious": cell.config.num_malicious, "config": dataclasses.asdict(cell.config)}
+              "num_malicious": cell.config.num_malicious, "config": config_dict(cell.config)}
     result.update(summarize(seeds, diverged_round, history))
     result["timing"] = {"build_seconds": build_seconds, "compile_seconds": compile_seconds, "seconds": seconds,
                         "program": "shared" if shared else "compiled", "backend": jax.default_backend(),
@@ -385,7 +405,7 @@ def load_cell(path: str, cell: Cell, seeds: Sequence[int]) -> tuple[Optional[dic
         return None, f"unreadable ({type(e).__name__})"
     if not isinstance(result, dict) or result.get("version") != FORMAT_VERSION:
         return None, "another format version"
-    if result.get("config") != dataclasses.asdict(cell.config) or result.get("seeds") != list(seeds):
+    if result.get("config") != config_dict(cell.config) or result.get("seeds") != list(seeds):
         return None, "another config or seeds"
     final = result.get("final")
     if not isinstance(final, dict) or "accuracy" not in final or not all(
@@ -479,12 +499,19 @@ def run_sweep(spec: SweepSpec, output_dir: Optional[str] = None, *, log: Callabl
         axis value is malformed. Cells whose settings a rule or attack rejects (e.g. Krum with
         too many Byzantine clients) are reported in ``invalid`` and skipped, not fatal.
     """
+    with warnings.catch_warnings():  # the cells' notices go to log once each (make_cells)
+        warnings.simplefilter("ignore", FutureWarning)
+        return _run_sweep(spec, output_dir, log=log, progress=progress, compare_sequential_seeds=compare_sequential_seeds,
+                          allow_missing=allow_missing, cache=cache, seed_execution=seed_execution)
+
+
+def _run_sweep(spec, output_dir, *, log, progress, compare_sequential_seeds, allow_missing, cache, seed_execution):
     start = time.perf_counter()
     if seed_execution not in SEED_EXECUTIONS:
         raise ValueError(f"--seed_execution must be one of {', '.join(SEED_EXECUTIONS)}, got {seed_execution!r}")
     seed_execution = resolve_seed_execution(seed_execution)
     spec = check_registered(spec, allow_missing, log)
-    cells = make_cells(spec)
+    cells = make_cells(spec, log)
     cache = ProgramCache() if cache is None else cache
     invalid, runnable = [], []
     for cell in cells:
@@ -585,8 +612,8 @@ def _slice_title(s: dict) -> str:
 def matrix(result: SweepResult, s: dict, metric: str):
     """``(attacks, aggregators, mean [A, G], std [A, G])`` of ``metric`` in slice ``s`` (NaN where
     a cell is missing, invalid or lacks the metric)."""
-    attacks = expand_names(result.spec.attacks, attack_names())
-    rules = expand_names(result.spec.aggregators, aggregators_lib.REGISTRY)
+    attacks = expand(result.spec.attacks, "attack")
+    rules = expand(result.spec.aggregators, "aggregator")
     mean = np.full((len(attacks), len(rules)), np.nan)
     std = np.full_like(mean, np.nan)
     for r in result.cells:
@@ -752,21 +779,27 @@ def write_outputs(result: SweepResult) -> list[str]:
 
 
 def _spec_dict(spec: SweepSpec) -> dict:
-    d = dataclasses.asdict(spec)
-    d["base"] = dataclasses.asdict(spec.base)
+    d = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("attack_settings", "aggregator_settings")}
+    d["base"] = config_dict(scoped(spec.base, notice=lambda m: None))
     return d
 
 
 # ----------------------------------------------------------------------------- command line
 
 FLAGS = flags.FLAGS  # --config and every ExperimentConfig field are defined by experiments.run
-flags.DEFINE_list("attacks", None, f"attacks, or 'all' (default: {','.join(DEFAULTS['attacks'])})")
-flags.DEFINE_list("aggregators", None, f"aggregators, or 'all' (default: {','.join(DEFAULTS['aggregators'])})")
+flags.DEFINE_string("attacks", None, "comma list of --attack specs of experiments.run (chains included), or 'all': "
+                    f"e.g. 'none,sign_flip(scale=10.0),backdoor(target_label=0)+pgd' (default: {','.join(DEFAULTS['attacks'])}). "
+                    f"The registered ones, with their factories' defaults:\n{catalogue('attack')}")
+flags.DEFINE_string("aggregators", None, "comma list of --aggregator specs of experiments.run (chains included), or "
+                    "'all': e.g. 'median,krum(num_byzantine=2),bucketing(bucket_size=2)+krum' (default: "
+                    f"{','.join(DEFAULTS['aggregators'])}). The registered ones, with their factories' defaults:\n"
+                    f"{catalogue('aggregator')}")
 flags.DEFINE_list("malicious_fractions", None, "shares of malicious clients in the population (default: 0.2)")
 flags.DEFINE_list("partitions", None, "iid, dirichlet:<alpha>, bias:<p>, shards:<per client> (default: iid)")
 flags.DEFINE_list("seeds", None, "run keys, vmapped in one program per cell (default: 0,1,2); --seed fixes the data partition")
 flags.DEFINE_multi_string("grid", [], "an extra axis over any config field: FIELD=v1,v2 (e.g. --grid=model=logreg,cnn); "
-                          "separate values with ';' when they hold commas (--grid='pre_aggregation=none;bucketing,nnm')")
+                          "separate values with ';' when they hold commas (--grid='client_lr=0.05;0.1'); components vary through "
+                          "--attacks / --aggregators")
 flags.DEFINE_string("output_dir", "results/sweep", "where the cells and the results go (a rerun resumes)")
 flags.DEFINE_bool("compare_sequential_seeds", False, "also time the first cell's seeds one by one against the vmapped run")
 flags.DEFINE_bool("allow_missing", False, "sweep only the registered attacks/aggregators of a preset naming missing ones")
@@ -811,8 +844,10 @@ def spec_from_flags() -> SweepSpec:
     conv = {"malicious_fractions": float, "seeds": int}
     for axis in ("attacks", "aggregators", "malicious_fractions", "partitions", "seeds"):
         if FLAGS[axis].value is not None:
+            given = FLAGS[axis].value
+            items = spec_lib.split(given, f"--{axis}") if isinstance(given, str) else given
             try:
-                values = [conv.get(axis, str)(v.strip()) for v in FLAGS[axis].value]
+                values = [conv.get(axis, str)(v.strip()) for v in items]
             except ValueError:
                 raise ValueError(f"--{axis}: expected a comma list of {'integers' if axis == 'seeds' else 'numbers'}, "
                                  f"got {','.join(FLAGS[axis].value)}") from None

@@ -1,19 +1,30 @@
-"""Experiments from a flat config: the bridge between the runner's flags and the library.
+"""Experiments from one config: the bridge between the runner's flags and the library.
 
-``ExperimentConfig`` lists every setting (the runner turns each field into an absl flag of the
-same name); ``build(config)`` validates it all before anything is compiled and returns the data,
-the model, the round and the run. Hyper-parameters of rules and attacks are passed by name: a
-factory argument called ``num_byzantine`` or ``num_selected`` takes the config field of that name.
+``ExperimentConfig`` holds the run's shared settings flat (data, partition, model, population and
+malicious count, ``num_byzantine``, protocol, rounds, execution, seed) and each component as a
+spec (``fljax.spec``): a registered name with its own keyword arguments. ``aggregator`` is the
+rule after its pre-aggregations, ``attack`` the model attack after the data attack it pairs
+with, each chain joined by ``+``::
+
+    ExperimentConfig(aggregator="bucketing(bucket_size=2)+krum(num_byzantine=2)",
+                     attack="backdoor(target_label=0)+model_replacement(gamma=5.0)")
+
+The factories' signatures hold the defaults; the run fills the parameters it owns (``RUN_FIXED``:
+the population, the dataset's classes and inputs, the server's learning rate) and ``num_byzantine``
+(the run's f, which a spec may override). ``build(config)`` validates everything before anything
+is compiled. The flat per-component settings of the previous release (``--kappa``,
+``--attack_scale``, ``--data_attack``, ...; ``fljax.flat_settings``) work for one more release:
+``scoped(config)`` moves them into the specs, with a notice naming the replacement.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import os
 import typing
-from typing import Any, Callable, NamedTuple, Optional
+import warnings
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +34,7 @@ from jax.flatten_util import ravel_pytree
 
 from fljax import aggregators as aggregators_lib
 from fljax import attacks as attacks_lib
+from fljax import flat_settings
 from fljax import models as models_lib
 from fljax.client import EXECUTIONS, classification_loss, fedavg, fedsgd
 from fljax.data import METHODS, NATURAL_DATASETS, FederatedData, check_name, federate, load
@@ -30,6 +42,7 @@ from fljax.metrics import make_evaluate
 from fljax.models import Model
 from fljax.precision import PRECISIONS, mixed_precision, with_matmul_precision
 from fljax.rounds import Round, make_round
+from fljax.spec import Spec, chain_text, parse
 from fljax.train import Train, make_train
 
 
@@ -38,9 +51,12 @@ def _field(default, help: str, **kwargs):
 
 
 @dataclasses.dataclass
-class ExperimentConfig:
+class ExperimentConfig(flat_settings.FlatSettings):
     """Every setting of one experiment. The defaults are the README's default experiment: a
-    targeted label-flipping attack by 20 of 100 clients on mnist5k against the median."""
+    targeted label-flipping attack by 20 of 100 clients on mnist5k against the median.
+
+    The fields inherited from ``fljax.flat_settings.FlatSettings`` are the deprecated flat
+    settings of the previous release, unset by default (see ``scoped``)."""
 
     dataset: str = _field("mnist5k", "mnist5k, digits, breast_cancer (embedded); fashion_mnist, mnist (IDX files, else TFDS); "
                                      "cifar10, cifar100, emnist or tfds:<name> (TFDS); femnist, shakespeare (LEAF JSON, "
@@ -57,73 +73,20 @@ class ExperimentConfig:
     num_clients: int = _field(100, "clients in the population")
     clients_per_round: int = _field(100, "clients sampled each round (1..num_clients)")
     num_malicious: int = _field(20, "malicious clients in the population (ids 0..num_malicious-1)")
-    attack: str = _field("label_flip", "attack name (see fljax.attacks)")
-    attack_scale: float = _field(10.0, "attack strength: the scale of sign_flip, the std of gaussian, the epsilon of ipm")
-    source_class: int = _field(5, "label_flip: the class whose labels are flipped")
-    target_class: int = _field(3, "label_flip: the class they are flipped to; backdoor/dba/feature_trigger: target_label")
-    data_attack: Optional[str] = _field(None, "data attack combined with the model attack --attack (e.g. --attack=model_replacement --data_attack=backdoor)")
-    trigger_size: Optional[int] = _field(None, "backdoor/dba: side of the pixel pattern (default 4)")
-    trigger_position: Optional[str] = _field(None, "backdoor/dba: bottom_right (default), bottom_left, top_right, top_left, center or 'row,col'")
-    trigger_pattern: Optional[str] = _field(None, "backdoor/dba: square (default) or plus")
-    trigger_value: Optional[float] = _field(None, "backdoor/dba: value of the trigger pixels (default 1.0)")
-    poison_fraction: Optional[float] = _field(None, "backdoor/dba/feature_trigger: share of the real examples of each malicious batch poisoned (padding never counts), in (0, 1] (default 0.5)")
-    num_parts: Optional[int] = _field(None, "dba: local triggers the global trigger is split into (default 4)")
-    trigger_features: Optional[str] = _field(None, "feature_trigger: feature indices, e.g. '0,1,2'")
-    trigger_values: Optional[str] = _field(None, "feature_trigger: one value or one per feature, e.g. '3' (default: --trigger_percentile)")
-    trigger_percentile: Optional[float] = _field(None, "feature_trigger: percentile of each feature's training values (default 99)")
-    gamma: Optional[float] = _field(None, "model_replacement/constrain_and_scale/pgd/neurotoxin: boost factor (default n/eta, 1 for pgd/neurotoxin)")
-    alpha: Optional[float] = _field(None, "constrain_and_scale: weight of the task loss vs the distance to the global model, in (0, 1] (default 0.7)")
-    norm_bound: Optional[float] = _field(None, "pgd: radius of the L2 ball ||w - G|| <= norm_bound (default 1)")
-    mask_ratio: Optional[float] = _field(None, "neurotoxin: share of coordinates the attacker may change, in (0, 1] (default 0.95)")
-    objective: Optional[str] = _field(None, "adaptive: untargeted (default), deviation, or targeted (with --data_attack: "
-                                            "the attacker's loss on its own triggered examples after the server step)")
-    constraint: Optional[str] = _field(None, "adaptive: max_norm (default), distance or none")
-    attack_steps: Optional[int] = _field(None, "adaptive: optimisation steps (default 50)")
-    attack_lr: Optional[float] = _field(None, "adaptive: step size as a fraction of the constraint radius (default 0.25)")
-    init_point: Optional[str] = _field(None, "adaptive: best (default), alie, ipm, negative_mean or own")
-    attack_knowledge: Optional[str] = _field(None, "full or partial: which benign updates a model attack's statistics come from (honest ones, or the attackers' own; default full)")
-    attack_colluding: Optional[bool] = _field(None, "fang_krum / fang_trim: identical (true) or distinct per-attacker (false) crafted updates (default: as in the paper)")
-    attack_direction: Optional[str] = _field(None, "min_max / min_sum perturbation: unit_vec, sign or std (default unit_vec)")
-    alie_z: Optional[float] = _field(None, "alie: fixed z (std devs from the mean; default: the paper's z from n and the round's f)")
-    fang_b: Optional[float] = _field(None, "fang_trim: interval factor b (> 1, default 2)")
-    mimic_choice: Optional[str] = _field(None, "mimic: honest client copied, max_variance or first (default max_variance)")
-    gamma_init: Optional[float] = _field(None, "min_max / min_sum: first gamma of the halving search (> 0, default 10)")
+    num_byzantine: Optional[int] = _field(None, "f the rule (and an attack that simulates one) assumes, unless its "
+                                                "spec sets num_byzantine (default: num_malicious scaled to clients_per_round)")
+    aggregator: str = _field("median", "the aggregation rule: a spec name(arg=value, ...), after the pre-aggregations "
+                                       "it takes, joined by '+' and applied left to right", component=True)
+    attack: str = _field("label_flip(source=5, target=3)",
+                         "what the malicious clients do: a model or a data attack, or a data attack then the model "
+                         "attack it pairs with, joined by '+'; none: no attack", component=True)
     attack_start_round: int = _field(0, "the attack acts from this round on (0-based); before, malicious clients behave honestly")
     attack_every: int = _field(1, "the attack acts every k rounds from --attack_start_round")
     attack_single_shot: bool = _field(False, "the attack acts in --attack_start_round only (Bagdasaryan et al.'s single shot)")
-    continuous_data_poisoning: bool = _field(False, "with an attack schedule and --data_attack: keep poisoning the malicious "
-                                                    "clients' data in every round (the schedule then gates the model attack "
-                                                    "and the attack's local training only)")
-    aggregator: str = _field("median", "aggregation rule (see fljax.aggregators)")
-    num_byzantine: Optional[int] = _field(None, "f the rule tolerates (default: num_malicious scaled to clients_per_round)")
-    num_selected: Optional[int] = _field(None, "multi_krum: updates averaged (default n - f)")
-    kappa: Optional[float] = _field(None, "foolsgold: confidence kappa of the logit re-weighting (> 0, default 1)")
-    feature_importance: Optional[bool] = _field(None, "foolsgold: weight history similarity by |global params| (default false)")
-    xi: Optional[float] = _field(None, "afa: initial slack xi_0 of the median +/- xi*std thresholds (>= 0, default 2)")
-    delta_xi: Optional[float] = _field(None, "afa: slack added to xi after each filtering pass (>= 0, default 0.5)")
-    prior_alpha: Optional[float] = _field(None, "afa: alpha_0 of each client's Beta reputation prior (> 0, default 3)")
-    prior_beta: Optional[float] = _field(None, "afa: beta_0 of each client's Beta reputation prior (> 0, default 3)")
-    block_threshold: Optional[float] = _field(None, "afa: block a client when P(p_good > 0.5) < this, in [0, 1) (default 0.05)")
-    top_k: Optional[int] = _field(None, "contra: k of the top-k mean cosine similarity (default max(1, num_byzantine))")
-    similarity_threshold: Optional[float] = _field(None, "contra: tau, top-k similarity above which reputation falls, in [0, 1] (default 0.5)")
-    reputation_delta: Optional[float] = _field(None, "contra: reputation change per round, in (0, 1] (default 0.1)")
-    noise_lambda: Optional[float] = _field(None, "flame: Gaussian noise std as a multiple of the median norm (>= 0, default 0.001)")
-    min_cluster_size: Optional[int] = _field(None, "flame: admitted majority cluster's least size, n//2+1..n (default n//2+1)")
-    num_iterations: Optional[int] = _field(None, "iterations of an iterative rule (cluster_filter: 2-means Lloyd steps, default 10; centered_clipping: L, default 1; rfa: Weiszfeld steps T, default 3; dnc: subsampling passes, default 5)")
-    pre_aggregation: Optional[str] = _field(None, "comma list of pre-aggregations applied in order before --aggregator: bucketing, nnm, clip (e.g. bucketing,nnm)")
-    max_norm: Optional[float] = _field(None, "norm_clipping / weak_dp / clip pre-aggregation: clipping norm M (> 0, required by them)")
-    noise_std: Optional[float] = _field(None, "weak_dp: std of the Gaussian noise added to the aggregate (>= 0, required)")
-    clip_radius: Optional[float] = _field(None, "centered_clipping: clipping radius tau around the last aggregate (> 0, required)")
-    bucket_size: Optional[int] = _field(None, "bucketing pre-aggregation: updates averaged per bucket s (>= 1, default 2)")
-    nu: Optional[float] = _field(None, "geometric_median / rfa: Weiszfeld smoothing nu (> 0, default 1e-6)")
-    tol: Optional[float] = _field(None, "geometric_median: relative step tolerance of the Weiszfeld loop (> 0, default 1e-5)")
-    max_iter: Optional[int] = _field(None, "geometric_median: Weiszfeld iteration cap (>= 1, default 100)")
-    subsample_dim: Optional[int] = _field(None, "dnc: coordinates b sampled per pass (>= 1, capped at d, default 10000)")
-    filter_frac: Optional[float] = _field(None, "dnc: filtering fraction c, each pass removes floor(c*f) updates (> 0, default 1)")
-    norm_lower_bound: Optional[float] = _field(None, "signguard: lower bound L of ||x_i|| / median norm (> 0, default 0.1)")
-    norm_upper_bound: Optional[float] = _field(None, "signguard: upper bound R of ||x_i|| / median norm (> L, default 3)")
-    coordinate_fraction: Optional[float] = _field(None, "signguard: fraction of coordinates for the sign statistics, in (0, 1] (default 0.1)")
-    learning_threshold: Optional[int] = _field(None, "rlr: sign-agreement threshold theta, in 1..clients_per_round (required)")
+    continuous_data_poisoning: bool = _field(False, "with an attack schedule and a data attack before the model attack: "
+                                                    "keep poisoning the malicious clients' data in every round (the "
+                                                    "schedule then gates the model attack and the attack's local "
+                                                    "training only)")
     protocol: str = _field("fedavg", "fedavg (local steps) or fedsgd (one full-batch gradient)")
     rounds: int = _field(30, "federated rounds")
     local_steps: Optional[int] = _field(None, "fedavg local steps per round (overrides local_epochs when set)")
@@ -142,6 +105,47 @@ class ExperimentConfig:
     mixed_precision: bool = _field(False, "client forward/backward in bfloat16 with float32 master params and float32 updates")
 
 
+SETTINGS = tuple(f.name for f in dataclasses.fields(ExperimentConfig) if f.name not in flat_settings.FIELDS)
+"""The config's fields in the scoped form: every setting but the deprecated flat ones."""
+
+
+def config_dict(config: ExperimentConfig) -> dict:
+    """``config`` as a JSON-ready dict in the scoped form (the deprecated flat fields left out;
+    ``scoped`` moves them into the specs first): what results, cell files and checkpoints record."""
+    flat = flat_settings.given(config)
+    if flat:
+        raise ValueError(f"config_dict: --{', --'.join(flat)} set: call scoped(config) first")
+    return {name: getattr(config, name) for name in SETTINGS}
+
+
+RUN_FIXED = {
+    "num_clients": "--num_clients", "num_classes": "the dataset's classes", "input_shape": "the dataset's inputs",
+    "x_train": "the dataset's training inputs", "server_lr": "--server_lr", "target_loss": "the run's model and data",
+}
+"""Factory parameters the run fills and a spec may not set."""
+
+RUN_DEFAULTS = {"num_byzantine": "<f>"}
+"""Factory parameters the run fills unless the spec sets them (``<f>``: the run's f, ``--num_byzantine``)."""
+
+
+def catalogue(on: str) -> str:
+    """The registered components of the ``aggregator`` or ``attack`` chain for ``--help``: one
+    ``name(param=default, ...)`` line each, from the factories' signatures (the parameters a
+    spec may give; ``<f>``: the run's f, ``<required>``: no default)."""
+    hidden = tuple(RUN_FIXED)
+    if on == "aggregator":
+        groups = [("rules", aggregators_lib.REGISTRY), ("pre-aggregations", aggregators_lib.PREAGGREGATORS)]
+    else:
+        groups = [("model attacks", attacks_lib.MODEL_ATTACKS), ("data attacks", attacks_lib.DATA_ATTACKS)]
+    lines = []
+    for title, registry in groups:
+        lines.append(f"{title}:")
+        for name in registry.names():
+            entry = registry[name]
+            lines.append("  " + entry.signature_text(RUN_DEFAULTS, hidden) + ("  [targeted]" if entry.targeted else ""))
+    return "\n".join(lines)
+
+
 class Experiment(NamedTuple):
     config: ExperimentConfig
     data: FederatedData
@@ -152,7 +156,7 @@ class Experiment(NamedTuple):
 
 
 def aggregator_names() -> list[str]:
-    return sorted(aggregators_lib.REGISTRY)
+    return aggregators_lib.REGISTRY.names()
 
 
 def attack_names() -> list[str]:
@@ -167,19 +171,6 @@ def effective_num_byzantine(config: ExperimentConfig) -> int:
     return int(round(config.num_malicious * config.clients_per_round / config.num_clients))
 
 
-def _call_with_config(what: str, name: str, factory: Callable, values: dict[str, Any]):
-    """Calls ``factory`` with the config values named like its parameters (None = its default)."""
-    params = inspect.signature(factory).parameters
-    kwargs = {k: values[k] for k in params if k in values and values[k] is not None}
-    missing = [k for k, p in params.items() if p.default is inspect.Parameter.empty and k not in kwargs]
-    if missing:
-        helps = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(ExperimentConfig)}
-        detail = "; ".join(f"--{m}" + (f" ({helps[m]})" if helps.get(m) else "") for m in missing)
-        raise ValueError(f"{what} {name}: missing setting(s) {', '.join('--' + m for m in missing)}: "
-                         f"{name} has no default for them, so they must be given: {detail}")
-    return factory(**kwargs)
-
-
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
@@ -187,6 +178,119 @@ def _check(condition: bool, message: str) -> None:
 
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+# ----------------------------------------------------------------------------- components
+
+
+class Components(NamedTuple):
+    """A config's components, parsed from its chains: the ``pre_aggregations`` and the ``rule``
+    of ``--aggregator``; the ``data_attack`` and the ``model_attack`` of ``--attack`` (either may
+    be None; ``none`` is the model attack that changes nothing)."""
+
+    pre_aggregations: tuple
+    rule: Spec
+    data_attack: Optional[Spec]
+    model_attack: Optional[Spec]
+
+
+def _attack_registry(name: str, where: str = "--attack"):
+    for registry in (attacks_lib.DATA_ATTACKS, attacks_lib.MODEL_ATTACKS):
+        if name in registry:
+            return registry
+    import difflib
+    close = difflib.get_close_matches(name, attack_names(), n=3)
+    raise ValueError(f"{where}: unknown attack {name!r}" + (f" (did you mean {' or '.join(close)}?)" if close else "")
+                     + f"; valid: {', '.join(attack_names())}")
+
+
+def attack_chain(specs, where: str = "--attack") -> tuple[Optional[Spec], Optional[Spec]]:
+    """``(data attack, model attack)`` of an attack chain (names checked, at most one of each,
+    ``none`` alone)."""
+    data = [s for s in specs if _attack_registry(s.name, where) is attacks_lib.DATA_ATTACKS]
+    model = [s for s in specs if s not in data]
+    text = chain_text(specs)
+    _check(len(data) <= 1 and len(model) <= 1,
+           f"{where}: {text!r} names {len(data)} data and {len(model)} model attacks; give at most one of each, the data "
+           "attack first (e.g. 'backdoor(target_label=0)+model_replacement')")
+    _check(not (data and model and model[0].name == "none"),
+           f"{where}: {text!r}: none is no attack; write the data attack alone ({data[0] if data else ''})")
+    return (data[0] if data else None), (model[0] if model else None)
+
+
+def aggregator_chain(specs, where: str = "--aggregator") -> tuple[tuple, Spec]:
+    """``(pre-aggregations, rule)`` of an aggregator chain: pre-aggregations, then one rule."""
+    text = chain_text(specs)
+    *pre, rule = specs
+    for p in pre:
+        if p.name in aggregators_lib.REGISTRY:
+            raise ValueError(f"{where}: {text!r}: the rule {p.name} must come last, after the pre-aggregations it takes "
+                             f"(e.g. 'bucketing(bucket_size=2)+krum'); one rule per chain")
+        aggregators_lib.PREAGGREGATORS.lookup(p.name, where)
+    if rule.name in aggregators_lib.PREAGGREGATORS:
+        raise ValueError(f"{where}: {text!r} ends with the pre-aggregation {rule.name}: a chain ends with the rule it "
+                         f"feeds (e.g. '{rule}+median')")
+    aggregators_lib.REGISTRY.lookup(rule.name, where)
+    return tuple(pre), rule
+
+
+def components(config: ExperimentConfig) -> Components:
+    """The components of a config's ``--aggregator`` and ``--attack`` chains (names checked)."""
+    pre, rule = aggregator_chain(parse(config.aggregator, "--aggregator"))
+    data, model = attack_chain(parse(config.attack, "--attack"))
+    return Components(pre, rule, data, model)
+
+
+def _canonical(config: ExperimentConfig) -> ExperimentConfig:
+    """``config`` with its chains in canonical text (data attack first; each argument checked
+    against its factory's signature and written as the literal of its type)."""
+    c = components(config)
+    registries = [(aggregators_lib.PREAGGREGATORS, p, "--aggregator") for p in c.pre_aggregations]
+    registries.append((aggregators_lib.REGISTRY, c.rule, "--aggregator"))
+    attack = [s for s in (c.data_attack, c.model_attack) if s is not None]
+    registries += [(_attack_registry(s.name), s, "--attack") for s in attack]
+    fixed = dict.fromkeys(RUN_FIXED)
+    checked = [Spec(s.name, tuple(r[s.name].arguments(s, fixed=fixed, where=w).items())) for r, s, w in registries]
+    n_rule = len(c.pre_aggregations) + 1
+    return dataclasses.replace(config, aggregator=chain_text(checked[:n_rule]), attack=chain_text(checked[n_rule:]))
+
+
+_NOTICED: set = set()
+
+
+def _notice(message: str) -> None:
+    """A ``FutureWarning``, once per message and process (``build`` reads a config several times)."""
+    if message not in _NOTICED:
+        _NOTICED.add(message)
+        warnings.warn(message, FutureWarning, stacklevel=3)
+
+
+def scoped(config: ExperimentConfig, notice=_notice) -> ExperimentConfig:
+    """``config`` in the scoped form: every component a spec in canonical text, the deprecated
+    flat settings (``fljax.flat_settings``) moved into the specs they belong to, each with a
+    one-line ``notice`` naming its replacement (a ``FutureWarning`` by default). Types are
+    checked first, by flag name; unknown components and arguments raise ``ValueError``.
+    A scoped config is returned as it is."""
+    check_types(config)
+    flat = flat_settings.given(config)
+    if flat:
+        attack, rule, moved = flat_settings.into_specs(config, list(parse(config.attack, "--attack")),
+                                                       list(parse(config.aggregator, "--aggregator")), notice)
+        config = dataclasses.replace(config, attack=chain_text(attack), aggregator=chain_text(rule),
+                                     **dict.fromkeys(flat))
+    config = _canonical(config)
+    for name in flat if flat else ():
+        if name in moved:
+            where = flat_settings.on(name)
+            notice(f"--{name} is deprecated: write --{where}='{getattr(config, where)}' (the flat component flags go "
+                   "in the next release)")
+    model = components(config).model_attack
+    strength = attacks_lib.MODEL_ATTACKS[model.name].strength if model is not None else None
+    if strength is not None and strength not in model.kwargs:
+        default = attacks_lib.MODEL_ATTACKS[model.name].parameters()[strength].default
+        notice(f"--attack={model.name}: {strength} is the factory's default {default!r}; until this release the runner's "
+               f"--attack_scale made it 10.0 by default: write {model.name}({strength}=10.0) for that")
+    return config
 
 
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "a boolean (true/false)"}
@@ -223,8 +327,11 @@ def check_types(config) -> None:
 
 def validate(config: ExperimentConfig) -> None:
     """Checks every setting that needs no data; raises ``ValueError`` naming the flag."""
-    c = config
-    check_types(c)
+    _validate(scoped(config))
+
+
+def _validate(c: ExperimentConfig) -> None:
+    """``validate`` of a scoped config: the shared settings (``scoped`` checked the components)."""
     for name in ("num_clients", "clients_per_round", "rounds", "batch_size", "eval_every", "chunk_size"):
         v = getattr(c, name)
         _check(_is_int(v) and v >= 1, f"--{name} must be an integer >= 1, got {v!r}")
@@ -245,14 +352,6 @@ def validate(config: ExperimentConfig) -> None:
     _check(c.execution in EXECUTIONS, f"--execution: unknown client execution {c.execution!r}; valid: {', '.join(EXECUTIONS)}")
     _check(c.precision in PRECISIONS, f"--precision: unknown matmul precision {c.precision!r}; valid: {', '.join(PRECISIONS)}")
     _check(c.protocol in ("fedavg", "fedsgd"), f"--protocol must be fedavg or fedsgd, got {c.protocol!r}")
-    _check(c.aggregator in aggregators_lib.REGISTRY,
-           f"--aggregator: unknown aggregator {c.aggregator!r}; valid: {', '.join(aggregator_names())}")
-    _check(c.attack in attack_names(), f"--attack: unknown attack {c.attack!r}; valid: {', '.join(attack_names())}")
-    _check(c.data_attack is None or c.data_attack in attacks_lib.DATA_ATTACKS,
-           f"--data_attack: unknown data attack {c.data_attack!r}; valid: {', '.join(sorted(attacks_lib.DATA_ATTACKS))}")
-    _check(c.data_attack is None or c.attack not in attacks_lib.DATA_ATTACKS,
-           f"--data_attack: --attack={c.attack} is a data attack already; pair a data attack with a model attack "
-           "(e.g. --attack=model_replacement --data_attack=backdoor)")
     if c.num_byzantine is not None:
         _check(_is_int(c.num_byzantine) and 0 <= c.num_byzantine < c.clients_per_round,
                f"--num_byzantine must be an integer in 0..clients_per_round-1={c.clients_per_round - 1}, got {c.num_byzantine!r}")
@@ -262,7 +361,6 @@ def validate(config: ExperimentConfig) -> None:
         for name in ("local_steps", "local_epochs"):
             v = getattr(c, name)
             _check(v is None or (_is_int(v) and v >= 1), f"--{name} must be an integer >= 1, got {v!r}")
-    _check(isinstance(c.attack_scale, (int, float)) and c.attack_scale > 0, f"--attack_scale must be > 0, got {c.attack_scale!r}")
     _check(0 <= c.seed < 2**32, f"--seed must be an integer in 0..2**32-1 (jax.random.PRNGKey's range), got {c.seed!r}")
     check_name(c.dataset, "--dataset")
     natural = tuple(NATURAL_DATASETS) + tuple(f"synthetic:{n}" for n in NATURAL_DATASETS)
@@ -271,24 +369,22 @@ def validate(config: ExperimentConfig) -> None:
     _check(c.data_dir is None or os.path.isdir(c.data_dir),
            f"--data_dir must be an existing directory (or unset for the default location), got {c.data_dir!r}")
     _check(c.shards_per_client >= 1, f"--shards_per_client must be an integer >= 1, got {c.shards_per_client!r}")
-    for name in ("source_class", "target_class"):
-        v = getattr(c, name)
-        _check(v >= 0, f"--{name} must be a class index >= 0, got {v!r}")
-    _check(c.num_selected is None or 1 <= c.num_selected <= c.clients_per_round,
-           f"--num_selected must be in 1..clients_per_round={c.clients_per_round} (or unset), got {c.num_selected!r}")
+
+
+def rule_num_byzantine(config: ExperimentConfig) -> int:
+    """The f of the config's rule: its spec's ``num_byzantine``, else the run's."""
+    return components(config).rule.kwargs.get("num_byzantine", effective_num_byzantine(config))
 
 
 def build_aggregator(config: ExperimentConfig):
-    values = dict(dataclasses.asdict(config), num_byzantine=effective_num_byzantine(config))
-    aggregator = _call_with_config("aggregator", config.aggregator, aggregators_lib.REGISTRY[config.aggregator], values)
-    if not config.pre_aggregation:
-        return aggregator
-    pre = []
-    for name in (part.strip() for part in config.pre_aggregation.split(",")):
-        _check(name in aggregators_lib.PREAGGREGATORS, f"--pre_aggregation: unknown pre-aggregation {name!r}; "
-               f"valid: {', '.join(sorted(aggregators_lib.PREAGGREGATORS))} (comma list, applied in order)")
-        pre.append(_call_with_config("pre-aggregation", name, aggregators_lib.PREAGGREGATORS[name], values))
-    return aggregators_lib.with_preaggregation(aggregator, *pre)
+    """The rule of ``--aggregator`` after its pre-aggregations (``with_preaggregation``)."""
+    config = scoped(config)
+    c = components(config)
+    fixed, defaults = dict(num_clients=config.num_clients), dict(num_byzantine=effective_num_byzantine(config))
+    rule = aggregators_lib.REGISTRY.build(c.rule, fixed=fixed, defaults=defaults, where="--aggregator")
+    pre = [aggregators_lib.PREAGGREGATORS.build(p, fixed=fixed, defaults=defaults, where="--aggregator")
+           for p in c.pre_aggregations]
+    return aggregators_lib.with_preaggregation(rule, *pre)
 
 
 ATTACKER_EXAMPLES = 256
@@ -304,82 +400,77 @@ def attacker_examples(data: FederatedData, num_malicious: int) -> tuple[np.ndarr
     return np.asarray(data.x)[own], np.asarray(data.y)[own]
 
 
+def _targeted_adaptive(spec: Optional[Spec]) -> bool:
+    return spec is not None and spec.name == "adaptive" and spec.kwargs.get("objective") == "targeted"
+
+
 def partition_in_program(config: ExperimentConfig) -> bool:
     """Whether the run's program holds partition-dependent constants, so that programs of
     different partitions cannot be shared: the targeted adaptive attack's loss closes over the
     malicious clients' examples."""
-    return config.attack == "adaptive" and config.objective == "targeted"
+    return _targeted_adaptive(components(scoped(config, notice=lambda m: None)).model_attack)
 
 
 def build_attacks(config: ExperimentConfig, num_classes: int, x_train=None, *, model: Optional[Model] = None,
                   data: Optional[FederatedData] = None):
-    """``(data_attack or None, model_attack or None)`` for ``config.attack`` and ``config.data_attack``;
-    ``x_train`` (the training inputs) gives triggers the input shape to validate against.
-    ``model`` and ``data`` give ``--objective=targeted`` its loss (``attacks.triggered_loss``
-    on the malicious clients' examples); without them (a check of the settings only) that
-    objective is a constant."""
-    values = dict(dataclasses.asdict(config), num_classes=num_classes, source=config.source_class,
-                  target=config.target_class, num_byzantine=effective_num_byzantine(config),
-                  target_label=config.target_class, x_train=x_train,
-                  input_shape=None if x_train is None else tuple(x_train.shape[1:]))
-    name = config.attack
-    factory = attacks_lib.DATA_ATTACKS.get(name) or attacks_lib.MODEL_ATTACKS[name]
-    for field, param in _ATTACK_FLAGS.items():  # --attack_knowledge -> knowledge=..., a set flag must apply
-        values[param] = getattr(config, field)
-        _check(values[param] is None or param in inspect.signature(factory).parameters,
-               f"--{field} does not apply to attack {name}")
-    users = [f for f in (factory, attacks_lib.DATA_ATTACKS.get(config.data_attack), attacks_lib.LOCAL_TRAINING.get(name)) if f]
-    for flag in _TARGETED_FLAGS:  # a set trigger / targeted / adaptive flag must apply to one of the attacks
-        _check(getattr(config, flag) is None or any(flag in inspect.signature(f).parameters for f in users),
-               f"--{flag} does not apply to --attack={name}" + (f" --data_attack={config.data_attack}" if config.data_attack else ""))
+    """``(data_attack or None, model_attack or None)`` of ``--attack``; ``x_train`` (the training
+    inputs) gives triggers the input shape to validate against. ``model`` and ``data`` give
+    ``adaptive(objective='targeted')`` its loss (``attacks.triggered_loss`` on the malicious
+    clients' examples); without them (a check of the settings only) that loss is a constant."""
+    config = scoped(config)
+    c = components(config)
     schedule = (config.attack_start_round, config.attack_every, config.attack_single_shot)
-    _check(not config.continuous_data_poisoning or (config.data_attack is not None and schedule != (0, 1, False)),
-           "--continuous_data_poisoning applies only to a model attack paired with a --data_attack and scheduled with "
-           "--attack_start_round / --attack_every / --attack_single_shot")
-    if name in attacks_lib.DATA_ATTACKS:  # a schedule rides on a no-op model attack, which make_round reads
-        data_attack = _call_with_config("attack", name, attacks_lib.DATA_ATTACKS[name], values)
+    _check(not config.continuous_data_poisoning or (c.data_attack is not None and c.model_attack is not None
+                                                    and schedule != (0, 1, False)),
+           "--continuous_data_poisoning applies only to a model attack paired with a data attack "
+           "(--attack='<data attack>+<model attack>') and scheduled with --attack_start_round / --attack_every / "
+           "--attack_single_shot")
+    data_fixed = dict(num_classes=num_classes, x_train=x_train,
+                      input_shape=None if x_train is None else tuple(x_train.shape[1:]))
+    data_attack = None if c.data_attack is None else attacks_lib.DATA_ATTACKS.build(
+        c.data_attack, fixed=data_fixed, where="--attack")
+    if c.model_attack is None:  # a data attack alone: a schedule rides on a no-op model attack, which make_round reads
         return data_attack, None if schedule == (0, 1, False) else attacks_lib.scheduled(attacks_lib.no_attack(), *schedule)
-    paired = None if config.data_attack is None else _call_with_config(
-        "data attack", config.data_attack, attacks_lib.DATA_ATTACKS[config.data_attack], values)
-    if name == "adaptive" and config.objective == "targeted":
-        _check(paired is not None and paired.targeted is not None,
-               "--objective=targeted: the adaptive attack needs a targeted --data_attack (backdoor, dba, feature_trigger "
-               "or label_flip) whose success test defines the attacker's loss")
-        values["target_loss"] = lambda flat_params: jnp.zeros((), flat_params.dtype)
+    fixed = dict(server_lr=config.server_lr)
+    if _targeted_adaptive(c.model_attack):
+        _check(c.data_attack is not None and attacks_lib.DATA_ATTACKS[c.data_attack.name].targeted,
+               f"--attack={config.attack}: adaptive(objective='targeted') needs a targeted data attack before it "
+               f"({', '.join(n for n, e in attacks_lib.DATA_ATTACKS.items() if e.targeted)}; e.g. "
+               "--attack=\"backdoor(target_label=0)+adaptive(objective='targeted')\"), whose success test defines the "
+               "attacker's loss")
+        fixed["target_loss"] = _zero_loss
         if model is not None and data is not None:
             _, unravel = ravel_pytree(model.init(jax.random.PRNGKey(0)))
-            values["target_loss"] = attacks_lib.triggered_loss(model.apply, unravel, paired,
-                                                               *attacker_examples(data, config.num_malicious))
-    strength = attacks_lib.STRENGTH.get(name)
-    if strength is not None:
-        values[strength] = config.attack_scale
-    attack = _call_with_config("attack", name, attacks_lib.MODEL_ATTACKS[name], values)
-    return paired, attack if schedule == (0, 1, False) else attacks_lib.scheduled(attack, *schedule)
+            fixed["target_loss"] = attacks_lib.triggered_loss(model.apply, unravel, data_attack,
+                                                              *attacker_examples(data, config.num_malicious))
+    attack = attacks_lib.MODEL_ATTACKS.build(c.model_attack, fixed=fixed, where="--attack",
+                                             defaults=dict(num_byzantine=effective_num_byzantine(config)))
+    return data_attack, attack if schedule == (0, 1, False) else attacks_lib.scheduled(attack, *schedule)
 
 
-_ATTACK_FLAGS = {"attack_knowledge": "knowledge", "attack_colluding": "colluding", "attack_direction": "direction",
-                 "alie_z": "z", "fang_b": "b", "mimic_choice": "choice"}
-"""Config fields that set an attack parameter of another name (the threat model's options)."""
-
-_TARGETED_FLAGS = ("trigger_size", "trigger_position", "trigger_pattern", "trigger_value", "poison_fraction", "num_parts",
-                   "trigger_features", "trigger_values", "trigger_percentile", "gamma", "alpha", "norm_bound", "mask_ratio",
-                   "objective", "constraint", "attack_steps", "attack_lr", "init_point")
-"""Config fields of the backdoor, targeted and adaptive attacks (same name as the factory parameter)."""
+def _zero_loss(flat_params):
+    """The targeted adaptive attack's loss in a check of the settings (no model, no data)."""
+    return jnp.zeros((), flat_params.dtype)
 
 
 def build_malicious_training(config: ExperimentConfig, loss_fn, optimizer):
-    """The malicious clients' local training for attacks that change it (``attacks.LOCAL_TRAINING``:
-    constrain_and_scale, pgd, neurotoxin), built from the honest loss and optimizer; else None."""
-    factory = attacks_lib.LOCAL_TRAINING.get(config.attack)
-    if factory is None:
+    """The malicious clients' local training for attacks that change it (their registry
+    entry's ``local_training``: constrain_and_scale, pgd, neurotoxin), built from the honest
+    loss and optimizer; else None."""
+    config = scoped(config)
+    model = components(config).model_attack
+    if model is None:
         return None
-    values = dict(dataclasses.asdict(config), loss_fn=loss_fn, optimizer=optimizer)
-    return _call_with_config("attack", config.attack, factory, values)
+    fixed = dict(loss_fn=loss_fn, optimizer=optimizer, local_steps=config.local_steps,
+                 local_epochs=config.local_epochs, batch_size=config.batch_size, protocol=config.protocol)
+    return attacks_lib.MODEL_ATTACKS.build_local_training(model, fixed=fixed, where="--attack")
 
 
 def build(config: ExperimentConfig) -> Experiment:
-    """Validates ``config``, loads and partitions the data, and builds the round and the run."""
-    validate(config)
+    """Validates ``config`` (after ``scoped``: the experiment's config is the scoped one), loads
+    and partitions the data, and builds the round and the run."""
+    config = scoped(config)
+    _validate(config)
     aggregator = build_aggregator(config)  # fails on bad hyper-parameters before loading data
     aggregator.requirement(config.clients_per_round)
     dataset = load(config.dataset, seed=config.seed, data_dir=config.data_dir)
@@ -409,14 +500,15 @@ def build(config: ExperimentConfig) -> Experiment:
     client_update = with_matmul_precision(client_update, config.precision)
     if malicious_update is not None:
         malicious_update = with_matmul_precision(malicious_update, config.precision)
-    if config.attack == "none":  # the malicious clients behave honestly (unless --data_attack): no attack to score
+    model_spec = components(config).model_attack
+    if model_spec is not None and model_spec.name == "none":  # the malicious clients behave honestly: no attack to score
         model_attack = None
     round_ = make_round(client_update, aggregator, clients_per_round=config.clients_per_round,
                         num_malicious=config.num_malicious, data_attack=data_attack, model_attack=model_attack,
                         malicious_client_update=malicious_update,
                         server_optimizer=optax.sgd(config.server_lr, momentum=config.server_momentum or None),
                         execution=config.execution, chunk_size=config.chunk_size, jit=False,
-                        shard_clients=config.shard_clients, num_byzantine=effective_num_byzantine(config),
+                        shard_clients=config.shard_clients, num_byzantine=rule_num_byzantine(config),
                         continuous_data_poisoning=config.continuous_data_poisoning)
     evaluate = make_evaluate(model.apply, data_attack)
     train = make_train(round_, data, model.init, evaluate, num_rounds=config.rounds, eval_every=config.eval_every)

@@ -16,6 +16,18 @@ Array = jax.Array
 PyTree = Any
 
 
+class EmptyState(NamedTuple):
+    """The state of a rule or attack that keeps none (a pytree without leaves, as
+    ``optax.EmptyState``)."""
+
+
+def no_state(params) -> EmptyState:
+    """The ``init`` of a rule or attack without state (``fljax.aggregators.stateless``,
+    ``fljax.attacks.stateless``)."""
+    del params
+    return EmptyState()
+
+
 class AggregationContext(NamedTuple):
     """What a rule may read besides the updates, all arrays (shapes static under jit).
 
@@ -40,7 +52,9 @@ class Aggregator(NamedTuple):
     """A robust aggregation rule as a pair of pure functions.
 
     Attributes:
-      init: ``init(params [d]) -> state``; stateless rules return ``()``.
+      init: ``init(params [d]) -> state``; a rule without state returns ``EmptyState()``
+        (``fljax.aggregators.stateless`` builds such a rule from its update alone), a stateful
+        rule a state type of its own (e.g. ``AFAState``).
       update: ``update(updates [n, d], state, context) -> (aggregate [d], state, info)`` where
         ``info["weights"]`` is the ``[n]`` effective weight each client got in the aggregate
         (non-negative, summing to 1; 0 for an excluded client; for coordinate-wise rules the
@@ -89,7 +103,8 @@ class ModelAttack(NamedTuple):
     """A model-poisoning attack on the updates the malicious clients send.
 
     Attributes:
-      init: ``init(params [d]) -> state``.
+      init: ``init(params [d]) -> state``: ``EmptyState()`` for an attack without state
+        (``fljax.attacks.stateless``), a state type of its own otherwise (``AdaptiveState``).
       update: ``update(updates [n, d], malicious bool[n], state, key, context) -> (updates,
         state)``; rewrites only the malicious rows (with ``jnp.where``, never a shape change),
         and is the identity when no malicious client is in the round.

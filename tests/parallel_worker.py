@@ -57,10 +57,13 @@ def main():
     update = fljax.fedavg(loss, optax.sgd(0.3), local_steps=2, batch_size=3)
     cases = {name: dict(aggregator=build_aggregator(name, N)[0]) for name in sorted(REGISTRY)}
     optimizer = optax.sgd(0.3)
-    for name, training in attacks.LOCAL_TRAINING.items():
+    for name, entry in attacks.MODEL_ATTACKS.items():
+        if entry.local_training is None:
+            continue
         cases[f"attack:{name}"] = dict(aggregator=REGISTRY["median"](), num_malicious=6,
                                        data_attack=attacks.label_flip(NUM_CLASSES, source=0, target=1),
-                                       malicious_client_update=training(loss, optimizer, local_steps=2, batch_size=3))
+                                       malicious_client_update=entry.local_training(loss, optimizer, local_steps=2,
+                                                                                    batch_size=3))
     wanted = sys.argv[1:] or list(cases)
     out = {"default_execution": fljax.client.default_execution(), "devices": jax.local_device_count(), "cases": {}}
     for name in wanted:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import fljax
-from fljax.aggregators import centered_clipping, norm_clipping, weak_dp
+from fljax.aggregators import CenteredClippingState, centered_clipping, norm_clipping, weak_dp
 
 
 def ctx_for(n, d, weights=None, key=0):
@@ -75,7 +75,7 @@ def test_centered_clipping_hand_case_one_iteration_from_zero():
     # v = 0 + (1/2) ([3,4] * 1/5 + [0,0.5] * 1)
     out, state, info = run(centered_clipping(clip_radius=1.0, num_iterations=1), [[3.0, 4.0], [0.0, 0.5]])
     np.testing.assert_allclose(out, [0.3, 0.65], rtol=1e-6)
-    np.testing.assert_allclose(np.asarray(state), out)
+    np.testing.assert_allclose(np.asarray(state.center), out)
     np.testing.assert_allclose(info["weights"], [0.1 / 0.6, 0.5 / 0.6], rtol=1e-6)
 
 
@@ -87,7 +87,7 @@ def test_centered_clipping_matches_the_definition_and_carries_its_state():
     np.testing.assert_allclose(out1, cc_reference(x1, np.zeros(4), 1.5, 3), rtol=1e-5, atol=1e-6)
     out2, state2, _ = run(rule, x2, state=state)
     np.testing.assert_allclose(out2, cc_reference(x2, out1, 1.5, 3), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(state2), out2)
+    np.testing.assert_allclose(np.asarray(state2.center), out2)
     fresh, _, _ = run(rule, x2)  # a fresh state starts from zeros: a different result
     assert not np.allclose(fresh, out2, atol=1e-3)
 
@@ -96,7 +96,7 @@ def test_centered_clipping_info_weights_are_the_exact_coefficients():
     rng = np.random.default_rng(3)
     x = rng.normal(size=(6, 5)) * 4
     v0 = jnp.asarray(rng.normal(size=5), jnp.float32)
-    out, _, info = run(centered_clipping(clip_radius=1.0, num_iterations=4), x, state=v0)
+    out, _, info = run(centered_clipping(clip_radius=1.0, num_iterations=4), x, state=CenteredClippingState(v0))
     coef_v = float(info["center_weight"])
     w = np.asarray(info["weights"]) * (1 - coef_v)  # un-normalize: the x-coefficients sum to 1 - a_0
     np.testing.assert_allclose(coef_v * np.asarray(v0) + w @ x, out, rtol=1e-5, atol=1e-5)

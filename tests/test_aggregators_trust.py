@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import fljax
-from fljax.aggregators import REGISTRY, afa, contra, fltrust, foolsgold
+from fljax.aggregators import REGISTRY, ContraState, afa, contra, fltrust, foolsgold
 from fljax.aggregators._population import logit_weights, pardon
 from fljax.aggregators.afa import good_probability
 from fljax.experiment import ExperimentConfig, build_aggregator
@@ -149,11 +149,11 @@ def test_logit_and_pardoning_hand_values():
 
 def test_foolsgold_two_sybils_get_zero_weight():
     s, h = [1.0, 1.0, 0.0, 0.0], [1.0, -1.0, 1.0, 0.0]
-    out, history, info = step(FOOLSGOLD, [s, s, h], ids=[0, 1, 2])
+    out, state, info = step(FOOLSGOLD, [s, s, h], ids=[0, 1, 2])
     np.testing.assert_allclose(info["weights"], [0.0, 0.0, 1.0], atol=1e-6)
     np.testing.assert_allclose(out, h, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(history)[:3], [s, s, h])
-    assert history.shape == (8, 4) and not np.asarray(history)[3:].any()
+    np.testing.assert_allclose(np.asarray(state.history)[:3], [s, s, h])
+    assert state.history.shape == (8, 4) and not np.asarray(state.history)[3:].any()
 
 
 def test_foolsgold_matches_the_algorithm_over_rounds_with_changing_cohorts():
@@ -169,7 +169,7 @@ def test_foolsgold_matches_the_algorithm_over_rounds_with_changing_cohorts():
         out, state, info = update(jnp.asarray(x), state, context(4, d, ids=cohort))
         histories[cohort] += x
         w = foolsgold_reference(histories[cohort], np.ones(4, bool), kappa)
-        np.testing.assert_allclose(np.asarray(state), histories, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(state.history), histories, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(np.asarray(info["foolsgold_weights"]), w, atol=2e-5)
         np.testing.assert_allclose(np.asarray(out), w @ x / w.sum(), rtol=1e-4, atol=1e-5)
 
@@ -185,8 +185,8 @@ def test_foolsgold_history_follows_the_client_across_cohorts():
     # ... but their histories (ids 1 and 4, now at cohort positions 1 and 3) are still alike.
     _, state2, info = step(rule, x2, state=state, ids=[2, 1, 0, 4])
     np.testing.assert_allclose(info["weights"][[1, 3]], [0.0, 0.0], atol=1e-6)
-    np.testing.assert_allclose(np.asarray(state2)[4], s + np.array([0.0, 0.2, 0.0, -1.0]), atol=1e-6)
-    np.testing.assert_allclose(np.asarray(state2)[5], 0.0)
+    np.testing.assert_allclose(np.asarray(state2.history)[4], s + np.array([0.0, 0.2, 0.0, -1.0]), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(state2.history)[5], 0.0)
 
 
 def test_foolsgold_permutation_invariance_and_nan_rows():
@@ -201,7 +201,7 @@ def test_foolsgold_permutation_invariance_and_nan_rows():
     x[2] = np.nan
     out, state, info = step(FOOLSGOLD, x)
     assert info["weights"][2] == 0 and np.all(np.isfinite(out))
-    assert np.all(np.isfinite(np.asarray(state))) and not np.asarray(state)[2].any()
+    assert np.all(np.isfinite(np.asarray(state.history))) and not np.asarray(state.history)[2].any()
 
 
 def test_foolsgold_feature_importance_weights_coordinates_by_global_params():
@@ -322,24 +322,24 @@ def test_contra_reputation_falls_for_a_colluding_pair():
     rule = contra(num_clients=4, num_byzantine=1)
     out, state, info = step(rule, x)
     # r: colluders 1 - .1 = .9, honest 1 + .1 = 1.1, divided by the max: .9 / 1.1.
-    np.testing.assert_allclose(state, [0.9 / 1.1, 0.9 / 1.1, 1.0, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(state.reputation, [0.9 / 1.1, 0.9 / 1.1, 1.0, 1.0], rtol=1e-6)
     np.testing.assert_allclose(info["top_k_similarity"], [0.99970, 0.99970, 0.0, 0.0], atol=1e-4)
     # Pardoning zeroes the honest rows; lr = 1 - tau': colluders' logit is negative -> 0.
     np.testing.assert_allclose(info["weights"], [0.0, 0.0, 0.5, 0.5], atol=1e-6)
     np.testing.assert_allclose(out, [0.5, 0.5, 0.0, 0.0], atol=1e-6)
     _, state, _ = step(rule, x, state=state)
-    np.testing.assert_allclose(state, [(0.9 / 1.1 - 0.1) / 1.1, (0.9 / 1.1 - 0.1) / 1.1, 1.0, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(state.reputation, [(0.9 / 1.1 - 0.1) / 1.1, (0.9 / 1.1 - 0.1) / 1.1, 1.0, 1.0], rtol=1e-6)
 
 
 def test_contra_drops_the_least_reputable_and_scales_by_reputation():
     # Reputations from earlier rounds: client 2 (id 7) has .5; nobody is too similar now.
     x = jnp.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 1.0]])
     rule = contra(num_clients=8, num_byzantine=1, similarity_threshold=0.9)
-    state = jnp.ones(8).at[7].set(0.5).at[4].set(0.3)
+    state = ContraState(jnp.ones(8).at[7].set(0.5).at[4].set(0.3))
     _, new_state, info = step(rule, x, state=state, ids=[0, 1, 7, 4])
     # Everybody gains .1 (tau <= .9): [1.1, 1.1, .6, .4] / 1.1; id 4 is dropped (lowest).
     r = np.array([1.1, 1.1, 0.6, 0.4]) / 1.1
-    np.testing.assert_allclose(np.asarray(new_state)[[0, 1, 7, 4]], r, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(new_state.reputation)[[0, 1, 7, 4]], r, rtol=1e-6)
     np.testing.assert_allclose(info["reputation"], r, rtol=1e-6)
     # tau (k=1): .7071 for the last three (cos(z, [0,-1,1]) = cos(y, ...) = .7071), 0 for x.
     # Pardoned tau' and then lr: x has lr 1; the rest share 1 - .7071 -> rescaled .2929 -> 0 by the logit.
@@ -360,11 +360,11 @@ def test_contra_permutation_invariance_and_nan_rows():
     out_p, state_p, info_p = step(rule, x[perm])
     np.testing.assert_allclose(out_p, out, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(info_p["weights"], info["weights"][perm], atol=1e-6)
-    np.testing.assert_allclose(np.asarray(state_p), np.asarray(state)[perm], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(state_p.reputation), np.asarray(state.reputation)[perm], rtol=1e-6)
     x[1] = np.nan
     out, state, info = step(rule, x)
-    assert info["weights"][1] == 0 and np.all(np.isfinite(out)) and np.all(np.isfinite(np.asarray(state)))
-    assert float(np.asarray(state)[1]) < 1.0
+    assert info["weights"][1] == 0 and np.all(np.isfinite(out)) and np.all(np.isfinite(np.asarray(state.reputation)))
+    assert float(np.asarray(state.reputation)[1]) < 1.0
 
 
 # --------------------------------------------------------------------------- hyper-parameters, runner
@@ -399,7 +399,7 @@ def test_runner_fills_population_and_hyper_parameters_by_name():
     for name in ("fltrust", "foolsgold", "afa", "contra"):
         assert name in REGISTRY
     agg = build_aggregator(ExperimentConfig(aggregator="foolsgold", num_clients=12, kappa=0.5))
-    assert agg.init(jnp.zeros(3)).shape == (12, 3)
+    assert agg.init(jnp.zeros(3)).history.shape == (12, 3)
     agg = build_aggregator(ExperimentConfig(aggregator="afa", num_clients=9, prior_alpha=2.0))
     np.testing.assert_allclose(agg.init(jnp.zeros(3)).alpha, np.full(9, 2.0))
     assert build_aggregator(ExperimentConfig(aggregator="fltrust")).needs_reference
@@ -434,6 +434,6 @@ def test_fltrust_and_foolsgold_inside_make_round():
     rnd = fljax.make_round(fljax.fedsgd(squared_loss), foolsgold(num_clients=2), clients_per_round=2)
     state = rnd.init({"w": jnp.asarray(w, jnp.float32)})
     state, _ = rnd.step(state, data, jax.random.PRNGKey(0))
-    np.testing.assert_allclose(np.asarray(state.agg_state), np.stack(g), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(state.agg_state.history), np.stack(g), rtol=1e-5)
     state, _ = rnd.step(state, data, jax.random.PRNGKey(1))
-    assert state.agg_state.shape == (2, 2) and np.all(np.isfinite(np.asarray(state.agg_state)))
+    assert state.agg_state.history.shape == (2, 2) and np.all(np.isfinite(np.asarray(state.agg_state.history)))

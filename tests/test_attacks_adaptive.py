@@ -11,7 +11,7 @@ import pytest
 
 import fljax
 from fljax.aggregators import krum, mean, median, trimmed_mean
-from fljax.attacks import adaptive, triggered_loss
+from fljax.attacks import AdaptiveState, adaptive, triggered_loss
 from fljax.attacks.untargeted import alie_z
 from fljax.experiment import ExperimentConfig, attacker_examples, build
 from fljax.types import AttackContext, DataAttack
@@ -35,7 +35,7 @@ def compiled(rule_name, **kwargs):
 
 def run(rule_name, updates=UPDATES, malicious=MAL, **kwargs):
     out, state = compiled(rule_name, **kwargs)(updates, malicious)
-    return np.asarray(out), {k: float(v) for k, v in state.items()}
+    return np.asarray(out), AdaptiveState(*map(float, state))
 
 
 def honest_stats(known=~MAL):
@@ -75,8 +75,8 @@ def test_objective_never_ends_below_the_start_and_constraint_holds(name):
     out, state = run(name, attack_steps=30, init_point="alie")
     before = untargeted(name, with_rows(start_points()["alie"]))
     after = untargeted(name, out)
-    assert state["objective_init"] == pytest.approx(before, abs=1e-4)
-    assert state["objective"] == pytest.approx(after, abs=1e-4)
+    assert state.objective_init == pytest.approx(before, abs=1e-4)
+    assert state.objective == pytest.approx(after, abs=1e-4)
     assert after >= before - 1e-4
     h, _, _ = honest_stats()
     mal = out[np.asarray(MAL)]
@@ -89,14 +89,14 @@ def test_objective_never_ends_below_the_start_and_constraint_holds(name):
 def test_ascent_moves_the_alie_point(name):
     """ALIE's point sits next to the honest mean; the gradient ascent must push the aggregate away."""
     _, state = run(name, attack_steps=30, init_point="alie")
-    assert state["objective"] > state["objective_init"] + 0.5
+    assert state.objective > state.objective_init + 0.5
 
 
 def test_best_start_is_the_best_candidate_for_the_rule():
     _, state = run("krum", attack_steps=30)
     by_hand = max(untargeted("krum", with_rows(p)) for p in start_points().values())
-    assert state["objective_init"] == pytest.approx(by_hand, abs=1e-4)
-    assert state["objective"] >= state["objective_init"]
+    assert state.objective_init == pytest.approx(by_hand, abs=1e-4)
+    assert state.objective >= state.objective_init
 
 
 def test_optimum_under_mean_with_a_norm_constraint_is_minus_the_radius_along_mu():
@@ -114,13 +114,13 @@ def test_distance_constraint_optimum_under_mean_is_mu_minus_the_radius_along_mu(
     r = np.linalg.norm(h - mu, axis=1).max()
     assert np.linalg.norm(out[0] - mu) <= r * (1 + 1e-5)
     np.testing.assert_allclose(out[0], mu - r * u, atol=2e-2 * r)
-    assert state["objective"] >= state["objective_init"]
+    assert state.objective >= state.objective_init
 
 
 def test_noop_without_malicious_clients():
     out, state = run("median", malicious=jnp.zeros(N, bool), attack_steps=30, init_point="alie")
     np.testing.assert_array_equal(out, UPDATES)
-    assert state == {"objective_init": 0.0, "objective": 0.0}
+    assert state == (0.0, 0.0)  # AdaptiveState(objective_init, objective)
 
 
 def test_partial_knowledge_uses_only_the_attackers_own_benign_updates():
@@ -136,14 +136,14 @@ def test_targeted_objective_lowers_the_attackers_loss_after_the_server_step():
     loss = lambda p: jnp.sum((p - target) ** 2)
     out, state = run("mean", objective="targeted", target_loss=loss, attack_steps=60, constraint="none")
     after = float(loss(fljax.aggregate(mean(), jnp.asarray(out))))  # params = 0, server_lr = 1
-    assert state["objective"] == pytest.approx(-after, rel=1e-4)
-    assert after < 0.05 * -state["objective_init"]
+    assert state.objective == pytest.approx(-after, rel=1e-4)
+    assert after < 0.05 * -state.objective_init
 
 
 def test_custom_optimizer_and_explicit_rule():
     out, state = run("mean", attack_steps=30, optimizer=optax.adam(0.05), rule=RULES["krum"])
-    assert state["objective"] >= state["objective_init"]
-    assert state["objective"] == pytest.approx(untargeted("krum", out), abs=1e-4)
+    assert state.objective >= state.objective_init
+    assert state.objective == pytest.approx(untargeted("krum", out), abs=1e-4)
 
 
 def test_in_a_jitted_round_against_krum():
@@ -158,7 +158,7 @@ def test_in_a_jitted_round_against_krum():
         state, metrics = rnd.step(state, data, jax.random.PRNGKey(i))
         assert bool(metrics["finite"])
         if int(metrics["num_malicious"]) > 0:
-            assert float(state.attack_state["objective"]) >= float(state.attack_state["objective_init"])
+            assert float(state.attack_state.objective) >= float(state.attack_state.objective_init)
 
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -203,9 +203,9 @@ def test_triggered_loss_is_the_cross_entropy_of_the_counted_triggered_examples()
 def test_runner_targeted_objective_needs_a_targeted_data_attack_and_reads_the_attackers_examples():
     small = dict(dataset="digits", num_clients=10, clients_per_round=10, num_malicious=2, rounds=1, attack="adaptive",
                  objective="targeted", aggregator="median", attack_steps=3, target_class=0)
-    with pytest.raises(ValueError, match="--objective=targeted: the adaptive attack needs a targeted --data_attack"):
+    with pytest.raises(ValueError, match=r"adaptive\(objective='targeted'\) needs a targeted data attack before it"):
         build(ExperimentConfig(**small))
-    with pytest.raises(ValueError, match="--objective=targeted"):
+    with pytest.raises(ValueError, match="needs a targeted data attack"):
         build(ExperimentConfig(data_attack="label_flip_all", **small))
     exp = build(ExperimentConfig(data_attack="backdoor", trigger_size=2, **small))
     x, y = attacker_examples(exp.data, 2)
@@ -214,4 +214,4 @@ def test_runner_targeted_objective_needs_a_targeted_data_attack_and_reads_the_at
     state, history = jax.jit(exp.train.run)(exp.train.init(KEY), exp.data)
     assert np.isfinite(np.asarray(history.evals["accuracy"])).all()
     # the attacker's objective (minus its triggered loss after the step) never ends below its start
-    assert float(state.server.attack_state["objective"]) >= float(state.server.attack_state["objective_init"])
+    assert float(state.server.attack_state.objective) >= float(state.server.attack_state.objective_init)

@@ -176,7 +176,8 @@ def test_round_is_unchanged_when_no_malicious_client_is_sampled():
 def test_runner_validates_triggers_and_pairs_before_compiling():
     small = dict(num_clients=10, clients_per_round=5, num_malicious=2, rounds=1, aggregator="mean")
     with pytest.raises(ValueError, match="backdoor: a 9x9 square trigger"):
-        build(ExperimentConfig(dataset="digits", attack="none", data_attack="backdoor", trigger_size=9, **small))
+        build(ExperimentConfig(dataset="digits", attack="none", data_attack="backdoor", target_class=3, trigger_size=9,
+                               **small))
     with pytest.raises(ValueError, match="--data_attack: --attack=label_flip is a data attack already"):
         build(ExperimentConfig(dataset="digits", attack="label_flip", data_attack="backdoor", **small))
     with pytest.raises(ValueError, match="--data_attack: unknown data attack 'trojan'"):

@@ -130,7 +130,7 @@ def test_untargeted_attacks_break_the_mean_and_zero_updates_break_krum_small():
     a point or two in a run this short: see the README's attack x defense table.)"""
     clean = accuracy(attack="none")
     assert clean > 0.8
-    for attack in ("nan", "ipm"):
+    for attack in ("nan", "ipm(epsilon=10.0)"):
         assert accuracy(attack=attack) < 0.2, attack
     assert accuracy(attack="zero", aggregator="krum") < 0.2
 
@@ -142,7 +142,7 @@ def test_untargeted_attacks_full_size():
     with z = 0.18 for n = 100, f = 20 its effect on plain averaging needs far longer runs)."""
     full = dict(num_clients=100, clients_per_round=100, num_malicious=20, rounds=30, eval_every=30, local_steps=None)
     clean = accuracy(attack="none", **full)
-    for attack in ("nan", "inf", "ipm"):
+    for attack in ("nan", "inf", "ipm(epsilon=10.0)"):
         assert accuracy(attack=attack, **full) < 0.2, attack
     assert accuracy(attack="mimic", **full) < clean - 0.01
     assert accuracy(attack="zero", aggregator="krum", **full) < 0.2

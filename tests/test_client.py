@@ -164,4 +164,5 @@ def test_every_rule_and_local_training_attack_under_the_parallel_default():
     from fljax import attacks
     from fljax.aggregators import REGISTRY
 
-    _check_parallel(_parallel_worker(), set(REGISTRY) | {f"attack:{a}" for a in attacks.LOCAL_TRAINING})
+    _check_parallel(_parallel_worker(), set(REGISTRY) | {f"attack:{a}" for a, e in attacks.MODEL_ATTACKS.items()
+                                                         if e.local_training is not None})

@@ -188,7 +188,7 @@ def test_robust_rules_detect_x10_sign_flippers_full_size(partition, rule):
     """The issue's setting: mnist5k, MLP, 100 clients all per round, 20 malicious x10 sign flippers,
     f = 20, iid and Dirichlet(0.3): TPR >= 0.95 in every round (before: 0.71-0.83 and less)."""
     from experiments.run import run_experiment
-    config = ExperimentConfig(partition=partition, dirichlet_alpha=0.3, attack="sign_flip", attack_scale=10.0,
+    config = ExperimentConfig(partition=partition, dirichlet_alpha=0.3, attack="sign_flip(scale=10.0)",
                               aggregator=rule, num_byzantine=20, clients_per_round=100, rounds=3, eval_every=3)
     history = run_experiment(build(config), log=lambda m: None)["history"]
     assert min(history["detection_tpr"]) >= 0.95, history["detection_tpr"]

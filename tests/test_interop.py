@@ -109,7 +109,7 @@ def test_session_carries_foolsgold_state_and_maps_named_clients_to_stable_rows()
     assert session.population == rows
     for name, row in rows.items():  # FoolsGold's history row of a client is the sum of its updates
         sent = sum(x[names.index(name)] for names, x in zip(cohorts, rounds) if name in names)
-        np.testing.assert_allclose(session.state[row], sent, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(session.state.history[row], sent, rtol=1e-5, atol=1e-6)
 
 
 def test_session_refuses_more_distinct_clients_than_the_rules_population():
@@ -271,4 +271,4 @@ def test_torch_session_carries_state_like_the_numpy_session():
         a = ftorch.aggregate(torch_session, [torch.from_numpy(row.copy()) for row in x], client_ids=names)
         b = fnp.aggregate(numpy_session, list(x), client_ids=names)
         np.testing.assert_allclose(a.numpy(), b, rtol=1e-6)
-    np.testing.assert_allclose(np.asarray(torch_session.state), np.asarray(numpy_session.state), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(torch_session.state.history), np.asarray(numpy_session.state.history), rtol=1e-6)

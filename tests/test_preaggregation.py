@@ -139,5 +139,5 @@ def test_runner_builds_the_pre_aggregation_chain():
         build_aggregator(dataclasses.replace(config, num_byzantine=4)).requirement(20)
     with pytest.raises(ValueError, match="--pre_aggregation: unknown pre-aggregation 'shuffle'"):
         build_aggregator(dataclasses.replace(config, pre_aggregation="shuffle"))
-    with pytest.raises(ValueError, match="missing setting.*--max_norm"):
+    with pytest.raises(ValueError, match="clip has no default for max_norm: give clip\\(max_norm=...\\)"):
         build_aggregator(dataclasses.replace(config, pre_aggregation="clip"))

@@ -41,7 +41,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 8 blocks of 1 round, a checkpoint after every 2nd block (steps 2, 4, 6, 8). Server momentum
 # and a randomized attack make the optimizer state and the key matter.
 FLAGS = ["--dataset=digits", "--model=logreg", "--num_clients=12", "--clients_per_round=10", "--num_malicious=3",
-         "--attack=gaussian", "--attack_scale=3", "--aggregator=median", "--protocol=fedsgd", "--client_lr=0.3",
+         "--attack=gaussian(std=3.0)", "--aggregator=median", "--protocol=fedsgd", "--client_lr=0.3",
          "--rounds=8", "--eval_every=1", "--server_momentum=0.5", "--seed=3"]
 
 # Runs the real runner after patching the library to SIGKILL the process at one point:
@@ -217,7 +217,7 @@ def test_killed_five_times_at_every_kind_of_point_resumes_exactly(tmp_path):
     assert_same(results(out), expected)
     assert_same(results(os.path.join(workdir, "results.json")), expected)
     # The finished workdir: the same run recomputes nothing and gives the same results ...
-    config = ExperimentConfig(**{f[2:].split("=")[0]: _flag_value(f) for f in FLAGS})
+    config = ExperimentConfig(**{f[2:].split("=", 1)[0]: _flag_value(f) for f in FLAGS})
     again = run_experiment(build(config), lambda m: None, workdir=workdir)
     assert again["checkpoint"]["resumed_after_blocks"] == 8
     again.pop("checkpoint")
@@ -232,7 +232,7 @@ def test_killed_five_times_at_every_kind_of_point_resumes_exactly(tmp_path):
 
 
 def _flag_value(flag):
-    name, value = flag[2:].split("=")
+    name, value = flag[2:].split("=", 1)
     kind = type(getattr(ExperimentConfig(), name))
     return kind(value) if kind in (int, float) else value
 

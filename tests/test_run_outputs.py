@@ -109,14 +109,20 @@ def test_make_round_checks_the_population_and_the_model_attacks_requirement():
     (dict(partition="dirichlet", dirichlet_alpha=0.3), ["dirichlet, alpha=0.3"]),
     (dict(partition="bias", bias=0.7), ["bias, p=0.7"]),
     (dict(partition="shards", shards_per_client=3), ["shards, 3 per client"]),
-    (dict(attack="label_flip", source_class=6, target_class=0), ["label_flip 6 -> 0"]),
+    (dict(attack="label_flip(source=6, target=0)"), ["label_flip 6 -> 0"]),
     (dict(attack="label_flip_all"), ["label_flip_all (l -> C - 1 - l)"]),
-    (dict(attack="fang_trim", attack_knowledge="partial"), ["fang_trim (partial knowledge)"]),
-    (dict(aggregator="krum", num_byzantine=3, pre_aggregation="bucketing,nnm"), ["krum (f = 3) after bucketing -> nnm"]),
-    (dict(attack="model_replacement", data_attack="backdoor", target_class=0, attack_start_round=20,
-          attack_single_shot=True), ["model_replacement + backdoor -> class 0 (single shot in round 20)"]),
-    (dict(attack="sign_flip", attack_scale=4.0, attack_start_round=3, attack_every=2),
+    (dict(attack="fang_trim(knowledge='partial')"), ["fang_trim (partial knowledge)"]),
+    (dict(attack="fang_trim(knowledge='partial', b=1.5)"), ["fang_trim(b=1.5) (partial knowledge)"]),
+    (dict(aggregator="bucketing+nnm+krum", num_byzantine=3), ["krum (f = 3) after bucketing -> nnm"]),
+    (dict(aggregator="bucketing(bucket_size=3)+krum(num_byzantine=1)"), ["krum (f = 1) after bucketing(bucket_size=3)"]),
+    (dict(aggregator="foolsgold(kappa=0.5)"), ["foolsgold(kappa=0.5) (f = 20)"]),
+    (dict(attack="backdoor(target_label=0)+model_replacement", attack_start_round=20, attack_single_shot=True),
+     ["model_replacement + backdoor -> class 0 (single shot in round 20)"]),
+    (dict(attack="sign_flip(scale=4.0)", attack_start_round=3, attack_every=2),
      ["sign_flip (scale 4.0, every 2 round(s) from round 3)"]),
+    # the deprecated flat form describes the same run
+    (dict(attack="model_replacement", data_attack="backdoor", target_class=0, aggregator="krum", pre_aggregation="nnm"),
+     ["model_replacement + backdoor -> class 0", "krum (f = 20) after nnm"]),
     (dict(clients_per_round=10), ["median (f = 2)", "100 (10 per round, 20 malicious)"]),
 ])
 def test_every_setting_that_defines_a_run_is_described(overrides, expected):
@@ -127,11 +133,13 @@ def test_every_setting_that_defines_a_run_is_described(overrides, expected):
 
 def test_results_json_and_summary_carry_the_settings_and_name_the_backdoor_row_small():
     config = ExperimentConfig(dataset="digits", model="logreg", num_clients=10, clients_per_round=10, num_malicious=2,
-                              protocol="fedsgd", rounds=2, eval_every=2, attack="backdoor", trigger_size=2,
-                              target_class=0, aggregator="trimmed_mean", pre_aggregation="bucketing",
+                              protocol="fedsgd", rounds=2, eval_every=2, attack="backdoor(target_label=0, trigger_size=2)",
+                              aggregator="bucketing+trimmed_mean",
                               partition="dirichlet", dirichlet_alpha=0.3)
     results = run_experiment(build(config), log=lambda m: None)
     assert results["settings"] == describe(config)
+    assert (results["config"]["attack"], results["config"]["aggregator"]) == (
+        "backdoor(target_label=0, trigger_size=2)", "bucketing+trimmed_mean")  # the scoped form, as given
     assert "dirichlet, alpha=0.3" in results["settings"]["dataset / model"]
     assert "after bucketing" in results["settings"]["aggregator"]
     table = summary_table(json.loads(json.dumps(results)))

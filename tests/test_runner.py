@@ -47,15 +47,15 @@ SMALL = dict(dataset="digits", num_clients=30, clients_per_round=30, num_malicio
 def test_sign_flip_breaks_mean_but_not_robust_rules_small():
     clean = run(**SMALL, attack="none", aggregator="mean")["final"]["accuracy"]
     assert clean > 0.8
-    broken = run(**SMALL, attack="sign_flip", attack_scale=10.0, aggregator="mean")["final"]["accuracy"]
+    broken = run(**SMALL, attack="sign_flip(scale=10.0)", aggregator="mean")["final"]["accuracy"]
     assert broken < 0.5
     for rule in ("median", "trimmed_mean", "krum"):
-        acc = run(**SMALL, attack="sign_flip", attack_scale=10.0, aggregator=rule)["final"]["accuracy"]
+        acc = run(**SMALL, attack="sign_flip(scale=10.0)", aggregator=rule)["final"]["accuracy"]
         assert acc > 0.7, rule
 
 
 def test_summary_mentions_divergence():
-    res = run(**SMALL, attack="sign_flip", attack_scale=10.0, aggregator="mean")
+    res = run(**SMALL, attack="sign_flip(scale=10.0)", aggregator="mean")
     res["final"].update(diverged=True, diverged_round=3)
     assert "DIVERGED" in summary_table(res)
 
@@ -64,9 +64,9 @@ def test_summary_mentions_divergence():
 def test_core_claims_on_mnist5k():
     """The core issue's 'done means' on mnist5k with the defaults (100 clients, 20 malicious)."""
     assert run(attack="none", aggregator="mean")["final"]["accuracy"] >= 0.90
-    assert run(attack="sign_flip", attack_scale=10.0, aggregator="mean")["final"]["accuracy"] < 0.5
+    assert run(attack="sign_flip(scale=10.0)", aggregator="mean")["final"]["accuracy"] < 0.5
     for rule in ("median", "trimmed_mean", "krum"):
-        assert run(attack="sign_flip", attack_scale=10.0, aggregator=rule)["final"]["accuracy"] > 0.8, rule
+        assert run(attack="sign_flip(scale=10.0)", aggregator=rule)["final"]["accuracy"] > 0.8, rule
     asr_mean = run(attack="label_flip", aggregator="mean")["final"]["attack_success_rate"]
     for rule in ("median", "trimmed_mean", "krum"):
         assert run(attack="label_flip", aggregator=rule)["final"]["attack_success_rate"] < asr_mean, rule

@@ -16,6 +16,7 @@ import pytest
 
 from experiments import sweep
 from experiments.configs import SweepSpec, load_config_file
+from fljax import spec as spec_lib
 from fljax.data import EMBEDDED
 from fljax.experiment import ExperimentConfig, attack_names, build
 
@@ -169,14 +170,37 @@ def test_axes_parsing_and_validation():
 
 
 def test_unregistered_names_fail_with_the_list():
-    spec = dataclasses.replace(SPEC, attacks=["none", "no_such_attack"], aggregators=["mean", "krum+x"],
-                               aggregator_settings={"krum+x": {"aggregator": "no_such_rule"}}, pending=["no_such_attack"])
+    spec = dataclasses.replace(SPEC, attacks=["none", "no_such_attack(scale=2)"],
+                               aggregators=["mean", "bucketing(bucket_size=2)+no_such_rule"], pending=["no_such_attack"])
     with pytest.raises(ValueError) as e:
         sweep.check_registered(spec)
-    assert "attack no_such_attack" in str(e.value) and "aggregator no_such_rule (in krum+x)" in str(e.value)
+    assert "attack no_such_attack (in no_such_attack(scale=2))" in str(e.value)
+    assert "aggregator no_such_rule (in bucketing(bucket_size=2)+no_such_rule)" in str(e.value)
     assert "pending: no_such_attack" in str(e.value)
     kept = sweep.check_registered(spec, allow_missing=True, log=lambda *a: None)
     assert kept.attacks == ["none"] and kept.aggregators == ["mean"]
+
+
+def test_axes_are_specs_and_the_side_tables_are_retired():
+    """An axis value is a component with its arguments (chains included), checked against the
+    factory before any data is loaded; its canonical text names the cell and sets its config."""
+    spec = dataclasses.replace(SPEC, attacks=["sign_flip(scale=3)", "backdoor(target_label=0)+pgd(norm_bound=2)"],
+                               aggregators=["krum(num_byzantine=1)", "bucketing(bucket_size=2)+median"],
+                               partitions=["iid"])
+    cells = sweep.make_cells(spec)
+    assert [(c.axes["attack"], c.axes["aggregator"]) for c in cells] == [
+        ("sign_flip(scale=3.0)", "krum(num_byzantine=1)"), ("sign_flip(scale=3.0)", "bucketing(bucket_size=2)+median"),
+        ("backdoor(target_label=0)+pgd(norm_bound=2.0)", "krum(num_byzantine=1)"),
+        ("backdoor(target_label=0)+pgd(norm_bound=2.0)", "bucketing(bucket_size=2)+median")]
+    assert all((c.config.attack, c.config.aggregator) == (c.axes["attack"], c.axes["aggregator"]) for c in cells)
+    assert sweep.check_cell(cells[2].config) is None
+    with pytest.raises(ValueError, match=r"--attack: sign_flip: unknown argument 'scal' \(did you mean scale\?\)"):
+        sweep.make_cells(dataclasses.replace(spec, attacks=["sign_flip(scal=3)"]))
+    with pytest.raises(ValueError, match="attack_settings is retired: write each component's arguments into its spec"):
+        SweepSpec(base=BASE, attack_settings={"gaussian": {"attack_scale": 200.0}})
+    with pytest.raises(ValueError, match=r"--grid: pre_aggregation is a deprecated flat component setting: vary the "
+                                         r"component through its specs instead, e.g. --aggregators="):
+        sweep.make_cells(dataclasses.replace(spec, grid={"pre_aggregation": ["bucketing", "nnm"]}))
 
 
 def test_cells_a_rule_cannot_take_are_reported_not_run(tmp_path):
@@ -209,9 +233,9 @@ def test_presets_load_and_expand(name):
 
 
 def test_catalogue_and_tabular_presets_run_every_registered_attack():
-    attacks = {name: {c.config.attack for c in sweep.make_cells(
-        load_config_file(os.path.join(ROOT, "experiments", "configs", f"{name}.py")))}
-        for name in ("catalogue", "tabular_backdoor")}
+    attacks = {name: {s.name for c in sweep.make_cells(
+        load_config_file(os.path.join(ROOT, "experiments", "configs", f"{name}.py")))
+        for s in spec_lib.parse(c.config.attack)} for name in ("catalogue", "tabular_backdoor")}
     assert attacks["catalogue"] | attacks["tabular_backdoor"] == set(attack_names())
     assert "feature_trigger" in attacks["tabular_backdoor"]
 

@@ -115,14 +115,16 @@ def test_runner_flags_reach_the_attack():
     np.testing.assert_allclose(fljax.apply_attack(alie_fixed, U, MAL)[0], [5.0, 6.0])  # mu + 1 * sigma
     _, mimic_first = attack_from(attack="mimic", mimic_choice="first")
     np.testing.assert_array_equal(fljax.apply_attack(mimic_first, U, MAL)[0], [3.0, 4.0])
-    with pytest.raises(ValueError, match="--attack_knowledge does not apply to attack sign_flip"):
+    with pytest.raises(ValueError, match="--attack_knowledge does not apply to --attack=sign_flip"):
         attack_from(attack="sign_flip", attack_knowledge="partial")
     with pytest.raises(ValueError, match="min_max: direction must be one of"):
         attack_from(attack="min_max", attack_direction="diagonal")
     with pytest.raises(ValueError, match="fang_trim: b must be a number > 1"):
         attack_from(attack="fang_trim", fang_b=0.5)
-    with pytest.raises(ValueError, match="fang_krum: colluding must be True or False"):
+    with pytest.raises(ValueError, match="--attack_colluding must be a boolean"):
         attack_from(attack="fang_krum", attack_colluding="yes")
+    with pytest.raises(ValueError, match="fang_krum: colluding must be a boolean"):  # the scoped form, checked the same
+        attack_from(attack="fang_krum(colluding='yes')")
 
 
 def test_runner_schedule_flags_schedule_the_attack():
@@ -137,7 +139,7 @@ def test_runner_schedule_flags_schedule_the_attack():
     with pytest.raises(ValueError, match="scheduled: every must be an integer >= 1"):
         attack_from(attack="zero", attack_every=0)
     with pytest.raises(ValueError, match="--continuous_data_poisoning applies only to a model attack paired with a "
-                                         "--data_attack and scheduled"):
+                                         "data attack"):
         attack_from(attack="model_replacement", data_attack="backdoor", continuous_data_poisoning=True)
 
 
@@ -302,7 +304,7 @@ def test_runner_schedule_gates_the_data_attack_and_local_training_small():
     from fljax.experiment import build
     base = dict(dataset="digits", model="logreg", num_clients=10, clients_per_round=10, num_malicious=2,
                 local_steps=2, rounds=3, aggregator="mean")
-    attacked = build(ExperimentConfig(**base, attack="pgd", data_attack="backdoor", trigger_size=2, norm_bound=0.1,
+    attacked = build(ExperimentConfig(**base, attack="pgd", data_attack="backdoor", target_class=3, trigger_size=2, norm_bound=0.1,
                                       attack_start_round=2, attack_single_shot=True))
     honest = build(ExperimentConfig(**base, attack="none"))
     params = []

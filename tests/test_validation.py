@@ -102,7 +102,7 @@ CASES = [
     (dict(aggregator="bulyan", num_byzantine=3), ["bulyan", "num_byzantine", "4f + 3"], False),
     (dict(aggregator="trimmed_mean", num_byzantine=6), ["trimmed_mean", "num_byzantine", "n/2"], False),
     (dict(aggregator="krum", num_malicious=8), ["krum", "num_byzantine"], False),  # default f = 8
-    (dict(aggregator="norm_clipping"), ["norm_clipping", "--max_norm"], False),
+    (dict(aggregator="norm_clipping"), ["norm_clipping", "max_norm=..."], False),
     (dict(aggregator="norm_clipping", max_norm=-1.0), ["max_norm"], False),
     (dict(aggregator="rlr", learning_threshold=20), ["learning_threshold"], False),
     (dict(aggregator="median", pre_aggregation="foo"), ["--pre_aggregation", "bucketing"], False),
@@ -111,8 +111,9 @@ CASES = [
     (dict(attack_every=0), ["every"]),
     (dict(attack="label_flip", source_class=10), ["source", "0..9"]),
     (dict(attack="label_flip", source_class=3, target_class=3), ["source", "target"], False),
-    (dict(attack="backdoor", trigger_position="middle"), ["trigger_position", "bottom_right"]),
-    (dict(attack="backdoor", poison_fraction=1.5), ["poison_fraction", "(0, 1]"]),
+    (dict(attack="backdoor", trigger_position="middle", target_class=0), ["trigger_position", "bottom_right"]),
+    (dict(attack="backdoor", poison_fraction=1.5, target_class=0), ["poison_fraction", "(0, 1]"]),
+    (dict(attack="backdoor"), ["backdoor", "target_label"]),  # the factory has no default target
     # data-dependent: checked after loading the data, still before compiling
     (dict(num_clients=5000, clients_per_round=12), ["--num_clients", "1438"]),
     (dict(partition="shards", shards_per_client=1000), ["--shards_per_client", "1438"], False),

@@ -2,7 +2,8 @@
 
 Each preset (``experiments/configs/<name>.py``) defines ``get_config()`` returning either an
 ``fljax.experiment.ExperimentConfig`` (one experiment) or a ``SweepSpec`` (a grid whose ``base``
-is one experiment), in the style of the flax / fedjax examples::
+is one experiment), in the style of the flax / fedjax examples. Components carry their
+arguments in their specs (``"krum(num_byzantine=2)"``, ``"backdoor(target_label=0)+pgd"``)::
 
     python -m experiments.run   --config=experiments/configs/fang2020.py              # the base experiment
     python -m experiments.sweep --config=experiments/configs/fang2020.py --rounds=5   # the grid, flags on top
@@ -27,18 +28,17 @@ class SweepSpec:
     Attributes:
       base: the settings every cell shares. ``base.seed`` seeds the data partition and the
         test split, fixed for every cell of the grid; ``seeds`` are the run keys.
-      attacks, aggregators: registry names (``"all"`` expands to every registered one).
+      attacks, aggregators: the ``--attack`` / ``--aggregator`` specs of the cells, each a
+        registered name with its arguments, chains included (``"fang_krum(knowledge='partial')"``,
+        ``"backdoor(target_label=0)+model_replacement(gamma=5.0)"``,
+        ``"bucketing(bucket_size=2)+krum"``); ``"all"`` expands to every registered name (a
+        name without the arguments it needs is an invalid cell).
       malicious_fractions: shares of the population that is malicious; a cell has
         ``num_malicious = round(fraction * num_clients)``.
       partitions: ``iid``, ``dirichlet:<alpha>``, ``bias:<p>`` or ``shards:<per client>``.
       seeds: run keys ``jax.random.PRNGKey(seed)`` (model init, cohorts, local batches, attack
         noise), all of a cell's seeds run as one vmapped program on one data partition.
       grid: extra axes, config field -> values (e.g. ``{"model": ["logreg", "cnn"]}``).
-      attack_settings, aggregator_settings: config overrides applied to the cells of one
-        attack / rule label (e.g. ``{"gaussian": {"attack_scale": 200.0}}``). A label that is
-        not a registry name is a variant and names its attack / rule in its settings, e.g.
-        ``aggregators=["krum", "krum+bucketing"]`` with
-        ``{"krum+bucketing": {"aggregator": "krum", "pre_aggregation": "bucketing"}}``.
       pending: names the preset uses that were not registered when it was written (for the
         reader; a name still missing at run time stops the sweep with the full list).
       description: what the preset reproduces.
@@ -51,10 +51,18 @@ class SweepSpec:
     partitions: Sequence[str] = ("iid",)
     seeds: Sequence[int] = (0,)
     grid: dict = dataclasses.field(default_factory=dict)
-    attack_settings: dict = dataclasses.field(default_factory=dict)
-    aggregator_settings: dict = dataclasses.field(default_factory=dict)
     pending: Sequence[str] = ()
     description: str = ""
+    attack_settings: None = None  # retired: the specs carry the arguments
+    aggregator_settings: None = None
+
+    def __post_init__(self):
+        for name in ("attack_settings", "aggregator_settings"):
+            if getattr(self, name):
+                axis = name.split("_")[0] + "s"
+                raise ValueError(f"SweepSpec: {name} is retired: write each component's arguments into its spec in "
+                                 f"{axis}, e.g. {axis}=['gaussian(std=200.0)'] or ['bucketing(bucket_size=2)+krum'] "
+                                 "(see experiments/configs/)")
 
 
 Preset = Union[ExperimentConfig, SweepSpec]

@@ -26,20 +26,14 @@ def get_config() -> SweepSpec:
         rounds=100, eval_every=10, seed=0)
     return SweepSpec(
         base=base,
-        attacks=["none", "gaussian", "label_flip_all",
-                 "fang_krum:partial", "fang_krum:full", "fang_trim:partial", "fang_trim:full"],
+        attacks=["none", "gaussian(std=10.0)",  # the std of the crafted N(0, std^2 I) updates
+                 "label_flip_all", "fang_krum(knowledge='partial')", "fang_krum(knowledge='full')",
+                 "fang_trim(knowledge='partial')", "fang_trim(knowledge='full')"],
         aggregators=["mean", "krum", "trimmed_mean", "median"],
         malicious_fractions=[0.2],
         partitions=["bias:0.5"],
         seeds=[0, 1, 2],
         grid={"model": ["logreg", "cnn"]},
-        attack_settings={
-            "gaussian": {"attack_scale": 10.0},  # std of the crafted N(0, std^2 I) updates (fljax's scale)
-            "fang_krum:partial": {"attack": "fang_krum", "attack_knowledge": "partial"},
-            "fang_krum:full": {"attack": "fang_krum", "attack_knowledge": "full"},
-            "fang_trim:partial": {"attack": "fang_trim", "attack_knowledge": "partial"},
-            "fang_trim:full": {"attack": "fang_trim", "attack_knowledge": "full"},
-        },
         pending=[],  # fang_krum / fang_trim were pending when this preset was written; both are registered now
         description="Fang et al. 2020, Table 2 (MNIST, bias p=0.5, 20% malicious): test accuracy "
                     "(the paper reports error rate = 1 - accuracy).")

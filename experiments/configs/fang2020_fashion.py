@@ -11,9 +11,10 @@ it by a clean run (``--aggregators=mean --attacks=none --grid=client_lr=...``) a
 Run each rule with its own attack (the paper's table), e.g.:
 
     python -m experiments.sweep --config=experiments/configs/fang2020_fashion.py \\
-        --aggregators=krum --attacks=none,gaussian,label_flip_all,fang_krum:partial,fang_krum:full
+        --aggregators=krum --attacks="none,gaussian(std=10.0),label_flip_all,fang_krum(knowledge='partial'),fang_krum(knowledge='full')"
     python -m experiments.sweep --config=experiments/configs/fang2020_fashion.py \\
-        --aggregators=trimmed_mean,median --attacks=none,gaussian,label_flip_all,fang_trim:partial,fang_trim:full
+        --aggregators=trimmed_mean,median \\
+        --attacks="none,gaussian(std=10.0),label_flip_all,fang_trim(knowledge='partial'),fang_trim(knowledge='full')"
 
 Needs the full Fashion-MNIST (``apt-get install dataset-fashion-mnist``, or ``--data_dir`` with
 the four IDX files); ~4 ms a round on an H200, about 15 min a cell on the 2-core CPU.
@@ -22,8 +23,7 @@ the four IDX files); ~4 ms a round on an H200, about 15 min a cell on the 2-core
 from experiments.configs import SweepSpec
 from fljax.experiment import ExperimentConfig
 
-KNOWLEDGE = {f"{attack}:{k}": {"attack": attack, "attack_knowledge": k}
-             for attack in ("fang_krum", "fang_trim") for k in ("partial", "full")}
+KNOWLEDGE = [f"{attack}(knowledge={k!r})" for attack in ("fang_krum", "fang_trim") for k in ("partial", "full")]
 
 
 def get_config() -> SweepSpec:
@@ -35,11 +35,10 @@ def get_config() -> SweepSpec:
         rounds=2000, eval_every=200, seed=0)
     return SweepSpec(
         base=base,
-        attacks=["none", "gaussian", "label_flip_all", *KNOWLEDGE],
+        attacks=["none", "gaussian(std=10.0)", "label_flip_all", *KNOWLEDGE],  # gaussian: the std of N(0, std^2 I)
         aggregators=["krum", "trimmed_mean", "median"],
         malicious_fractions=[0.2],
         partitions=["bias:0.5"],
         seeds=[0],
-        attack_settings={"gaussian": {"attack_scale": 10.0}, **KNOWLEDGE},
         description="Fang et al. 2020, Table 2 (c): Fashion-MNIST, DNN, bias p = 0.5, 20% malicious; test "
                     "accuracy (the paper reports error rate = 1 - accuracy).")

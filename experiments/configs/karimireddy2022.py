@@ -5,16 +5,17 @@ without bucketing (s = 2), against mimic, ALIE and IPM (and bit flipping / label
 
     python -m experiments.sweep --config=experiments/configs/karimireddy2022.py --output_dir=results/karimireddy2022
 
-Variants: ``<rule>+bucketing`` is the rule behind fljax's ``bucketing`` pre-aggregation
-(``--pre_aggregation=bucketing --bucket_size=2``). The paper uses worker momentum 0.9; fljax
-has server momentum (FedAvgM), used here as the closest available setting. Centered clipping's
-radius tau is a preset setting (``clip_radius``) to tune per model scale.
+Variants: ``bucketing(bucket_size=2)+<rule>`` is the rule behind fljax's ``bucketing``
+pre-aggregation. The paper uses worker momentum 0.9; fljax has server momentum (FedAvgM), used
+here as the closest available setting. Centered clipping's radius tau is a preset setting
+(``clip_radius``) to tune per model scale. Bit flipping is ``sign_flip(scale=1.0)`` (-x), IPM's
+epsilon is 0.1.
 """
 
 from experiments.configs import SweepSpec
 from fljax.experiment import ExperimentConfig
 
-RULES = ["krum", "median", "rfa", "centered_clipping"]
+RULES = ["krum", "median", "rfa", "centered_clipping(clip_radius=1.0)"]
 
 
 def get_config() -> SweepSpec:
@@ -24,19 +25,12 @@ def get_config() -> SweepSpec:
         attack="alie", aggregator="krum",
         protocol="fedavg", local_steps=1, batch_size=32, client_lr=0.1, server_momentum=0.9,
         rounds=300, eval_every=25, seed=0)
-    settings = {"centered_clipping": {"clip_radius": 1.0}}
-    for rule in RULES:
-        settings[f"{rule}+bucketing"] = dict(settings.get(rule, {}), aggregator=rule, pre_aggregation="bucketing",
-                                             bucket_size=2)
     return SweepSpec(
         base=base,
-        attacks=["none", "sign_flip", "label_flip_all", "mimic", "alie", "ipm"],
-        aggregators=["mean"] + [r for rule in RULES for r in (rule, f"{rule}+bucketing")],
+        attacks=["none", "sign_flip(scale=1.0)", "label_flip_all", "mimic", "alie", "ipm(epsilon=0.1)"],
+        aggregators=["mean"] + [r for rule in RULES for r in (rule, f"bucketing(bucket_size=2)+{rule}")],
         malicious_fractions=[0.2],
         partitions=["shards:1"],
         seeds=[0, 1, 2],
-        attack_settings={"sign_flip": {"attack_scale": 1.0},  # bit flipping: -x
-                         "ipm": {"attack_scale": 0.1}},       # IPM epsilon = 0.1
-        aggregator_settings=settings,
         pending=[],  # bucketing (pre_aggregation), rfa, centered_clipping, mimic, alie, ipm: pending when written, registered now
         description="Karimireddy et al. 2022 (bucketing): MNIST, 25 clients, 5 Byzantine, sorted non-IID.")

@@ -1,24 +1,28 @@
 """Robust aggregation rules, each a factory returning an ``fljax.Aggregator``.
 
-``REGISTRY`` maps the snake_case names used by the runner to the factories.
+``REGISTRY`` holds the rules by the names that specs, the runner and the sweep use
+(``krum(num_byzantine=2)``), ``PREAGGREGATORS`` the pre-aggregations (``fljax.registry``).
+``stateless`` makes a rule without state from its aggregation alone.
 """
 
 from fljax.aggregators.averaging import mean
 from fljax.aggregators.coordinatewise import median, trimmed_mean
 from fljax.aggregators.krum import krum, multi_krum
-from fljax.aggregators.afa import afa
+from fljax.aggregators._common import stateless
+from fljax.aggregators.afa import AFAState, afa
 from fljax.aggregators.clustering import cluster_filter, flame
-from fljax.aggregators.contra import contra
-from fljax.aggregators.foolsgold import foolsgold
+from fljax.aggregators.contra import ContraState, contra
+from fljax.aggregators.foolsgold import FoolsGoldState, foolsgold
 from fljax.aggregators.trust import fltrust
 from fljax.aggregators.bulyan import bulyan
-from fljax.aggregators.clipping import centered_clipping, norm_clipping, weak_dp
+from fljax.aggregators.clipping import CenteredClippingState, centered_clipping, norm_clipping, weak_dp
 from fljax.aggregators.geometric_median import geometric_median, rfa
 from fljax.aggregators.preaggregation import PREAGGREGATORS, PreAggregator, bucketing, clip, nnm, with_preaggregation
 from fljax.aggregators.sign import rlr, signguard
 from fljax.aggregators.spectral import dnc
+from fljax.registry import Registry
 
-REGISTRY = {
+REGISTRY = Registry("aggregator", {
     "mean": mean,
     "median": median,
     "trimmed_mean": trimmed_mean,
@@ -39,8 +43,11 @@ REGISTRY = {
     "dnc": dnc,
     "signguard": signguard,
     "rlr": rlr,
-}
+})
 
-__all__ = ["REGISTRY", "afa", "cluster_filter", "contra", "flame", "fltrust", "foolsgold", "krum", "mean", "median", "multi_krum", "trimmed_mean",
-           "PREAGGREGATORS", "PreAggregator", "bucketing", "bulyan", "centered_clipping", "clip", "dnc",
-           "geometric_median", "nnm", "norm_clipping", "rfa", "rlr", "signguard", "weak_dp", "with_preaggregation"]
+__all__ = [
+    "AFAState", "CenteredClippingState", "ContraState", "FoolsGoldState", "PREAGGREGATORS", "PreAggregator",
+    "REGISTRY", "afa", "bucketing", "bulyan", "centered_clipping", "clip", "cluster_filter", "contra", "dnc", "flame",
+    "fltrust", "foolsgold", "geometric_median", "krum", "mean", "median", "multi_krum", "nnm", "norm_clipping", "rfa",
+    "rlr", "signguard", "stateless", "trimmed_mean", "weak_dp", "with_preaggregation",
+]

@@ -7,8 +7,28 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from typing import Callable
+
 from fljax.aggregators.order_statistics import kth_smallest_and_largest
-from fljax.types import Array
+from fljax.types import AggregationContext, Aggregator, Array, no_state
+
+
+def stateless(aggregate: Callable[[Array, AggregationContext], tuple[Array, dict]], **fields) -> Aggregator:
+    """A rule without state from ``aggregate(updates [n, d], context) -> (aggregate [d], info)``.
+
+    Its ``init`` returns ``EmptyState()`` and its ``update`` passes the state through, as
+    ``optax.stateless`` does for gradient transformations; ``fields`` are the other
+    ``Aggregator`` fields (``requirement``, ``needs_reference``, ``count_weighted``).
+
+    Examples:
+      >>> rule = stateless(lambda u, ctx: (u.mean(0), info(jnp.full(u.shape[0], 1 / u.shape[0]))))
+    """
+
+    def update(updates, state, context):
+        out, details = aggregate(updates, context)
+        return out, state, details
+
+    return Aggregator(init=no_state, update=update, **fields)
 
 
 def require(condition: bool, rule: str, message: str) -> None:

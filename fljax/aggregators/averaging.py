@@ -25,9 +25,9 @@ def mean(weighted: bool = True) -> Aggregator:
     if not isinstance(weighted, bool):
         raise ValueError(f"mean: weighted must be a bool (True or False), got {weighted!r}")
 
-    def update(updates, state, context):
+    def aggregate(updates, context):
         w = context.weights if weighted else jnp.ones_like(context.weights)
         w = w.astype(updates.dtype)
-        return _common.weighted_average(updates, w), state, _common.info(w)
+        return _common.weighted_average(updates, w), _common.info(w)
 
-    return Aggregator(init=lambda params: (), update=update, count_weighted=weighted)
+    return _common.stateless(aggregate, count_weighted=weighted)

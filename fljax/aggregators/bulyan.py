@@ -102,14 +102,14 @@ def bulyan(num_byzantine: int) -> Aggregator:
         _common.require(n >= 4 * f + 3, "bulyan",
                         f"needs n >= 4f + 3 clients per round; got n={n}, num_byzantine f={f} (n must be >= {4 * f + 3})")
 
-    def update(updates, state, context):
+    def aggregate(updates, context):
         n, d = updates.shape
         theta = n - 2 * f
         beta = theta - 2 * f
         sq = jax.lax.stop_gradient(_common.pairwise_sq_distances(updates))
         chosen = iterated_krum(sq, f, theta)
-        aggregate, slots = closest_to_median_mean(_common.sanitize(updates[chosen]), beta)
+        out, slots = closest_to_median_mean(_common.sanitize(updates[chosen]), beta)
         shares = jnp.zeros(n, updates.dtype).at[chosen].add(slots / (d * beta))
-        return aggregate, state, _common.info(shares, selected=jnp.zeros(n, bool).at[chosen].set(True))
+        return out, _common.info(shares, selected=jnp.zeros(n, bool).at[chosen].set(True))
 
-    return Aggregator(init=lambda params: (), update=update, requirement=requirement)
+    return _common.stateless(aggregate, requirement=requirement)

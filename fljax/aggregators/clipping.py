@@ -8,7 +8,7 @@ differentiate through these rules.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -66,13 +66,7 @@ def norm_clipping(max_norm: float, weighted: bool = True) -> Aggregator:
     Examples:
       >>> fljax.aggregate(norm_clipping(max_norm=1.0), jnp.array([[3.0, 4.0], [0.0, 0.5]]))  # [0.3, 0.65]
     """
-    aggregate = _clipped_mean("norm_clipping", max_norm, weighted)
-
-    def update(updates, state, context):
-        out, info = aggregate(updates, context)
-        return out, state, info
-
-    return Aggregator(init=lambda params: (), update=update, count_weighted=weighted)
+    return _common.stateless(_clipped_mean("norm_clipping", max_norm, weighted), count_weighted=weighted)
 
 
 def weak_dp(max_norm: float, noise_std: float, weighted: bool = True) -> Aggregator:
@@ -92,22 +86,28 @@ def weak_dp(max_norm: float, noise_std: float, weighted: bool = True) -> Aggrega
       >>> agg = weak_dp(max_norm=3.0, noise_std=0.025)
     """
     _common.check_positive("weak_dp", "noise_std", noise_std, allow_zero=True)
-    aggregate = _clipped_mean("weak_dp", max_norm, weighted)
+    clipped_mean = _clipped_mean("weak_dp", max_norm, weighted)
 
-    def update(updates, state, context):
-        out, info = aggregate(updates, context)
+    def aggregate(updates, context):
+        out, info = clipped_mean(updates, context)
         noise = noise_std * jax.random.normal(context.key, out.shape, out.dtype)
-        return out + noise, state, info
+        return out + noise, info
 
-    return Aggregator(init=lambda params: (), update=update, count_weighted=weighted)
+    return _common.stateless(aggregate, count_weighted=weighted)
+
+
+class CenteredClippingState(NamedTuple):
+    """Centered clipping's state: ``center`` ``[d]``, the last aggregate (zeros before the first round)."""
+
+    center: Array
 
 
 def centered_clipping(clip_radius: float, num_iterations: Optional[int] = 1) -> Aggregator:
     """Centered clipping: clip the updates around a center that starts at the last aggregate.
 
     ``v <- v + (1/n) sum_i (x_i - v) min(1, tau / ||x_i - v||)``, ``L`` times, from ``v`` = the
-    previous round's aggregate (the rule's STATE, zeros at ``init``); the result is the new
-    aggregate and the next state. Uniform ``1/n`` as in the paper (example counts are not used).
+    previous round's aggregate (the rule's state, ``CenteredClippingState``, zeros at ``init``);
+    the result is the new aggregate and the next center. Uniform ``1/n`` as in the paper (example counts are not used).
     A non-finite update contributes nothing (it is treated as ``x_i = v``).
 
     ``info["weights"]``: the aggregate is exactly ``a_0 v_0 + sum_i a_i x_i``; the coefficients
@@ -129,6 +129,9 @@ def centered_clipping(clip_radius: float, num_iterations: Optional[int] = 1) -> 
     num_iterations = 1 if num_iterations is None else num_iterations
     _common.check_positive("centered_clipping", "num_iterations", num_iterations, integer=True)
 
+    def init(params):
+        return CenteredClippingState(center=jnp.zeros_like(params))
+
     def update(updates, state, context):
         n = updates.shape[0]
         finite = _common.finite_rows(updates)
@@ -142,8 +145,8 @@ def centered_clipping(clip_radius: float, num_iterations: Optional[int] = 1) -> 
             keep = 1.0 - jnp.sum(c)
             return v, coef_v * keep, coef_x * keep + c
 
-        init = (state.astype(updates.dtype), jnp.ones((), updates.dtype), jnp.zeros(n, updates.dtype))
-        v, coef_v, coef_x = jax.lax.fori_loop(0, num_iterations, step, init)
-        return v, v, _common.info(coef_x, center_weight=coef_v)
+        start = (state.center.astype(updates.dtype), jnp.ones((), updates.dtype), jnp.zeros(n, updates.dtype))
+        v, coef_v, coef_x = jax.lax.fori_loop(0, num_iterations, step, start)
+        return v, CenteredClippingState(v.astype(state.center.dtype)), _common.info(coef_x, center_weight=coef_v)
 
-    return Aggregator(init=lambda params: jnp.zeros_like(params), update=update)
+    return Aggregator(init=init, update=update)

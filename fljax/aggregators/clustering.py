@@ -103,7 +103,7 @@ def flame(noise_lambda: float = 0.001, min_cluster_size: Optional[int] = None) -
         _common.require(n // 2 + 1 <= size_of(n) <= n, rule,
                         f"min_cluster_size must be in n//2+1..n = {n // 2 + 1}..{n} (a strict majority), got {size_of(n)}")
 
-    def update(updates, state, context):
+    def aggregate(updates, context):
         n, d = updates.shape
         finite = _common.finite_rows(updates)
         admitted = majority_cluster(cosine_distances(updates), size_of(n)) & finite
@@ -112,13 +112,13 @@ def flame(noise_lambda: float = 0.001, min_cluster_size: Optional[int] = None) -
         factors = jnp.where(norms > bound, bound / jnp.where(norms > bound, norms, 1.0), 1.0)
         factors = jnp.where(admitted, factors, 0.0).astype(updates.dtype)
         x = jnp.where(admitted[:, None], updates, 0.0)
-        aggregate = jnp.dot(factors, x, precision=jax.lax.Precision.HIGHEST) / jnp.maximum(jnp.sum(admitted), 1)
+        out = jnp.dot(factors, x, precision=jax.lax.Precision.HIGHEST) / jnp.maximum(jnp.sum(admitted), 1)
         if noise_lambda > 0:
             sigma = jnp.where(jnp.isfinite(bound), noise_lambda * bound, 0.0)
-            aggregate = aggregate + sigma * jax.random.normal(context.key, (d,), updates.dtype)
-        return aggregate, state, _common.info(admitted.astype(updates.dtype), clip_factors=factors, norm_bound=bound)
+            out = out + sigma * jax.random.normal(context.key, (d,), updates.dtype)
+        return out, _common.info(admitted.astype(updates.dtype), clip_factors=factors, norm_bound=bound)
 
-    return Aggregator(init=lambda params: (), update=update, requirement=requirement)
+    return _common.stateless(aggregate, requirement=requirement)
 
 
 def two_means(updates: Array, num_iterations: int) -> tuple[Array, Array]:
@@ -182,7 +182,7 @@ def cluster_filter(num_iterations: int = 10) -> Aggregator:
     """
     _common.check_positive("cluster_filter", "num_iterations", num_iterations, integer=True)
 
-    def update(updates, state, context):
+    def aggregate(updates, context):
         assign, member = two_means(updates, num_iterations)
         in_first = (assign == 0) & member
         in_second = (assign == 1) & member
@@ -192,6 +192,6 @@ def cluster_filter(num_iterations: int = 10) -> Aggregator:
         keep_second = (counts[1] > counts[0]) | ((counts[1] == counts[0]) & (mass[1] > mass[0]))
         kept = jnp.where(keep_second, in_second, in_first)
         weights = jnp.where(kept, context.weights, 0.0).astype(updates.dtype)
-        return _common.weighted_average(updates, weights), state, _common.info(weights, cluster=assign)
+        return _common.weighted_average(updates, weights), _common.info(weights, cluster=assign)
 
-    return Aggregator(init=lambda params: (), update=update, count_weighted=True)
+    return _common.stateless(aggregate, count_weighted=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +14,12 @@ from fljax.types import Aggregator, Array
 def _top_k_mean(cs: Array, k: int) -> Array:
     """Each row's mean of its ``k`` largest off-diagonal entries."""
     return jnp.mean(jax.lax.top_k(_population.off_diagonal(cs, -jnp.inf), k)[0], axis=1)
+
+
+class ContraState(NamedTuple):
+    """CONTRA's state: ``reputation`` ``[num_clients]``, each client's reputation in [0, 1] (1 at first)."""
+
+    reputation: Array
 
 
 def contra(num_clients: int, num_byzantine: Optional[int] = None, top_k: Optional[int] = None,
@@ -71,7 +77,11 @@ def contra(num_clients: int, num_byzantine: Optional[int] = None, top_k: Optiona
         _common.require(k <= n - 1, rule, f"top_k must be in 1..n-1={n - 1} (k most similar other clients), got {k}")
         _common.require(f <= n - 1, rule, f"num_byzantine f must be in 0..n-1={n - 1} (f clients dropped per round), got {f}")
 
-    def update(updates, reputation, context):
+    def init(params):
+        return ContraState(reputation=jnp.ones((num_clients,), params.dtype))
+
+    def update(updates, state, context):
+        reputation = state.reputation
         n = updates.shape[0]
         ids = context.client_ids
         finite = _common.finite_rows(updates)
@@ -86,7 +96,7 @@ def contra(num_clients: int, num_byzantine: Optional[int] = None, top_k: Optiona
         dropped = jnp.zeros(n, bool).at[jnp.lexsort((-tau, r))[:f]].set(True)
         weights = jnp.where(dropped | ~finite, 0.0, lr * r).astype(updates.dtype)
         aggregate = _common.weighted_average(updates, weights)
-        return aggregate, reputation.at[ids].set(r.astype(reputation.dtype)), _common.info(
+        return aggregate, ContraState(reputation.at[ids].set(r.astype(reputation.dtype))), _common.info(
             weights, reputation=r, top_k_similarity=tau, learning_rates=lr)
 
-    return Aggregator(init=lambda params: jnp.ones((num_clients,), params.dtype), update=update, requirement=requirement)
+    return Aggregator(init=init, update=update, requirement=requirement)

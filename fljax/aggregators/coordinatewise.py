@@ -14,11 +14,11 @@ def _coordinatewise(rule: str, trim_of_n) -> Aggregator:
         k = trim_of_n(n)
         _common.require(0 <= 2 * k < n, rule, f"needs n > 2 * trimmed values per side; got n={n} and trim k={k} (requires num_byzantine < n/2)")
 
-    def update(updates, state, context):
-        aggregate, shares, kept = trimmed_mean_and_kept_mass(_common.sanitize(updates), trim_of_n(updates.shape[0]))
-        return aggregate, state, _common.info(shares, kept_share=kept)
+    def aggregate(updates, context):
+        out, shares, kept = trimmed_mean_and_kept_mass(_common.sanitize(updates), trim_of_n(updates.shape[0]))
+        return out, _common.info(shares, kept_share=kept)
 
-    return Aggregator(init=lambda params: (), update=update, requirement=requirement)
+    return _common.stateless(aggregate, requirement=requirement)
 
 
 def median() -> Aggregator:

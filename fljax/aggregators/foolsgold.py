@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax.numpy as jnp
 
 from fljax.aggregators import _common, _population
-from fljax.types import Aggregator
+from fljax.types import Aggregator, Array
+
+
+class FoolsGoldState(NamedTuple):
+    """FoolsGold's state: ``history`` ``[num_clients, d]``, each client's summed updates."""
+
+    history: Array
 
 
 def foolsgold(num_clients: int, kappa: float = 1.0, feature_importance: bool = False) -> Aggregator:
@@ -54,12 +62,12 @@ def foolsgold(num_clients: int, kappa: float = 1.0, feature_importance: bool = F
         raise ValueError(f"{rule}: feature_importance must be a bool, got {feature_importance!r}")
 
     def init(params):
-        return jnp.zeros((num_clients, params.shape[0]), params.dtype)
+        return FoolsGoldState(history=jnp.zeros((num_clients, params.shape[0]), params.dtype))
 
-    def update(updates, history, context):
+    def update(updates, state, context):
         ids = context.client_ids
         finite = _common.finite_rows(updates)
-        history = history.at[ids].add(jnp.where(finite[:, None], updates, 0.0).astype(history.dtype))
+        history = state.history.at[ids].add(jnp.where(finite[:, None], updates, 0.0).astype(state.history.dtype))
         h = history[ids]
         if feature_importance:
             magnitude = jnp.abs(context.params).astype(h.dtype)  # cosine ignores the 1 / sum |theta|
@@ -68,7 +76,7 @@ def foolsgold(num_clients: int, kappa: float = 1.0, feature_importance: bool = F
         cs = _population.pardon(cs, jnp.max(cs, axis=1))
         w = jnp.where(finite, jnp.clip(1.0 - jnp.max(cs, axis=1), 0.0, 1.0), 0.0)
         alpha = _population.logit_weights(w, kappa).astype(updates.dtype)
-        return _common.weighted_average(updates, alpha), history, _common.info(alpha, foolsgold_weights=alpha)
+        return _common.weighted_average(updates, alpha), FoolsGoldState(history), _common.info(alpha, foolsgold_weights=alpha)
 
     return Aggregator(init=init, update=update,
                       requirement=lambda n: _population.population_requirement(rule, num_clients, n))

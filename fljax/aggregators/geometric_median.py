@@ -169,13 +169,13 @@ def geometric_median(nu: float = 1e-6, tol: Optional[float] = 1e-5, max_iter: Op
 
     fixed_point.defvjp(fixed_point_fwd, fixed_point_bwd)
 
-    def update(updates, state, context):
+    def aggregate(updates, context):
         x, a = _prepare(updates, context.weights, weighted)
         z, iterations = fixed_point(x, a)
         b = jax.lax.stop_gradient(_weiszfeld_weights(z, x, a, nu))
-        return z, state, _common.info(b, iterations=iterations)
+        return z, _common.info(b, iterations=iterations)
 
-    return Aggregator(init=lambda params: (), update=update, count_weighted=weighted)
+    return _common.stateless(aggregate, count_weighted=weighted)
 
 
 def rfa(num_iterations: Optional[int] = 3, nu: float = 1e-6, weighted: bool = True) -> Aggregator:
@@ -204,12 +204,12 @@ def rfa(num_iterations: Optional[int] = 3, nu: float = 1e-6, weighted: bool = Tr
     num_iterations = 3 if num_iterations is None else num_iterations
     _common.check_positive(rule, "num_iterations", num_iterations, integer=True)
 
-    def update(updates, state, context):
+    def aggregate(updates, context):
         x, a = _prepare(updates, context.weights, weighted)
         z0 = jnp.dot(a, x, precision=_HI)
         z_prev = jax.lax.fori_loop(0, num_iterations - 1, lambda _, z: weiszfeld_step(z, x, a, nu), z0)
         b = _weiszfeld_weights(z_prev, x, a, nu)
         z = jnp.dot(b, x, precision=_HI) / jnp.sum(b)
-        return z, state, _common.info(jax.lax.stop_gradient(b))
+        return z, _common.info(jax.lax.stop_gradient(b))
 
-    return Aggregator(init=lambda params: (), update=update, count_weighted=weighted)
+    return _common.stateless(aggregate, count_weighted=weighted)

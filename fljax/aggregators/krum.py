@@ -54,7 +54,7 @@ def multi_krum(num_byzantine: int, num_selected: Optional[int] = None) -> Aggreg
         _check_krum(rule, n, f)
         _common.require(m_of(n) <= n, rule, f"num_selected must be in 1..n={n}, got {m_of(n)}")
 
-    def update(updates, state, context):
+    def aggregate(updates, context):
         n = updates.shape[0]
         scores = krum_scores(_common.pairwise_sq_distances(updates), n - f - 2)
         m = m_of(n)
@@ -62,9 +62,9 @@ def multi_krum(num_byzantine: int, num_selected: Optional[int] = None) -> Aggreg
         weights = jnp.zeros(n, updates.dtype).at[chosen].set(1.0)
         # Gathering the m chosen rows copies them; a weighted matrix-vector product reads all n.
         aggregate = jnp.mean(updates[chosen], axis=0) if 2 * m < n else _common.weighted_average(updates, weights)
-        return aggregate, state, _common.info(weights, scores=scores)
+        return aggregate, _common.info(weights, scores=scores)
 
-    return Aggregator(init=lambda params: (), update=update, requirement=requirement)
+    return _common.stateless(aggregate, requirement=requirement)
 
 
 def krum(num_byzantine: int) -> Aggregator:

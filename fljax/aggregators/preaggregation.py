@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from fljax.aggregators import _common
 from fljax.aggregators.clipping import clip_rows
+from fljax.registry import Registry
 from fljax.types import Aggregator, Array
 
 _HI = jax.lax.Precision.HIGHEST
@@ -195,9 +196,6 @@ def with_preaggregation(aggregator: Aggregator, *preaggregators: PreAggregator) 
                       needs_reference=aggregator.needs_reference, count_weighted=aggregator.count_weighted)
 
 
-PREAGGREGATORS = {
-    "nnm": nnm,
-    "bucketing": bucketing,
-    "clip": clip,
-}
-"""The runner's ``--pre_aggregation`` names (comma list, applied in order)."""
+PREAGGREGATORS = Registry("pre-aggregation", {"nnm": nnm, "bucketing": bucketing, "clip": clip})
+"""The pre-aggregations by name: a spec chain puts them before the rule, applied in order
+(``--aggregator='bucketing(bucket_size=2)+nnm+krum'``)."""

@@ -141,7 +141,7 @@ def signguard(norm_lower_bound: Optional[float] = 0.1, norm_upper_bound: Optiona
         _common.check_positive(rule, name, value)
         _common.require(value <= 1, rule, f"{name} must be in (0, 1], got {value!r}")
 
-    def update(updates, state, context):
+    def aggregate(updates, context):
         n, d = updates.shape
         finite = _common.finite_rows(updates)
         x = jnp.where(finite[:, None], updates, 0.0)
@@ -160,10 +160,9 @@ def signguard(norm_lower_bound: Optional[float] = 0.1, norm_upper_bound: Optiona
         keep = jnp.where(jnp.any(keep), keep, s1)
         factors = jnp.where(median_norm > 0, clip_factors(jnp.sum(x * x, axis=1), jnp.where(median_norm > 0, median_norm, 1.0)), 0.0)
         w = keep.astype(updates.dtype)
-        aggregate = _common.weighted_average(x * factors[:, None], w)
-        return aggregate, state, _common.info(w * jax.lax.stop_gradient(factors), norm_kept=s1, sign_kept=s2)
+        return _common.weighted_average(x * factors[:, None], w), _common.info(w * jax.lax.stop_gradient(factors), norm_kept=s1, sign_kept=s2)
 
-    return Aggregator(init=lambda params: (), update=update)
+    return _common.stateless(aggregate)
 
 
 def rlr(learning_threshold: int, weighted: bool = True) -> Aggregator:
@@ -195,7 +194,7 @@ def rlr(learning_threshold: int, weighted: bool = True) -> Aggregator:
     def requirement(n: int) -> None:
         _common.require(theta <= n, rule, f"learning_threshold must be in 1..n={n}, got {theta}")
 
-    def update(updates, state, context):
+    def aggregate(updates, context):
         finite = _common.finite_rows(updates)
         x = jnp.where(finite[:, None], updates, 0.0)
         w = (context.weights if weighted else jnp.ones_like(context.weights)).astype(updates.dtype)
@@ -203,6 +202,6 @@ def rlr(learning_threshold: int, weighted: bool = True) -> Aggregator:
         ones = jnp.ones(x.shape[0], x.dtype)  # column sums as a matrix-vector product (fast on XLA CPU)
         agreement = jnp.abs(jnp.dot(ones, jnp.sign(x), precision=jax.lax.Precision.HIGHEST))
         lr = jnp.where(agreement >= theta, 1.0, -1.0).astype(updates.dtype)
-        return lr * _common.weighted_average(x, w), state, _common.info(w, flipped=jnp.mean(lr < 0))
+        return lr * _common.weighted_average(x, w), _common.info(w, flipped=jnp.mean(lr < 0))
 
-    return Aggregator(init=lambda params: (), update=update, requirement=requirement, count_weighted=weighted)
+    return _common.stateless(aggregate, requirement=requirement, count_weighted=weighted)

@@ -83,7 +83,7 @@ def dnc(num_byzantine: int, num_iterations: Optional[int] = 5, subsample_dim: Op
                         f"needs n > floor(filter_frac * f) clients per round; got n={n}, num_byzantine f={f}, "
                         f"filter_frac c={c} (n must be >= {removed + 1})")
 
-    def update(updates, state, context):
+    def aggregate(updates, context):
         n, d = updates.shape
         finite = _common.finite_rows(updates)
         guide = jax.lax.stop_gradient(updates)
@@ -92,6 +92,6 @@ def dnc(num_byzantine: int, num_iterations: Optional[int] = 5, subsample_dim: Op
         good = jnp.all(kept, axis=0) & finite
         good = jnp.where(jnp.any(good), good, kept[0] & finite)
         w = good.astype(updates.dtype)
-        return _common.weighted_average(updates, w), state, _common.info(w, kept=good)
+        return _common.weighted_average(updates, w), _common.info(w, kept=good)
 
-    return Aggregator(init=lambda params: (), update=update, requirement=requirement)
+    return _common.stateless(aggregate, requirement=requirement)

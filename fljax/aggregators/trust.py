@@ -31,7 +31,7 @@ def fltrust() -> Aggregator:
       >>> fljax.aggregate(fltrust(), jnp.array([[2.0, 0.0], [0.0, 5.0]]), reference=jnp.array([1.0, 0.0]))  # [1., 0.]
     """
 
-    def update(updates, state, context):
+    def aggregate(updates, context):
         finite = _common.finite_rows(updates)
         x = jnp.where(finite[:, None], updates, 0.0)
         g0 = jnp.where(jnp.isfinite(context.reference), context.reference, 0.0).astype(x.dtype)
@@ -47,7 +47,7 @@ def fltrust() -> Aggregator:
                         / jnp.where(g0_norm > 0, g0_norm, 1.0), 0.0)
         trust = jnp.maximum(cos, 0.0)
         total = jnp.sum(trust)
-        aggregate = g0_norm * jnp.dot(trust, unit, precision=jax.lax.Precision.HIGHEST) / jnp.where(total > 0, total, 1.0)
-        return aggregate, state, _common.info(trust, trust_scores=trust)
+        out = g0_norm * jnp.dot(trust, unit, precision=jax.lax.Precision.HIGHEST) / jnp.where(total > 0, total, 1.0)
+        return out, _common.info(trust, trust_scores=trust)
 
-    return Aggregator(init=lambda params: (), update=update, needs_reference=True)
+    return _common.stateless(aggregate, needs_reference=True)

@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import jax.numpy as jnp
 
-from fljax.types import Array
+from fljax.types import Array, AttackContext, ModelAttack, no_state
+
+
+def stateless(craft: Callable[[Array, Array, Array, AttackContext], Array], **fields) -> ModelAttack:
+    """A model attack without state from ``craft(updates [n, d], malicious bool[n], key, context)
+    -> [n, d] or one [d] row``: the malicious rows take the crafted ones (``replace_rows``), the
+    honest rows stay bit for bit, and the attack is the identity in a round without malicious
+    clients. ``fields`` are the other ``ModelAttack`` fields (``requirement``).
+
+    Examples:
+      >>> flip = stateless(lambda updates, malicious, key, context: -updates)
+    """
+
+    def update(updates, malicious, state, key, context):
+        return replace_rows(updates, malicious, craft(updates, malicious, key, context)), state
+
+    return ModelAttack(init=no_state, update=update, **fields)
 
 
 def replace_rows(updates: Array, malicious: Array, crafted: Array) -> Array:

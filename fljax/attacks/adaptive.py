@@ -22,7 +22,7 @@ Which rules give useful gradients:
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +39,14 @@ OBJECTIVES = ("untargeted", "deviation", "targeted")
 CONSTRAINTS = ("max_norm", "distance", "none")
 INIT_POINTS = ("best", "alie", "ipm", "negative_mean", "own")
 _TINY = 1e-12
+
+
+class AdaptiveState(NamedTuple):
+    """The adaptive attack's last round: the objective at the initial point (``objective_init``)
+    and at the crafted update (``objective``), float32 scalars, 0 in a round without attackers."""
+
+    objective_init: Array
+    objective: Array
 
 
 def _safe_norm(x: Array) -> Array:
@@ -108,7 +116,7 @@ def adaptive(objective: str = "untargeted", attack_steps: int = 50, attack_lr: f
     ``attack_lr`` is a fraction of the radius per step; the default optimiser is normalised
     gradient ascent with a cosine-decayed step. The best point seen (initial point included)
     is returned, so the objective never ends below the initial point's. The attack's state
-    holds the last round's ``objective_init`` and ``objective``.
+    (``AdaptiveState``) holds the last round's ``objective_init`` and ``objective``.
 
     The rule runs with the round's state (stateful rules) and a zero ``reference`` (the attacker
     does not see FLTrust's server update). Knowledge: ``full`` aggregates the real honest rows; ``partial`` knows only its own
@@ -164,7 +172,7 @@ def adaptive(objective: str = "untargeted", attack_steps: int = 50, attack_lr: f
         optimizer = optax.chain(optax.normalize_by_update_norm(), optax.sgd(schedule))
 
     def init(params):
-        return {"objective_init": jnp.zeros((), jnp.float32), "objective": jnp.zeros((), jnp.float32)}
+        return AdaptiveState(objective_init=jnp.zeros((), jnp.float32), objective=jnp.zeros((), jnp.float32))
 
     def update(updates, malicious, state, key, context):
         k_honest, k_agg = jax.random.split(key)
@@ -229,8 +237,8 @@ def adaptive(objective: str = "untargeted", attack_steps: int = 50, attack_lr: f
         best_v = jnp.maximum(best_v, v_last)
         crafted = to_z(best_w)
         any_mal = jnp.any(malicious)
-        new_state = {"objective_init": jnp.where(any_mal, v0, 0.0).astype(jnp.float32),
-                     "objective": jnp.where(any_mal, best_v, 0.0).astype(jnp.float32)}
+        new_state = AdaptiveState(objective_init=jnp.where(any_mal, v0, 0.0).astype(jnp.float32),
+                                  objective=jnp.where(any_mal, best_v, 0.0).astype(jnp.float32))
         return replace_rows(updates, malicious, crafted), new_state
 
     return ModelAttack(init=init, update=update)

@@ -48,3 +48,24 @@ def label_flip(num_classes: int, source: int | None = None, target: int | None =
         return x, jnp.full_like(y, target), y == source
 
     return DataAttack(poison=poison, targeted=targeted)
+
+
+def targeted_label_flip(num_classes: int, source: int = 5, target: int = 3) -> DataAttack:
+    """``label_flip``'s targeted flip ``source -> target``, both always given (5 -> 3 unless
+    set): the attack registered as ``label_flip``, fljax's default experiment.
+
+    Examples:
+      >>> attack = targeted_label_flip(num_classes=10, source=6, target=0)
+    """
+    return label_flip(num_classes, source, target)
+
+
+def label_flip_all(num_classes: int) -> DataAttack:
+    """``label_flip``'s all-to-all flip ``y -> C - 1 - y`` (Fang et al. 2020's label flipping
+    attack), registered as ``label_flip_all``.
+
+    References:
+      Fang, Cao, Jia, Gong, "Local Model Poisoning Attacks to Byzantine-Robust Federated
+      Learning", USENIX Security 2020.
+    """
+    return label_flip(num_classes)

@@ -16,7 +16,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from fljax.attacks._common import check_number, replace_rows
+from fljax.attacks._common import check_number, stateless
 from fljax.attacks.threat import (ball_offsets, check_bool, check_knowledge, masked_mean_std, observed_rows,
                                   sq_distances)
 from fljax.types import Array, ModelAttack
@@ -107,7 +107,7 @@ def fang_krum(num_byzantine: Optional[int] = None, knowledge: str = "full", coll
         if not n > 2 * f + 2:
             raise ValueError(f"fang_krum: Krum needs n > 2f + 2 clients per round; got n={n}, num_byzantine f={f}")
 
-    def update(updates, malicious, state, key, context):
+    def craft(updates, malicious, key, context):
         n, d = updates.shape
         rows = observed_rows(malicious, knowledge)
         mu, _ = masked_mean_std(updates, rows)
@@ -139,9 +139,9 @@ def fang_krum(num_byzantine: Optional[int] = None, knowledge: str = "full", coll
         lam, _ = jax.lax.while_loop(lambda c: (~c[1]) & (c[0] > threshold),
                                     lambda c: (c[0] / 2, selected(c[0] / 2)),
                                     (lam0, selected(lam0)))
-        return replace_rows(updates, malicious, offsets - lam * s), state
+        return offsets - lam * s
 
-    return ModelAttack(init=lambda params: (), update=update, requirement=requirement)
+    return stateless(craft, requirement=requirement)
 
 
 def masked_max_min(updates: Array, rows: Array) -> tuple[Array, Array]:
@@ -191,7 +191,7 @@ def fang_trim(knowledge: str = "full", colluding: bool = False, b: float = 2.0) 
     if not b > 1:
         raise ValueError(f"fang_trim: b must be a number > 1, got {b!r}")
 
-    def update(updates, malicious, state, key, context):
+    def craft(updates, malicious, key, context):
         rows = observed_rows(malicious, knowledge)
         mu, sigma = masked_mean_std(updates, rows)
         if knowledge == "full":
@@ -206,6 +206,6 @@ def fang_trim(knowledge: str = "full", colluding: bool = False, b: float = 2.0) 
         hi = jnp.where(increase, down[1], up[1])
         shape = (1,) + updates.shape[1:] if colluding else updates.shape
         u = jax.random.uniform(key, shape, updates.dtype)
-        return replace_rows(updates, malicious, lo + u * (hi - lo)), state
+        return lo + u * (hi - lo)
 
-    return ModelAttack(init=lambda params: (), update=update)
+    return stateless(craft)

@@ -5,22 +5,17 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from fljax.attacks._common import check_number, replace_rows
+from fljax.attacks._common import check_number, stateless
 from fljax.types import ModelAttack
-
-
-def _stateless(craft) -> ModelAttack:
-    """A stateless attack from ``craft(updates, malicious, key, context) -> [n, d] or [d]``."""
-
-    def update(updates, malicious, state, key, context):
-        return replace_rows(updates, malicious, craft(updates, malicious, key, context)), state
-
-    return ModelAttack(init=lambda params: (), update=update)
 
 
 def no_attack() -> ModelAttack:
     """Malicious clients send their honest update (the attack, if any, is in their data)."""
-    return ModelAttack(init=lambda params: (), update=lambda u, m, s, k, c: (u, s))
+    return stateless(_as_trained)
+
+
+def _as_trained(updates, malicious, key, context):
+    return updates
 
 
 def sign_flip(scale: float = 1.0) -> ModelAttack:
@@ -34,7 +29,7 @@ def sign_flip(scale: float = 1.0) -> ModelAttack:
       >>> fljax.apply_attack(sign_flip(scale=2.0), jnp.ones((3, 2)), jnp.array([True, False, False]), key)
     """
     check_number("sign_flip", "scale", scale, positive=True)
-    return _stateless(lambda u, m, key, ctx: -scale * u)
+    return stateless(lambda u, m, key, ctx: -scale * u)
 
 
 def gaussian(std: float = 1.0) -> ModelAttack:
@@ -45,4 +40,4 @@ def gaussian(std: float = 1.0) -> ModelAttack:
       Learning", USENIX Security 2020 (the "Gaussian attack" baseline).
     """
     check_number("gaussian", "std", std, positive=True)
-    return _stateless(lambda u, m, key, ctx: std * jax.random.normal(key, u.shape, u.dtype))
+    return stateless(lambda u, m, key, ctx: std * jax.random.normal(key, u.shape, u.dtype))

@@ -12,7 +12,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from fljax.attacks._common import check_number, replace_rows
+from fljax.attacks._common import check_number, stateless
 from fljax.attacks.threat import check_knowledge, masked_mean_std, observed_rows, sq_distances
 from fljax.types import Array, ModelAttack
 
@@ -86,12 +86,12 @@ def _attack(objective: str, direction: str, knowledge: str, gamma_init: float, t
     check_number(objective, "gamma_init", gamma_init, positive=True)
     check_number(objective, "tau", tau, positive=True)
 
-    def update(updates, malicious, state, key, context):
+    def craft(updates, malicious, key, context):
         rows = observed_rows(malicious, knowledge)
         mu, p, gamma = shejwalkar_update(updates, rows, objective, direction, gamma_init, tau)
-        return replace_rows(updates, malicious, mu + gamma * p), state
+        return mu + gamma * p
 
-    return ModelAttack(init=lambda params: (), update=update)
+    return stateless(craft)
 
 
 def min_max(direction: str = "unit_vec", knowledge: str = "full", gamma_init: float = 10.0,

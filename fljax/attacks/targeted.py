@@ -7,11 +7,12 @@ that poisons the malicious clients' batches. Each has two halves:
   projection onto a norm ball), passed to ``make_round(model_attack=...)``;
 * for attacks that change local training itself, a ``*_training(loss_fn, optimizer, ...)``
   factory of the malicious clients' FedAvg update, passed to
-  ``make_round(malicious_client_update=...)``. ``LOCAL_TRAINING`` maps attack names to these.
+  ``make_round(malicious_client_update=...)``; their registry entries (``MODEL_ATTACKS``) record it
+  as ``local_training``.
 
-The runner wires both from ``--attack`` and adds ``--data_attack``::
+The runner wires both from the model attack of ``--attack``, after the data attack it pairs with::
 
-    python -m experiments.run --attack=model_replacement --data_attack=backdoor --aggregator=mean
+    python -m experiments.run --attack='backdoor(target_label=0)+model_replacement' --aggregator=mean
 
 Examples:
   >>> rnd = fljax.make_round(client_update, fljax.aggregators.mean(), clients_per_round=20, num_malicious=5,
@@ -30,7 +31,7 @@ import optax
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from fljax.attacks._common import check_number, replace_rows
+from fljax.attacks._common import check_number, stateless
 from fljax.client import Batch, ClientData, ClientUpdate, LossFn, fedavg
 from fljax.types import Array, ModelAttack, PyTree
 
@@ -64,15 +65,14 @@ def _send(attack: str, gamma: Optional[float], server_lr: float, norm_bound: Opt
     _check_gamma(attack, gamma)
     check_number(attack, "server_lr", server_lr, positive=True)
 
-    def update(updates, malicious, state, key, context):
+    def craft(updates, malicious, key, context):
         rows = updates
         if norm_bound is not None:
             norms = jnp.linalg.norm(updates, axis=1, keepdims=True)
             rows = updates * jnp.minimum(1.0, norm_bound / jnp.maximum(norms, _TINY))
-        factor = boost_factor(malicious, context.weights, gamma, server_lr)
-        return replace_rows(updates, malicious, factor * rows), state
+        return boost_factor(malicious, context.weights, gamma, server_lr) * rows
 
-    return ModelAttack(init=lambda params: (), update=update)
+    return stateless(craft)
 
 
 def model_replacement(gamma: Optional[float] = None, server_lr: float = 1.0) -> ModelAttack:
@@ -203,13 +203,13 @@ def project_to_ball(center: PyTree, radius: float) -> optax.GradientTransformati
     """An optax transformation (chain it last) that projects the parameters after the step
     onto the L2 ball ``||w - center|| <= radius`` (the whole pytree as one vector)."""
 
-    def update(updates, state, params):
+    def project(updates, params):
         diff = _tree_sub(optax.apply_updates(params, updates), center)
         scale = jnp.minimum(1.0, radius / jnp.maximum(optax.global_norm(diff), _TINY))
         projected = jax.tree.map(lambda c, d: c + scale * d, center, diff)
-        return _tree_sub(projected, params), state
+        return _tree_sub(projected, params)
 
-    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+    return optax.stateless(project)
 
 
 def pgd_training(loss_fn: LossFn, optimizer: optax.GradientTransformation, norm_bound: float = 1.0, *,
@@ -249,8 +249,7 @@ def neurotoxin_mask(grads: PyTree, mask_ratio: float) -> PyTree:
 
 
 def _masked(mask: PyTree) -> optax.GradientTransformation:
-    return optax.GradientTransformation(lambda params: optax.EmptyState(),
-                                        lambda u, s, p=None: (jax.tree.map(jnp.multiply, u, mask), s))
+    return optax.stateless(lambda updates, params=None: jax.tree.map(jnp.multiply, updates, mask))
 
 
 def neurotoxin_training(loss_fn: LossFn, optimizer: optax.GradientTransformation, mask_ratio: float = 0.95, *,
@@ -294,12 +293,3 @@ def neurotoxin_training(loss_fn: LossFn, optimizer: optax.GradientTransformation
         return jax.tree.map(jnp.multiply, delta, mask)
 
     return update
-
-
-LOCAL_TRAINING = {
-    "constrain_and_scale": constrain_and_scale_training,
-    "pgd": pgd_training,
-    "neurotoxin": neurotoxin_training,
-}
-"""Attack name -> factory of the malicious clients' local training (``make_round``'s
-``malicious_client_update``), called with the honest ``loss_fn`` and ``optimizer``."""

@@ -16,8 +16,7 @@ import jax.numpy as jnp
 from jax.scipy.special import ndtri
 
 from fljax.aggregators._common import gram, top_eigenpair
-from fljax.attacks._common import check_number, replace_rows
-from fljax.attacks.model import _stateless
+from fljax.attacks._common import check_number, stateless
 from fljax.attacks.threat import check_knowledge, masked_mean_std, observed_rows
 from fljax.types import Array, ModelAttack
 
@@ -32,7 +31,7 @@ def zero() -> ModelAttack:
     Examples:
       >>> fljax.apply_attack(zero(), jnp.ones((3, 2)), jnp.array([True, False, False]))
     """
-    return _stateless(lambda u, m, key, ctx: jnp.zeros(u.shape[1:], u.dtype))
+    return stateless(lambda u, m, key, ctx: jnp.zeros(u.shape[1:], u.dtype))
 
 
 def nan() -> ModelAttack:
@@ -44,7 +43,7 @@ def nan() -> ModelAttack:
     Examples:
       >>> fljax.apply_attack(nan(), jnp.ones((3, 2)), jnp.array([True, False, False]))
     """
-    return _stateless(lambda u, m, key, ctx: jnp.full(u.shape[1:], jnp.nan, u.dtype))
+    return stateless(lambda u, m, key, ctx: jnp.full(u.shape[1:], jnp.nan, u.dtype))
 
 
 def inf() -> ModelAttack:
@@ -56,7 +55,7 @@ def inf() -> ModelAttack:
     Examples:
       >>> fljax.apply_attack(inf(), jnp.ones((3, 2)), jnp.array([True, False, False]))
     """
-    return _stateless(lambda u, m, key, ctx: jnp.full(u.shape[1:], jnp.inf, u.dtype))
+    return stateless(lambda u, m, key, ctx: jnp.full(u.shape[1:], jnp.inf, u.dtype))
 
 
 def ipm(epsilon: float = 0.1, knowledge: str = "full") -> ModelAttack:
@@ -86,7 +85,7 @@ def ipm(epsilon: float = 0.1, knowledge: str = "full") -> ModelAttack:
         mu, _ = masked_mean_std(u, observed_rows(m, knowledge))
         return -epsilon * mu
 
-    return _stateless(craft)
+    return stateless(craft)
 
 
 def alie_z(n: int | Array, f: int | Array) -> Array:
@@ -141,7 +140,7 @@ def alie(z: Optional[float] = None, knowledge: str = "full") -> ModelAttack:
         z_round = alie_z(u.shape[0], jnp.sum(m)) if z is None else z
         return mu + z_round * sigma
 
-    return _stateless(craft)
+    return stateless(craft)
 
 
 MIMIC_CHOICES = ("max_variance", "first")
@@ -185,9 +184,9 @@ def mimic(choice: str = "max_variance") -> ModelAttack:
     if choice not in MIMIC_CHOICES:
         raise ValueError(f"mimic: choice must be one of {', '.join(MIMIC_CHOICES)}, got {choice!r}")
 
-    def update(updates, malicious, state, key, context):
+    def craft(updates, malicious, key, context):
         honest = ~malicious
         target = updates[mimic_target(updates, honest, choice)]
-        return replace_rows(updates, malicious & jnp.any(honest), target), state
+        return jnp.where(jnp.any(honest), target, updates)  # without an honest client, nothing to copy
 
-    return ModelAttack(init=lambda params: (), update=update)
+    return stateless(craft)
