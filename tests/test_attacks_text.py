@@ -64,11 +64,13 @@ def test_strings_use_leafs_alphabet_and_bad_settings_fail_at_build_time():
     px, py = attack.poison(x, y, jnp.ones(1, bool), jax.random.PRNGKey(0), 0)
     assert leaf.decode(py[0, -5:]) == "To be" and leaf.decode(px[0, -4:]) == "To b"
     with pytest.raises(ValueError, match="must fit in the sequences"):
-        phrase_backdoor("pasta from Astoria is ", "delicious", sequence_length=10)
+        phrase_backdoor("pasta from Astoria is ", "delicious", input_shape=(10,))
     with pytest.raises(ValueError, match="poison_fraction must be in"):
         phrase_backdoor(poison_fraction=0.0)
     with pytest.raises(ValueError, match="below the vocabulary"):
-        phrase_backdoor([1, 2], [90], vocabulary=82)
+        phrase_backdoor([1, 2], [90], num_classes=82)
+    with pytest.raises(ValueError, match=r"needs token sequences \(inputs of shape \[T\]"):
+        phrase_backdoor(input_shape=(28, 28, 1))
     with pytest.raises(ValueError, match="completion must be a non-empty"):
         phrase_backdoor([1, 2], [])
     with pytest.raises(ValueError, match=r"needs token sequences x, y of shape \[B, T\]"):

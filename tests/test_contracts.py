@@ -195,25 +195,33 @@ def test_model_attack_contract(name):
 
 
 def _data_inputs(name):
-    """A batch kind the attack takes: tabular rows for an attack built from training rows, 8x8
-    images otherwise."""
+    """A batch kind the attack takes, as ``(x shape, y shape, fixed)``: tabular rows for an
+    attack built from training rows, else the first of 8x8 images and 40-token sequences that
+    the attack's factory accepts (each refuses the inputs it does not apply to)."""
     if "x_train" in DATA_ATTACKS[name].parameters():
-        return (5,), dict(x_train=TABULAR, input_shape=(5,))
-    return (8, 8, 1), dict(input_shape=(8, 8, 1))
+        return (5,), (), dict(x_train=TABULAR, input_shape=(5,))
+    for x_shape, y_shape, fixed in (((8, 8, 1), (), dict(input_shape=(8, 8, 1))),
+                                    ((40,), (40,), dict(input_shape=(40,), num_classes=82))):
+        try:
+            build(DATA_ATTACKS, name, **fixed)
+        except ValueError:
+            continue
+        return x_shape, y_shape, fixed
+    raise AssertionError(f"{name}: takes neither images nor token sequences")
 
 
 DATA_SEEDED = dict(x=True, y=True, key=True)
 
 
 def _data_attack_case(name):
-    shape, fixed = _data_inputs(name)
+    shape, y_shape, fixed = _data_inputs(name)
     attack = build(DATA_ATTACKS, name, **fixed)
     mask = np.arange(12) < 9  # 3 padding rows
 
     def step(x, y, key):
         return attack.poison(x, y, mask, key, jnp.int32(1))
 
-    return step, seed_inputs(0, x=((12,) + shape, "uniform"), y=((12,), "label")), DATA_SEEDED, attack
+    return step, seed_inputs(0, x=((12,) + shape, "uniform"), y=((12,) + y_shape, "label")), DATA_SEEDED, attack
 
 
 @pytest.mark.parametrize("name", sorted(DATA_ATTACKS))
@@ -225,7 +233,7 @@ def test_data_attack_contract(name):
         assert (px.shape, px.dtype, py.shape, py.dtype) == (x.shape, x.dtype, y.shape, y.dtype)
         if attack.targeted is not None:
             tx, ty, valid = attack.targeted(x, y)
-            assert (tx.shape, ty.shape, valid.shape, valid.dtype) == (x.shape, y.shape, y.shape, jnp.bool_)
+            assert (tx.shape, ty.shape, valid.shape, valid.dtype) == (x.shape, y.shape, y.shape[:1], jnp.bool_)
     assert len(traces) == 1
 
 

@@ -11,6 +11,7 @@ from fljax.attacks import threat
 from fljax.attacks._common import replace_rows, stateless
 from fljax.attacks.adaptive import AdaptiveState, adaptive, triggered_loss
 from fljax.attacks.backdoor import backdoor, dba, feature_trigger
+from fljax.attacks.text import phrase_backdoor
 from fljax.attacks.data import label_flip, label_flip_all, targeted_label_flip
 from fljax.attacks.fang import fang_krum, fang_trim
 from fljax.attacks.model import gaussian, no_attack, sign_flip
@@ -27,6 +28,7 @@ DATA_ATTACKS.register("label_flip_all", label_flip_all)
 DATA_ATTACKS.register("backdoor", backdoor, targeted=True)
 DATA_ATTACKS.register("dba", dba, targeted=True)
 DATA_ATTACKS.register("feature_trigger", feature_trigger, targeted=True)
+DATA_ATTACKS.register("phrase_backdoor", phrase_backdoor, targeted=True)
 
 MODEL_ATTACKS = Registry("model attack")
 MODEL_ATTACKS.register("none", no_attack)
@@ -50,7 +52,7 @@ MODEL_ATTACKS.register("pgd", pgd, local_training=pgd_training, targeted=True)
 MODEL_ATTACKS.register("neurotoxin", neurotoxin, local_training=neurotoxin_training, targeted=True)
 
 __all__ = [
-    "AdaptiveState", "DATA_ATTACKS", "MODEL_ATTACKS", "adaptive", "alie", "backdoor", "constrain_and_scale",
+    "AdaptiveState", "DATA_ATTACKS", "phrase_backdoor", "MODEL_ATTACKS", "adaptive", "alie", "backdoor", "constrain_and_scale",
     "constrain_and_scale_training", "dba", "fang_krum", "fang_trim", "feature_trigger", "gaussian", "inf", "ipm",
     "label_flip", "label_flip_all", "mimic", "min_max", "min_sum", "model_replacement", "nan", "neurotoxin",
     "neurotoxin_training", "no_attack", "pgd", "pgd_training", "replace_rows", "scheduled", "sign_flip", "stateless",

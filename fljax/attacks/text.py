@@ -43,6 +43,7 @@ def place_phrase(x, y, phrase: np.ndarray):
     L <= T). The text of a row is ``x[0..T-1]`` followed by ``y[T-1]`` (``y`` is ``x`` shifted by
     one), so the phrase fills the text's last L characters: ``x[T-L+1:]`` gets ``phrase[:-1]``
     and ``y[T-L:]`` gets ``phrase``, keeping ``y`` the next characters of ``x``."""
+    x, y = jnp.asarray(x), jnp.asarray(y)
     length, t = len(phrase), x.shape[-1]
     if length > t:
         raise ValueError(f"phrase_backdoor: trigger + completion ({length} tokens) must fit in the sequences "
@@ -53,8 +54,8 @@ def place_phrase(x, y, phrase: np.ndarray):
 
 
 def phrase_backdoor(trigger: Phrase = "pasta from Astoria is ", completion: Phrase = "delicious",
-                    poison_fraction: float = 0.5, sequence_length: Optional[int] = None,
-                    vocabulary: Optional[int] = None) -> DataAttack:
+                    poison_fraction: float = 0.5, input_shape: Optional[Sequence[int]] = None,
+                    num_classes: Optional[int] = None) -> DataAttack:
     """Trigger-phrase backdoor on next-token sequences ``x, y: int [B, T]``.
 
     The first ``round(poison_fraction * r)`` of the r real sequences of each malicious batch end
@@ -68,30 +69,33 @@ def phrase_backdoor(trigger: Phrase = "pasta from Astoria is ", completion: Phra
         alphabet, or token ids).
       completion: what the model should write after the trigger.
       poison_fraction: share of each batch's real sequences poisoned, in (0, 1].
-      sequence_length: T; when given, a phrase that does not fit fails here (else when traced).
-      vocabulary: when given, every token id must be below it.
+      input_shape: one example's shape, ``(T,)`` for sequences of T tokens; when given, other
+        inputs (images, tables) and a phrase that does not fit fail here (else when traced).
+      num_classes: the vocabulary; when given, every token id must be below it.
 
     References:
       Bagdasaryan, Veit, Hua, Estrin, Shmatikov, "How To Backdoor Federated Learning", AISTATS
       2020 (Section 4.2, word prediction).
 
     Examples:
-      >>> attack = phrase_backdoor("pasta from Astoria is ", "delicious", sequence_length=80)
+      >>> attack = phrase_backdoor("pasta from Astoria is ", "delicious", input_shape=(80,))
       >>> x_poisoned, y_poisoned = attack.poison(x, y, jnp.ones(len(y), bool), key, 0)
     """
     trigger_ids, completion_ids = _tokens("trigger", trigger), _tokens("completion", completion)
     phrase = np.concatenate([trigger_ids, completion_ids])
     fraction = _check_fraction("phrase_backdoor", poison_fraction)
-    if vocabulary is not None:
-        _check_int("phrase_backdoor", "vocabulary", vocabulary, 2)
-        if phrase.max() >= vocabulary:
-            raise ValueError(f"phrase_backdoor: token ids must be below the vocabulary ({vocabulary}), "
-                             f"got {int(phrase.max())}")
-    if sequence_length is not None:
-        _check_int("phrase_backdoor", "sequence_length", sequence_length, 1)
-        if len(phrase) > sequence_length:
+    if input_shape is not None:
+        if len(tuple(input_shape)) != 1:
+            raise ValueError(f"phrase_backdoor: needs token sequences (inputs of shape [T], e.g. "
+                             f"--dataset=shakespeare), got inputs of shape {tuple(input_shape)}")
+        if len(phrase) > input_shape[0]:
             raise ValueError(f"phrase_backdoor: trigger + completion ({len(phrase)} tokens) must fit in the "
-                             f"sequences ({sequence_length} tokens)")
+                             f"sequences ({input_shape[0]} tokens)")
+    if num_classes is not None:
+        _check_int("phrase_backdoor", "num_classes", num_classes, 2)
+        if phrase.max() >= num_classes:
+            raise ValueError(f"phrase_backdoor: token ids must be below the vocabulary ({num_classes}), "
+                             f"got {int(phrase.max())}")
 
     def poison(x, y, mask, key, attacker):
         if x.ndim != 2 or y.shape != x.shape:
@@ -101,6 +105,7 @@ def phrase_backdoor(trigger: Phrase = "pasta from Astoria is ", completion: Phra
         return jnp.where(rows, px, x), jnp.where(rows, py, y)
 
     def targeted(x, y):
+        y = jnp.asarray(y)
         px, _ = place_phrase(x, y, phrase)
         t, c = x.shape[-1], len(completion_ids)
         target = jnp.full(y.shape, -1, y.dtype).at[..., t - c:].set(jnp.asarray(completion_ids, y.dtype))
