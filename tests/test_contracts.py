@@ -194,6 +194,9 @@ def test_model_attack_contract(name):
 # ----------------------------------------------------------------------------- data attacks
 
 
+SEQUENCE_LENGTH, VOCABULARY = 40, 82  # token sequences (Shakespeare's vocabulary) for text attacks
+
+
 def _data_inputs(name):
     """A batch kind the attack takes, as ``(x shape, y shape, fixed)``: tabular rows for an
     attack built from training rows, else the first of 8x8 images and 40-token sequences that
@@ -201,7 +204,8 @@ def _data_inputs(name):
     if "x_train" in DATA_ATTACKS[name].parameters():
         return (5,), (), dict(x_train=TABULAR, input_shape=(5,))
     for x_shape, y_shape, fixed in (((8, 8, 1), (), dict(input_shape=(8, 8, 1))),
-                                    ((40,), (40,), dict(input_shape=(40,), num_classes=82))):
+                                    ((SEQUENCE_LENGTH,), (SEQUENCE_LENGTH,),
+                                     dict(input_shape=(SEQUENCE_LENGTH,), num_classes=VOCABULARY))):
         try:
             build(DATA_ATTACKS, name, **fixed)
         except ValueError:
@@ -279,6 +283,13 @@ CLIENTS, PER_CLIENT, BAD = 6, 4, 2
 
 def _round_setup(shape):
     rng = np.random.default_rng(1)
+    if len(shape) == 1 and shape[0] == SEQUENCE_LENGTH:  # token sequences: a bigram model's per-token logits
+        text = rng.integers(1, VOCABULARY, size=(CLIENTS * PER_CLIENT, SEQUENCE_LENGTH + 1)).astype(np.int32)
+        data = make_data([list(range(c * PER_CLIENT, (c + 1) * PER_CLIENT)) for c in range(CLIENTS)],
+                         text[:, :-1], text[:, 1:])
+        apply = lambda params, tokens: params["bigram"][tokens.astype(jnp.int32)]
+        client = fljax.fedavg(fljax.classification_loss(apply), optax.sgd(0.5), local_steps=2, batch_size=2)
+        return data, client, {"bigram": 0.1 * jax.random.normal(jax.random.PRNGKey(0), (VOCABULARY, VOCABULARY))}
     x = rng.uniform(size=(CLIENTS * PER_CLIENT,) + shape).astype(np.float32)
     y = np.tile([5, 3, 1, 7], CLIENTS)  # every client holds the source class 5 of label_flip
     data = make_data([list(range(c * PER_CLIENT, (c + 1) * PER_CLIENT)) for c in range(CLIENTS)], x, y)
@@ -321,7 +332,7 @@ def one_in_ci(names, representative):
 
 @pytest.mark.parametrize("name", one_in_ci(sorted(DATA_ATTACKS), "backdoor"))
 def test_data_attack_in_a_round_touches_the_malicious_clients_only(name):
-    shape, fixed = _data_inputs(name)
+    shape, _, fixed = _data_inputs(name)
     fixed = dict(fixed, x_train=TABULAR) if shape == (5,) else fixed
     _assert_round_contract(*_round_updates(shape, data_attack=build(DATA_ATTACKS, name, **fixed)))
 
