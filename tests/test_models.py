@@ -101,7 +101,8 @@ def training_losses(module, x, y, steps=15, lr=1e-2):
     return jax.jit(lambda p: jax.lax.scan(step, (p, opt.init(p)), None, length=steps)[1])(params)
 
 
-@pytest.mark.parametrize("name", ["lenet5", "resnet20", "resnet18", "vgg11", "char_lstm"])
+@pytest.mark.parametrize("name", ["lenet5", "char_lstm", *[pytest.param(n, marks=pytest.mark.slow)  # 8-15 s each on CI's CPU
+                                                         for n in ("resnet20", "resnet18", "vgg11")]])
 def test_loss_decreases_on_a_tiny_synthetic_task(name):
     module, shape, lr = small(name)
     x, y = synthetic_task(name, shape, module.num_classes)
