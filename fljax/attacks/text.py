@@ -38,6 +38,12 @@ def _tokens(name: str, phrase: Phrase) -> np.ndarray:
     return ids.astype(np.int32)
 
 
+def _check_fits(length: int, sequence_length: int) -> None:
+    if length > sequence_length:
+        raise ValueError(f"phrase_backdoor: trigger + completion ({length} tokens) must fit in the sequences "
+                         f"({sequence_length} tokens)")
+
+
 def place_phrase(x, y, phrase: np.ndarray):
     """``(x, y)`` of token sequences ``[..., T]`` with their text ending in ``phrase`` (length
     L <= T). The text of a row is ``x[0..T-1]`` followed by ``y[T-1]`` (``y`` is ``x`` shifted by
@@ -45,9 +51,7 @@ def place_phrase(x, y, phrase: np.ndarray):
     and ``y[T-L:]`` gets ``phrase``, keeping ``y`` the next characters of ``x``."""
     x, y = jnp.asarray(x), jnp.asarray(y)
     length, t = len(phrase), x.shape[-1]
-    if length > t:
-        raise ValueError(f"phrase_backdoor: trigger + completion ({length} tokens) must fit in the sequences "
-                         f"({t} tokens)")
+    _check_fits(length, t)
     ids = jnp.asarray(phrase, x.dtype)
     x = x.at[..., t - length + 1:].set(ids[:-1]) if length > 1 else x
     return x, y.at[..., t - length:].set(ids.astype(y.dtype))
@@ -88,9 +92,7 @@ def phrase_backdoor(trigger: Phrase = "pasta from Astoria is ", completion: Phra
         if len(tuple(input_shape)) != 1:
             raise ValueError(f"phrase_backdoor: needs token sequences (inputs of shape [T], e.g. "
                              f"--dataset=shakespeare), got inputs of shape {tuple(input_shape)}")
-        if len(phrase) > input_shape[0]:
-            raise ValueError(f"phrase_backdoor: trigger + completion ({len(phrase)} tokens) must fit in the "
-                             f"sequences ({input_shape[0]} tokens)")
+        _check_fits(len(phrase), input_shape[0])
     if num_classes is not None:
         _check_int("phrase_backdoor", "num_classes", num_classes, 2)
         if phrase.max() >= num_classes:
