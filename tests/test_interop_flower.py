@@ -197,7 +197,7 @@ def test_stateful_rule_state_follows_node_ids_across_sampled_cohorts():
     assert sorted(population.values()) == list(range(len(population)))
     for node, row in population.items():  # FoolsGold's history row of a node: the sum of its updates
         total = sum(sent[node, r].ravel() for r, cohort in enumerate(grid.sampled, 1) if node in cohort)
-        np.testing.assert_allclose(np.asarray(strategy.session.state)[row], total, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(strategy.session.state.history)[row], total, rtol=1e-5, atol=1e-6)
     assert set(population) == {n for c in grid.sampled for n in c}
     assert [len(metrics[r]["fljax-weights"]) for r in range(1, 5)] == [3, 3, 3, 3]
 
