@@ -4,7 +4,7 @@ Client updates, attacks and aggregation rules are pure functions, so a whole fed
 is one jit-compiled XLA program and a whole run is one ``lax.scan``.
 """
 
-from fljax import aggregators, attacks, client, data, metrics, models, precision, sharding
+from fljax import aggregators, attacks, client, data, metrics, models, momentum, precision, sharding
 from fljax.api import aggregate, apply_attack
 from fljax.client import Batch, ClientData, classification_loss, fedavg, fedsgd, use_cpu_cores
 from fljax.data import FederatedData, federate
@@ -28,5 +28,5 @@ __all__ = [
     "AggregationContext", "Aggregator", "AttackContext", "Batch", "ClientData", "DataAttack", "FederatedData",
     "History", "ModelAttack", "Round", "ServerState", "Train", "TrainState", "aggregate", "aggregators",
     "apply_attack", "attacks", "classification_loss", "client", "data", "fedavg", "federate", "fedsgd", "interop",
-    "make_evaluate", "make_round", "make_train", "metrics", "models", "precision", "sharding", "use_cpu_cores",
+    "make_evaluate", "make_round", "make_train", "metrics", "models", "momentum", "precision", "sharding", "use_cpu_cores",
 ]

@@ -36,6 +36,7 @@ from fljax import aggregators as aggregators_lib
 from fljax import attacks as attacks_lib
 from fljax import flat_settings
 from fljax import models as models_lib
+from fljax import momentum as momentum_lib
 from fljax.client import EXECUTIONS, classification_loss, fedavg, fedsgd
 from fljax.data import METHODS, NATURAL_DATASETS, FederatedData, check_name, federate, load
 from fljax.metrics import make_evaluate
@@ -94,6 +95,10 @@ class ExperimentConfig(flat_settings.FlatSettings):
     batch_size: int = _field(32, "local batch size")
     client_lr: float = _field(0.3, "client SGD learning rate")
     client_momentum: float = _field(0.0, "client SGD momentum")
+    worker_momentum: float = _field(0.0, "worker momentum beta in [0, 1): each client keeps a momentum of its updates "
+                                    "across rounds and sends it (Karimireddy et al. 2021); 0 = off. Not --client_momentum")
+    worker_momentum_convention: str = _field("ema", "ema (m = beta m + (1 - beta) u, the papers' equations, ByzFL) or "
+                                             "heavy_ball (m = beta m + u, the authors' code): see fljax.momentum")
     server_lr: float = _field(1.0, "server SGD learning rate (1 = FedAvg)")
     server_momentum: float = _field(0.0, "server SGD momentum (FedAvgM)")
     seed: int = _field(0, "PRNG seed of the partition, the model init and the run")
@@ -342,9 +347,12 @@ def _validate(c: ExperimentConfig) -> None:
     for name in ("client_lr", "server_lr"):
         v = getattr(c, name)
         _check(isinstance(v, (int, float)) and v > 0, f"--{name} must be > 0, got {v!r}")
-    for name in ("client_momentum", "server_momentum"):
+    for name in ("client_momentum", "server_momentum", "worker_momentum"):
         v = getattr(c, name)
         _check(isinstance(v, (int, float)) and 0 <= v < 1, f"--{name} must be in [0, 1), got {v!r}")
+    _check(c.worker_momentum_convention in momentum_lib.CONVENTIONS,
+           f"--worker_momentum_convention must be one of {', '.join(momentum_lib.CONVENTIONS)}, "
+           f"got {c.worker_momentum_convention!r}")
     _check(c.dirichlet_alpha > 0, f"--dirichlet_alpha must be > 0, got {c.dirichlet_alpha!r}")
     _check(0 <= c.bias <= 1, f"--bias must be in [0, 1], got {c.bias!r}")
     _check(c.partition in METHODS, f"--partition: unknown partition {c.partition!r}; valid: {', '.join(METHODS)}")
@@ -509,7 +517,11 @@ def build(config: ExperimentConfig) -> Experiment:
                         server_optimizer=optax.sgd(config.server_lr, momentum=config.server_momentum or None),
                         execution=config.execution, chunk_size=config.chunk_size, jit=False,
                         shard_clients=config.shard_clients, num_byzantine=rule_num_byzantine(config),
-                        continuous_data_poisoning=config.continuous_data_poisoning)
+                        continuous_data_poisoning=config.continuous_data_poisoning,
+                        worker_momentum=(momentum_lib.worker_momentum(config.worker_momentum,
+                                                                      config.worker_momentum_convention)
+                                         if config.worker_momentum else None),
+                        num_clients=config.num_clients)
     evaluate = make_evaluate(model.apply, data_attack)
     train = make_train(round_, data, model.init, evaluate, num_rounds=config.rounds, eval_every=config.eval_every)
     return Experiment(config, data, model, round_, train, dataset.num_classes)

@@ -23,6 +23,7 @@ from fljax.aggregators._common import finite_rows, normalize
 from fljax.attacks.model import no_attack
 from fljax.client import ClientData, ClientUpdate, map_clients
 from fljax.data.federated import FederatedData
+from fljax.momentum import WorkerMomentum
 from fljax.types import AggregationContext, Aggregator, AttackContext, DataAttack, ModelAttack, ServerState
 
 DETECTION_THRESHOLD = 0.5
@@ -80,7 +81,8 @@ def make_round(client_update: ClientUpdate, aggregator: Aggregator, *, clients_p
                server_optimizer: Optional[optax.GradientTransformation] = None,
                execution: str = "auto", chunk_size: int = 8, root_size: int = 100,
                attack_knows_aggregator: bool = True, jit: bool = True, shard_clients: bool | Mesh = False,
-               num_byzantine: Optional[int] = None, continuous_data_poisoning: bool = False) -> Round:
+               num_byzantine: Optional[int] = None, continuous_data_poisoning: bool = False,
+               worker_momentum: Optional[WorkerMomentum] = None, num_clients: Optional[int] = None) -> Round:
     """Builds one federated round.
 
     Args:
@@ -122,6 +124,10 @@ def make_round(client_update: ClientUpdate, aggregator: Aggregator, *, clients_p
         ``round(num_malicious * clients_per_round / num_clients)``.
       continuous_data_poisoning: opt-in: the data attack poisons the malicious clients' batches
         in every round, also outside the model attack's schedule.
+      worker_momentum: ``fljax.momentum.worker_momentum(beta, convention)``: every client keeps a
+        momentum of its updates across rounds and sends it (the model attack sees the honest
+        momenta); needs ``num_clients``, the population the state has a row for.
+      num_clients: the population size, for ``worker_momentum`` (checked against the data).
 
     Metrics per round: ``num_malicious`` (sampled), ``num_attacking`` (of them, those attacking
     in this round: none without any attack), ``beyond_f``, ``detection_tpr`` / ``detection_fpr`` (``flagged_clients``
@@ -142,6 +148,10 @@ def make_round(client_update: ClientUpdate, aggregator: Aggregator, *, clients_p
         raise ValueError(f"make_round: continuous_data_poisoning must be True or False, got {continuous_data_poisoning!r}")
     if continuous_data_poisoning and data_attack is None:
         raise ValueError("make_round: continuous_data_poisoning needs a data_attack to keep poisoning with")
+    if worker_momentum is not None and (isinstance(num_clients, bool) or not isinstance(num_clients, int)
+                                        or num_clients < clients_per_round):
+        raise ValueError(f"make_round: worker_momentum needs num_clients, the population size (an integer >= "
+                         f"clients_per_round={clients_per_round}), got {num_clients!r}")
     aggregator.requirement(clients_per_round)
     mesh = sharding_lib.resolve_mesh(shard_clients)
     # Without any attack the malicious clients behave honestly: no one attacks (detection TPR is NaN).
@@ -153,14 +163,18 @@ def make_round(client_update: ClientUpdate, aggregator: Aggregator, *, clients_p
 
     def init(params) -> ServerState:
         flat, _ = ravel_pytree(params)
+        momenta = () if worker_momentum is None else worker_momentum.init(num_clients, flat.shape[0], flat.dtype)
         return ServerState(params=params, opt_state=server_optimizer.init(params), agg_state=aggregator.init(flat),
-                           attack_state=model_attack.init(flat), round=jnp.zeros((), jnp.int32))
+                           attack_state=model_attack.init(flat), round=jnp.zeros((), jnp.int32), momenta=momenta)
 
     def step(state: ServerState, data: FederatedData, key):
         if clients_per_round > data.num_clients:
             raise ValueError(f"make_round: clients_per_round must be in 1..num_clients={data.num_clients}, got {clients_per_round}")
         if num_malicious > data.num_clients:
             raise ValueError(f"make_round: num_malicious must be in 0..num_clients={data.num_clients}, got {num_malicious}")
+        if worker_momentum is not None and num_clients != data.num_clients:
+            raise ValueError(f"make_round: num_clients={num_clients} (the worker momenta's rows) must be the data's "
+                             f"{data.num_clients} clients")
         f = num_byzantine
         if f is None:  # the expected malicious clients per round (the runner's default num_byzantine)
             f = int(round(num_malicious * clients_per_round / data.num_clients))
@@ -198,6 +212,9 @@ def make_round(client_update: ClientUpdate, aggregator: Aggregator, *, clients_p
             updates = map_clients(train_one, per_client, execution, chunk_size)
         else:
             updates = sharding_lib.map_clients_sharded(train_one, per_client, mesh, execution, chunk_size)
+        momenta = state.momenta
+        if worker_momentum is not None:  # the clients send their momenta; the attack sees the honest ones
+            updates, momenta = worker_momentum.update(momenta, updates, cohort)
 
         attack_ctx = AttackContext(params=flat_params, weights=counts, round=state.round,
                                    aggregator=aggregator if attack_knows_aggregator else None,
@@ -230,7 +247,7 @@ def make_round(client_update: ClientUpdate, aggregator: Aggregator, *, clients_p
             "finite": jnp.all(jnp.isfinite(new_flat)),
         }
         new_state = ServerState(params=params, opt_state=opt_state, agg_state=agg_state,
-                                attack_state=attack_state, round=state.round + 1)
+                                attack_state=attack_state, round=state.round + 1, momenta=momenta)
         if mesh is not None:  # every process holds the whole state and metrics (fetchable anywhere)
             new_state, metrics = sharding_lib.constrain_replicated((new_state, metrics), mesh)
         return new_state, metrics

@@ -141,10 +141,12 @@ class DataAttack(NamedTuple):
 
 
 class ServerState(NamedTuple):
-    """Everything a run carries from one round to the next."""
+    """Everything a run carries from one round to the next (``momenta``: the population's worker
+    momenta ``[num_clients, d]`` with ``fljax.momentum``, else empty)."""
 
     params: PyTree
     opt_state: Any
     agg_state: Any
     attack_state: Any
     round: Array
+    momenta: Any = ()

@@ -175,6 +175,27 @@ def assert_same(a, b):
     assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
+def test_killed_inside_a_save_and_resumed_ends_exactly_as_an_uninterrupted_run_small(tmp_path):
+    """CI's version of the test below: one real process dies inside its second save (checkpoint
+    2 committed, 4 not), the next resumes after round 2, ignores the uncommitted folder and ends
+    with exactly the uninterrupted run's results."""
+    baseline_out = tmp_path / "baseline.json"
+    baseline = subprocess.Popen(_command(None, [f"--output={baseline_out}", "--quiet"]), cwd=ROOT, env=_env(),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    workdir, out = str(tmp_path / "work"), tmp_path / "out.json"
+    extra = [f"--workdir={workdir}", "--checkpoint_every=2", f"--output={out}"]
+    proc = killed_by_fault(extra, "mid_save:2")
+    assert "round    4/8" in proc.stdout and steps(workdir) == [2] and temporaries(workdir)
+    proc = run_to_end(extra)
+    assert proc.returncode == 0, proc.stderr
+    assert f"resumed from {os.path.abspath(workdir)} after round 2 (2/8 blocks done)" in proc.stdout
+    assert not temporaries(workdir)
+    assert baseline.wait(timeout=300) == 0, baseline.stderr.read()
+    baseline.stderr.close()
+    assert_same(results(out), results(baseline_out))
+
+
+@pytest.mark.slow
 def test_killed_five_times_at_every_kind_of_point_resumes_exactly(tmp_path):
     """One workdir, interrupted five times (so also "interrupted and resumed twice"), each
     resume checked against what the previous kill left behind; the uninterrupted baseline runs

@@ -84,7 +84,7 @@ def _mnist_like_round(execution):
 
 def test_all_execution_strategies_give_the_same_round():
     ref = _mnist_like_round("vmap")
-    for execution in ("chunked", "sequential"):
+    for execution in ("sequential",):  # chunked: tests/test_determinism.py
         out = _mnist_like_round(execution)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6), ref, out)
 

@@ -220,8 +220,11 @@ TRIGGERS = {
 }
 
 
-@pytest.mark.parametrize("protocol", ["fedsgd", "fedavg"])
-@pytest.mark.parametrize("name", sorted(TRIGGERS))
+# CI covers each trigger and each protocol once; --runslow the other three pairs.
+@pytest.mark.parametrize("name,protocol", [
+    ("backdoor", "fedavg"), ("dba", "fedsgd"), ("feature_trigger", "fedavg"),
+    *(pytest.param(n, p, marks=pytest.mark.slow) for n, p in (("backdoor", "fedsgd"), ("dba", "fedavg"),
+                                                              ("feature_trigger", "fedsgd")))])
 def test_poison_fraction_is_a_share_of_the_real_examples_of_each_batch(name, protocol):
     """Two malicious clients with 3 and 12 examples, fraction 0.5. FedSGD (one batch padded to 12):
     round(0.5 * 3) = 2 and 6 poisoned; FedAvg with batches of 8 (1 epoch: batches of 3, and of 8 + 4):
