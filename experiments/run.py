@@ -34,8 +34,8 @@ from fljax import sharding as sharding_lib
 from experiments.configs import base_config, load_config_file, replace_fields
 from fljax import flat_settings
 from fljax.attacks import DATA_ATTACKS, MODEL_ATTACKS
-from fljax.experiment import (SETTINGS, Experiment, ExperimentConfig, build, catalogue, components, config_dict,
-                              rule_num_byzantine, scoped)
+from fljax.experiment import (SETTINGS, Experiment, ExperimentConfig, build, catalogue, check_applicable, components,
+                              config_dict, rule_num_byzantine, scoped)
 
 FLAGS = flags.FLAGS
 
@@ -366,11 +366,13 @@ def parse_flags(argv):
 
 def config_with_preset(path):
     """``config_from_flags()``, or with ``--config=path`` the preset's experiment (a sweep's
-    base) with the flags given explicitly on the command line on top."""
-    if path is None:
-        return config_from_flags()
+    base) with the flags given explicitly on the command line on top. A flag given where it
+    does not apply (``--dirichlet_alpha`` with ``--partition=iid``, even at its default value)
+    raises ``ValueError`` (``fljax.experiment.check_applicable``)."""
     given = {f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(ExperimentConfig) if FLAGS[f.name].present}
-    return replace_fields(base_config(load_config_file(path)), given, "flags")
+    config = config_from_flags() if path is None else replace_fields(base_config(load_config_file(path)), given, "flags")
+    check_applicable(config, given)
+    return config
 
 
 def start_distributed(config):

@@ -67,9 +67,9 @@ from fljax import attacks as attacks_lib
 from fljax.data import METHODS, load
 from fljax import flat_settings
 from fljax import spec as spec_lib
-from fljax.experiment import (ExperimentConfig, aggregator_chain, attack_chain, attack_names, build, build_aggregator,
-                              build_attacks, catalogue, config_dict, effective_num_byzantine, partition_in_program,
-                              scoped, validate)
+from fljax.experiment import (APPLIES_WITH, ExperimentConfig, aggregator_chain, attack_chain, attack_names, build,
+                              build_aggregator, build_attacks, catalogue, config_dict, effective_num_byzantine,
+                              inapplicable, partition_in_program, scoped, validate)
 
 FORMAT_VERSION = 2
 """Version of the cell files; a file of another version is recomputed. 2: partitions shuffle
@@ -218,17 +218,43 @@ def make_cells(spec: SweepSpec, log: Callable = lambda message: None) -> list[Ce
             raise ValueError(f"--seeds must be integers in 0..2**32-1, got {s!r}")
     if len(set(spec.seeds)) != len(spec.seeds) or not spec.seeds:
         raise ValueError(f"--seeds must be distinct and non-empty, got {list(spec.seeds)}")
-    cells, notice = [], _notice_once(set(), log)
+    cells, given, notice = [], [], _notice_once(set(), log)
     for attack, rule, frac, part, *extra in itertools.product(attacks, rules, spec.malicious_fractions,
                                                                spec.partitions, *grid.values()):
         axes = dict(attack=attack, aggregator=rule, malicious_fraction=float(frac), partition=part,
                     **dict(zip(grid, extra)))
         overrides = dict(attack=attack, aggregator=rule, num_malicious=int(round(frac * spec.base.num_clients)),
                          **partitions[part], **dict(zip(grid, extra)))
-        config = scoped(replace_fields(spec.base, overrides, f"cell {axes}"), notice=notice)
+        config = replace_fields(spec.base, overrides, f"cell {axes}")
+        given.append(config)
+        # The shared base's settings that do not apply to this cell (the base's dirichlet_alpha in
+        # an iid cell, its flat --kappa in a median cell) are left out of it; check_unused refuses
+        # those that apply to no cell.
+        config = dataclasses.replace(config, **{n: _DEFAULTS[n] for n in inapplicable(config)})
+        config = scoped(config, notice=notice, refuse_unused=False)
         label = "__".join([attack, rule, f"m{frac:g}", part] + [f"{k}-{v}" for k, v in zip(grid, extra)])
         cells.append(Cell(axes, config, f"{_label(label)}__{cell_key(config, spec.seeds)}"))
+    check_unused(given, cells)
     return cells
+
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ExperimentConfig)}
+
+
+def check_unused(configs: Sequence[ExperimentConfig], cells: Sequence[Cell]) -> None:
+    """Refuses a setting that applies to no cell of the sweep, by the rule of the single run
+    (``fljax.experiment.check_applicable``, ``fljax.flat_settings.not_taken``): ``configs`` are
+    the cells' configs as given, ``cells`` the cells."""
+    for name, (other, value) in APPLIES_WITH.items():
+        if any(name in inapplicable(c) for c in configs) and not any(getattr(c, other) == value for c in configs):
+            raise ValueError(f"--{name} does not apply to any cell: it applies only with --{other}={value}")
+    for name in flat_settings.given(configs[0]) if configs else ():
+        if name in ("data_attack", "pre_aggregation"):  # components themselves: every cell takes them
+            continue
+        on = flat_settings.on(name)
+        if not any(flat_settings.param_of(name, term) for cell in cells
+                   for term in spec_lib.parse(getattr(cell.config, on))):
+            raise ValueError(flat_settings.not_taken(name, f"any cell's --{on}"))
 
 
 _NUM_CLASSES: dict = {}
@@ -780,7 +806,7 @@ def write_outputs(result: SweepResult) -> list[str]:
 
 def _spec_dict(spec: SweepSpec) -> dict:
     d = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("attack_settings", "aggregator_settings")}
-    d["base"] = config_dict(scoped(spec.base, notice=lambda m: None))
+    d["base"] = config_dict(scoped(spec.base, notice=lambda m: None, refuse_unused=False))
     return d
 
 

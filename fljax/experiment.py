@@ -265,17 +265,19 @@ def _notice(message: str) -> None:
         warnings.warn(message, FutureWarning, stacklevel=3)
 
 
-def scoped(config: ExperimentConfig, notice=_notice) -> ExperimentConfig:
+def scoped(config: ExperimentConfig, notice=_notice, *, refuse_unused: bool = True) -> ExperimentConfig:
     """``config`` in the scoped form: every component a spec in canonical text, the deprecated
     flat settings (``fljax.flat_settings``) moved into the specs they belong to, each with a
     one-line ``notice`` naming its replacement (a ``FutureWarning`` by default). Types are
-    checked first, by flag name; unknown components and arguments raise ``ValueError``.
-    A scoped config is returned as it is."""
+    checked first, by flag name; unknown components and arguments raise ``ValueError``, and so
+    does a flat setting that no component takes (unless ``refuse_unused=False``: a sweep's cell,
+    whose base other cells share, ignores it with a notice). A scoped config is returned as it is."""
     check_types(config)
     flat = flat_settings.given(config)
     if flat:
         attack, rule, moved = flat_settings.into_specs(config, list(parse(config.attack, "--attack")),
-                                                       list(parse(config.aggregator, "--aggregator")), notice)
+                                                       list(parse(config.aggregator, "--aggregator")), notice,
+                                                       refuse_unused)
         config = dataclasses.replace(config, attack=chain_text(attack), aggregator=chain_text(rule),
                                      **dict.fromkeys(flat))
     config = _canonical(config)
@@ -325,6 +327,38 @@ def check_types(config) -> None:
         _check(ok, f"--{field.name} must be {expected}, got {value!r} ({type(value).__name__})")
 
 
+APPLIES_WITH = {
+    "dirichlet_alpha": ("partition", "dirichlet"),
+    "bias": ("partition", "bias"),
+    "shards_per_client": ("partition", "shards"),
+    "local_steps": ("protocol", "fedavg"),
+    "local_epochs": ("protocol", "fedavg"),
+    "batch_size": ("protocol", "fedavg"),
+    "chunk_size": ("execution", "chunked"),
+}
+"""Settings that apply only with one value of another: ``setting -> (other, value)``."""
+
+
+def inapplicable(config: ExperimentConfig, given=()) -> list[str]:
+    """The settings of ``APPLIES_WITH`` that ``config`` sets where they do not apply: away from
+    their defaults, or named in ``given`` (the flags a command line gives, even at their
+    default value), while the setting they go with has another value."""
+    defaults = {f.name: f.default for f in dataclasses.fields(ExperimentConfig)}
+    return [name for name, (other, value) in APPLIES_WITH.items()
+            if getattr(config, other) != value and (name in given or getattr(config, name) != defaults[name])]
+
+
+def check_applicable(config: ExperimentConfig, given=()) -> None:
+    """Refuses a setting that does not apply with the others (``inapplicable``), as ``scoped``
+    refuses a component's setting that no component takes: one line naming the flag and why,
+    e.g. ``--dirichlet_alpha does not apply to --partition=iid: it applies only with
+    --partition=dirichlet``."""
+    for name in inapplicable(config, given):
+        other, value = APPLIES_WITH[name]
+        raise ValueError(f"--{name} does not apply to --{other}={getattr(config, other)}: it applies only with "
+                         f"--{other}={value}")
+
+
 def validate(config: ExperimentConfig) -> None:
     """Checks every setting that needs no data; raises ``ValueError`` naming the flag."""
     _validate(scoped(config))
@@ -369,6 +403,7 @@ def _validate(c: ExperimentConfig) -> None:
     _check(c.data_dir is None or os.path.isdir(c.data_dir),
            f"--data_dir must be an existing directory (or unset for the default location), got {c.data_dir!r}")
     _check(c.shards_per_client >= 1, f"--shards_per_client must be an integer >= 1, got {c.shards_per_client!r}")
+    check_applicable(c)
 
 
 def rule_num_byzantine(config: ExperimentConfig) -> int:

@@ -203,6 +203,23 @@ def test_axes_are_specs_and_the_side_tables_are_retired():
         sweep.make_cells(dataclasses.replace(spec, grid={"pre_aggregation": ["bucketing", "nnm"]}))
 
 
+def test_a_base_setting_applies_to_some_cell_or_is_refused():
+    """The single run's rule for settings that do not apply, over the grid: the shared base's
+    setting is left out of the cells it does not apply to, and refused when no cell takes it."""
+    flat = dataclasses.replace(SPEC, base=dataclasses.replace(BASE, kappa=0.5), attacks=["none"],
+                               aggregators=["median", "foolsgold"], partitions=["iid"])
+    assert [c.config.aggregator for c in sweep.make_cells(flat)] == ["median", "foolsgold(kappa=0.5)"]
+    with pytest.raises(ValueError, match="--kappa does not apply to any cell's --aggregator: no component of it takes kappa"):
+        sweep.make_cells(dataclasses.replace(flat, aggregators=["median"]))
+    part = dataclasses.replace(SPEC, base=dataclasses.replace(BASE, partition="dirichlet", dirichlet_alpha=0.3),
+                               attacks=["none"], aggregators=["mean"], partitions=["iid", "dirichlet"])
+    cells = sweep.make_cells(part)
+    assert [(c.config.partition, c.config.dirichlet_alpha) for c in cells] == [("iid", 0.5), ("dirichlet", 0.3)]
+    with pytest.raises(ValueError, match="--dirichlet_alpha does not apply to any cell: it applies only with "
+                                         "--partition=dirichlet"):
+        sweep.make_cells(dataclasses.replace(part, partitions=["iid", "shards:1"]))
+
+
 def test_cells_a_rule_cannot_take_are_reported_not_run(tmp_path):
     spec = dataclasses.replace(SPEC, aggregators=["krum"], attacks=["none"], partitions=["iid"], malicious_fractions=[0.5])
     result = sweep.run_sweep(spec, str(tmp_path), log=lambda *a: None, progress=False)
