@@ -34,8 +34,8 @@ from fljax import sharding as sharding_lib
 from experiments.configs import base_config, load_config_file, replace_fields
 from fljax import flat_settings
 from fljax.attacks import DATA_ATTACKS, MODEL_ATTACKS
-from fljax.experiment import (SETTINGS, Experiment, ExperimentConfig, build, catalogue, check_applicable, components,
-                              config_dict, rule_num_byzantine, scoped)
+from fljax.experiment import (SETTINGS, Experiment, ExperimentConfig, SettingNotice, build, catalogue, check_applicable,
+                              components, config_dict, rule_num_byzantine, scoped)
 
 FLAGS = flags.FLAGS
 
@@ -414,9 +414,15 @@ def main(argv) -> int:
     log = (lambda *a: None) if FLAGS.quiet or not primary else (lambda msg: print(msg, flush=True))
     try:
         check_runner_flags(argv)
-        with warnings.catch_warnings():  # build reads the config again: its notices are the ones above
-            warnings.simplefilter("ignore", FutureWarning)
+        with warnings.catch_warnings(record=True) as caught:  # build reads the config again: its notices are
+            warnings.simplefilter("ignore", FutureWarning)     # the ones above; it adds the settings it adjusts
+            warnings.simplefilter("always", SettingNotice)
             exp = build(config)
+        for w in caught:
+            if issubclass(w.category, SettingNotice):
+                notices.append(str(w.message))
+            else:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
         ckpt = open_workdir(FLAGS.workdir, config) if FLAGS.workdir is not None else None
     except (ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -67,9 +67,9 @@ from fljax import attacks as attacks_lib
 from fljax.data import METHODS, load
 from fljax import flat_settings
 from fljax import spec as spec_lib
-from fljax.experiment import (APPLIES_WITH, ExperimentConfig, aggregator_chain, attack_chain, attack_names, build,
-                              build_aggregator, build_attacks, catalogue, config_dict, effective_num_byzantine,
-                              inapplicable, partition_in_program, scoped, validate)
+from fljax.experiment import (APPLIES_WITH, ExperimentConfig, SettingNotice, aggregator_chain, attack_chain,
+                              attack_names, build, build_aggregator, build_attacks, catalogue, config_dict,
+                              effective_num_byzantine, inapplicable, partition_in_program, scoped, validate)
 
 FORMAT_VERSION = 2
 """Version of the cell files; a file of another version is recomputed. 2: partitions shuffle
@@ -403,7 +403,13 @@ def summarize(seeds, diverged_round, history) -> dict:
 def run_cell(cell: Cell, seeds: Sequence[int], cache: ProgramCache, seed_execution: str = "vmap") -> dict:
     """Builds ``cell`` and runs all ``seeds`` as one program; returns its result dict."""
     t0 = time.perf_counter()
-    exp = build_cell(cell.config, seed_execution)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SettingNotice)
+        exp = build_cell(cell.config, seed_execution)
+    notices = [str(w.message) for w in caught if issubclass(w.category, SettingNotice)]
+    for w in caught:
+        if not issubclass(w.category, SettingNotice):
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     keys = _keys(seeds)
     build_seconds = time.perf_counter() - t0
     program, compile_seconds, shared = cache.get(exp, keys, seed_execution)
@@ -412,7 +418,7 @@ def run_cell(cell: Cell, seeds: Sequence[int], cache: ProgramCache, seed_executi
     seconds = time.perf_counter() - t1
     result = {"version": FORMAT_VERSION, "name": cell.name, "key": cell_key(cell.config, seeds), "cell": cell.axes,
               "num_malicious": cell.config.num_malicious, "config": config_dict(cell.config)}
-    result.update(summarize(seeds, diverged_round, history))
+    result.update(summarize(seeds, diverged_round, history), notices=notices)
     result["timing"] = {"build_seconds": build_seconds, "compile_seconds": compile_seconds, "seconds": seconds,
                         "program": "shared" if shared else "compiled", "backend": jax.default_backend(),
                         "seed_execution": seed_execution,
@@ -558,6 +564,7 @@ def _run_sweep(spec, output_dir, *, log, progress, compare_sequential_seeds, all
     results, computed, skipped = [], [], []
     bar = _progress(len(runnable), progress)
     say = bar.write if bar is not None else log
+    notice = _notice_once(set(), say)
     for cell in runnable:
         path = os.path.join(cell_dir, cell.name + ".json") if cell_dir else None
         result, why = load_cell(path, cell, spec.seeds) if path else (None, "no output_dir")
@@ -576,6 +583,8 @@ def _run_sweep(spec, output_dir, *, log, progress, compare_sequential_seeds, all
                 result = None
             if result is not None:
                 computed.append(cell.name)
+                for message in result["notices"]:
+                    notice(message)
                 if path:
                     target = os.path.join(output_dir, "cells", cell.name + ".json")
                     try:

@@ -501,6 +501,26 @@ def build_malicious_training(config: ExperimentConfig, loss_fn, optimizer):
     return attacks_lib.MODEL_ATTACKS.build_local_training(model, fixed=fixed, where="--attack")
 
 
+class SettingNotice(UserWarning):
+    """A setting ``build`` adjusted, with the reason (the runner prints it as a ``notice:`` line)."""
+
+
+def clamp_batch_size(config: ExperimentConfig, data: FederatedData) -> ExperimentConfig:
+    """``config`` with ``batch_size`` at most the largest client's example count, with a
+    ``SettingNotice`` when it was larger. A batch holds at most a client's whole data whatever
+    ``batch_size`` says (the rest is masked padding), so the clamp trains on the same batches
+    and skips computing the padding, which costs as much as real examples; only the draws a data
+    attack makes per batch entry change with the batch's shape. The experiment's config keeps
+    the value given."""
+    largest = max(1, int(np.max(np.asarray(data.client_counts))))
+    if config.protocol != "fedavg" or config.batch_size <= largest:
+        return config
+    warnings.warn(f"--batch_size={config.batch_size} is larger than every client's data (at most {largest} examples): "
+                  f"each local step takes a client's whole data, run as --batch_size={largest} (no padded steps)",
+                  SettingNotice, stacklevel=3)
+    return dataclasses.replace(config, batch_size=largest)
+
+
 def build(config: ExperimentConfig) -> Experiment:
     """Validates ``config`` (after ``scoped``: the experiment's config is the scoped one), loads
     and partitions the data, and builds the round and the run."""
@@ -525,13 +545,14 @@ def build(config: ExperimentConfig) -> Experiment:
         model_attack.requirement(config.clients_per_round, effective_num_byzantine(config))
     loss_fn = classification_loss(mixed_precision(model.apply) if config.mixed_precision else model.apply)
     client_opt = optax.sgd(config.client_lr, momentum=config.client_momentum or None)
+    training = clamp_batch_size(config, data)
     if config.protocol == "fedsgd":
         client_update = fedsgd(loss_fn, optax.sgd(config.client_lr))
     else:
         epochs = None if config.local_steps is not None else config.local_epochs
         client_update = fedavg(loss_fn, client_opt, local_steps=config.local_steps,
-                               local_epochs=epochs, batch_size=config.batch_size)
-    malicious_update = build_malicious_training(config, loss_fn, client_opt)
+                               local_epochs=epochs, batch_size=training.batch_size)
+    malicious_update = build_malicious_training(training, loss_fn, client_opt)
     client_update = with_matmul_precision(client_update, config.precision)
     if malicious_update is not None:
         malicious_update = with_matmul_precision(malicious_update, config.precision)

@@ -234,6 +234,48 @@ def test_runner_refuses_a_flag_given_where_it_does_not_apply_even_at_its_default
         run.FLAGS.unparse_flags()
 
 
+# ---- --batch_size beyond every client's data ---------------------------------------------------
+
+def test_a_batch_beyond_every_clients_data_runs_as_the_whole_data_with_a_notice():
+    """A batch holds at most a client's data: --batch_size=4096 on 120-example clients trains on
+    the same batches as --batch_size=120 (bit for bit), without computing 3,976 padded rows per
+    step, and says so; the experiment records the value given."""
+    import re
+    import warnings
+
+    import jax
+    import numpy as np
+
+    from fljax.experiment import SettingNotice
+
+    small = dict(BASE, attack="none", aggregator="mean", rounds=1, local_steps=2)
+    with pytest.warns(SettingNotice) as caught:
+        big = build(_config(dict(small, batch_size=4096)))
+    [message] = [str(w.message) for w in caught]
+    largest = int(np.max(np.asarray(big.data.client_counts)))
+    assert re.fullmatch(rf"--batch_size=4096 is larger than every client's data \(at most {largest} examples\): each "
+                        rf"local step takes a client's whole data, run as --batch_size={largest} \(no padded steps\)",
+                        message), message
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SettingNotice)
+        exact = build(_config(dict(small, batch_size=largest)))
+    assert big.config.batch_size == 4096
+    key = jax.random.PRNGKey(0)
+    a, b = big.train(key)[0].server.params, exact.train(key)[0].server.params
+    assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_runner_prints_the_batch_notice_on_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "experiments.run", "--dataset=digits", "--model=logreg",
+                           "--num_clients=6", "--clients_per_round=6", "--num_malicious=1", "--rounds=1",
+                           "--eval_every=1", "--local_steps=1", "--batch_size=1000", "--attack=none",
+                           "--aggregator=mean", "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    notices = [line for line in proc.stderr.splitlines() if "batch_size" in line]
+    assert notices == ["notice: --batch_size=1000 is larger than every client's data (at most 240 examples): each "
+                       "local step takes a client's whole data, run as --batch_size=240 (no padded steps)"], proc.stderr
+
+
 # ---- factories, called directly ------------------------------------------------------------
 
 FACTORY_CASES = [
