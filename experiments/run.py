@@ -185,8 +185,10 @@ def run_experiment(exp: Experiment, log=print, *, workdir=None, checkpoint_every
         done = int(state.server.round)
         eval_rounds.append(done)
         asr = f"  attack success {float(e['attack_success_rate']):.3f}" if "attack_success_rate" in e else ""
+        stopped = int(state.diverged_round)
+        stopped = f"  (model non-finite after round {stopped}: rounds skipped)" if stopped >= 0 else ""
         log(f"round {done:4d}/{exp.config.rounds}  accuracy {float(e['accuracy']):.4f}  loss {float(e['loss']):.4f}{asr}"
-            f"  [{time.perf_counter() - start:.1f}s]")
+            f"  [{time.perf_counter() - start:.1f}s]{stopped}")
         if ckpt is not None and ((index + 1) % checkpoint_every == 0 or index + 1 == len(blocks)):
             ckpt.save(index + 1, state,
                       {"rounds": history, "evals": eval_history, "eval_rounds": np.asarray(eval_rounds, np.int64)},
@@ -267,10 +269,10 @@ def describe(config) -> dict:
             head, notes = _attack_text(spec, registry)
             attack.append(head)
             extra += notes
-    if c.attack_single_shot:
-        extra.append(f"single shot in round {c.attack_start_round}")
+    if c.attack_single_shot:  # rounds as a person reads them, 1-based (--attack_start_round is 0-based)
+        extra.append(f"single shot in round {c.attack_start_round + 1}")
     elif (c.attack_start_round, c.attack_every) != (0, 1):
-        extra.append(f"every {c.attack_every} round(s) from round {c.attack_start_round}")
+        extra.append(f"every {c.attack_every} round(s) from round {c.attack_start_round + 1}")
     if c.continuous_data_poisoning:
         extra.append("data poisoning in every round")
     rule_args = {k: v for k, v in parts.rule.kwargs.items() if k != "num_byzantine"}  # f is shown apart

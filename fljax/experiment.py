@@ -80,7 +80,8 @@ class ExperimentConfig(flat_settings.FlatSettings):
     attack: str = _field("label_flip(source=5, target=3)",
                          "what the malicious clients do: a model or a data attack, or a data attack then the model "
                          "attack it pairs with, joined by '+'; none: no attack", component=True)
-    attack_start_round: int = _field(0, "the attack acts from this round on (0-based); before, malicious clients behave honestly")
+    attack_start_round: int = _field(0, "the attack acts from this round index on (0-based: index 0 is what progress and "
+                                        "results call round 1); before, malicious clients behave honestly")
     attack_every: int = _field(1, "the attack acts every k rounds from --attack_start_round")
     attack_single_shot: bool = _field(False, "the attack acts in --attack_start_round only (Bagdasaryan et al.'s single shot)")
     continuous_data_poisoning: bool = _field(False, "with an attack schedule and a data attack before the model attack: "
