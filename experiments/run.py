@@ -3,7 +3,7 @@
     python -m experiments.run                       # the default experiment (mnist5k, 20 of 100 label flippers vs median)
     python -m experiments.run --attack='sign_flip(scale=10.0)' --aggregator='krum(num_byzantine=2)' --output=out.json
     python -m experiments.run --attack='backdoor(target_label=0)+model_replacement' --aggregator='clip(max_norm=1.0)+mean'
-    python -m experiments.run --config=experiments/configs/fang2020.py --rounds=10   # a preset, flags on top
+    python -m experiments.run --config=fang2020 --rounds=10   # a preset (experiments/configs/), flags on top
 
 Every field of ``fljax.experiment.ExperimentConfig`` is a flag of the same name: the shared
 settings flat, the aggregator and the attack as specs, name(arg=value, ...), whose arguments
@@ -31,7 +31,7 @@ from fljax.client import use_cpu_cores as use_cores
 from fljax import aggregators as aggregators_lib
 from fljax import checkpoint as checkpoint_lib
 from fljax import sharding as sharding_lib
-from experiments.configs import base_config, load_config_file, replace_fields
+from experiments.configs import base_config, load_config_file, presets, replace_fields
 from fljax import flat_settings
 from fljax.attacks import DATA_ATTACKS, MODEL_ATTACKS
 from fljax.experiment import (SETTINGS, Experiment, ExperimentConfig, SettingNotice, build, catalogue, check_applicable,
@@ -98,7 +98,8 @@ def config_from_flags(config_cls=ExperimentConfig):
 
 
 define_config_flags()
-flags.DEFINE_string("config", None, "a preset file (experiments/configs/<name>.py) whose get_config() returns an "
+flags.DEFINE_string("config", None, "a preset's name (experiments/configs/<name>.py: "
+                    f"{', '.join(presets())}) or a config file, whose get_config() returns an "
                     "ExperimentConfig or a SweepSpec (the runner runs its base experiment); flags given explicitly override it")
 flags.DEFINE_string("output", None, "write the results JSON here")
 flags.DEFINE_bool("quiet", False, "print only the final table")

@@ -4,7 +4,7 @@ non-IID level (x any extra config axis), every cell's seeds run as ONE vmapped X
     python -m experiments.sweep --attacks='none,sign_flip(scale=10.0),label_flip' \\
         --aggregators='mean,median,krum(num_byzantine=2),bucketing(bucket_size=2)+krum' \\
         --malicious_fractions=0.2 --partitions=iid,dirichlet:0.5 --seeds=0,1,2 --rounds=10 --output_dir=results/grid
-    python -m experiments.sweep --config=experiments/configs/fang2020.py --output_dir=results/fang2020
+    python -m experiments.sweep --config=fang2020 --output_dir=results/fang2020
 
 The attacks and aggregators are specs, as ``--attack`` / ``--aggregator`` of ``experiments.run``
 (whose ``--help`` lists every registered one with its arguments): each axis value is a cell's
@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import difflib
 import hashlib
 import itertools
 import json
@@ -142,13 +143,19 @@ def expand(values: Sequence[str], kind: str) -> list[str]:
 
 
 def _missing_of(value: str, kind: str) -> list[str]:
-    """The unregistered components of one axis value, as ``kind name (in value)``."""
+    """The unregistered components of one axis value, as ``kind name (in value)``, with the
+    registered names close to it (a typo): ``attack sign_flp (did you mean sign_flip?)``."""
     if value == "all":
         return []
     registries = ((attacks_lib.DATA_ATTACKS, attacks_lib.MODEL_ATTACKS) if kind == "attack" else
                   (aggregators_lib.PREAGGREGATORS, aggregators_lib.REGISTRY))
     missing = [n for n in _names(value, kind) if not any(n in r for r in registries)]
-    return [f"{kind} {n}" + (f" (in {value})" if value != n else "") for n in missing]
+    out = []
+    for n in missing:
+        close = difflib.get_close_matches(n, [name for r in registries for name in r], n=3)
+        notes = ([f"in {value}"] if value != n else []) + ([f"did you mean {' or '.join(close)}?"] if close else [])
+        out.append(f"{kind} {n}" + (f" ({'; '.join(notes)})" if notes else ""))
+    return out
 
 
 def missing_names(spec: SweepSpec) -> list[str]:
@@ -166,10 +173,11 @@ def check_registered(spec: SweepSpec, allow_missing: bool = False, log=print) ->
         return spec
     pending = f" (the preset marks as pending: {', '.join(spec.pending)})" if spec.pending else ""
     if not allow_missing:
+        typos = all("did you mean" in m for m in missing)  # then fixing the names is the way, not skipping them
         raise ValueError(f"not registered in fljax: {', '.join(missing)}{pending}. Registered attacks: "
                          f"{', '.join(attack_names())}; aggregators: {', '.join(aggregators_lib.REGISTRY.names())}; "
-                         f"pre-aggregations: {', '.join(aggregators_lib.PREAGGREGATORS.names())}. "
-                         "Pass --allow_missing to sweep the registered part only.")
+                         f"pre-aggregations: {', '.join(aggregators_lib.PREAGGREGATORS.names())}."
+                         + ("" if typos else " Pass --allow_missing to sweep the registered part only."))
     log(f"warning: skipping unregistered {', '.join(missing)}{pending}")
     return dataclasses.replace(spec, attacks=[a for a in spec.attacks if not _missing_of(a, "attack")],
                                aggregators=[g for g in spec.aggregators if not _missing_of(g, "aggregator")])
