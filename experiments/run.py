@@ -27,15 +27,26 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from fljax.client import use_cpu_cores as use_cores
+from experiments.configs import base_config, load_config_file, presets, replace_fields
 from fljax import aggregators as aggregators_lib
 from fljax import checkpoint as checkpoint_lib
-from fljax import sharding as sharding_lib
-from experiments.configs import base_config, load_config_file, presets, replace_fields
 from fljax import flat_settings
+from fljax import sharding as sharding_lib
 from fljax.attacks import DATA_ATTACKS, MODEL_ATTACKS
-from fljax.experiment import (SETTINGS, Experiment, ExperimentConfig, SettingNotice, build, catalogue, check_applicable,
-                              components, config_dict, rule_num_byzantine, scoped)
+from fljax.client import use_cpu_cores as use_cores
+from fljax.experiment import (
+    SETTINGS,
+    Experiment,
+    ExperimentConfig,
+    SettingNotice,
+    build,
+    catalogue,
+    check_applicable,
+    components,
+    config_dict,
+    rule_num_byzantine,
+    scoped,
+)
 
 FLAGS = flags.FLAGS
 

@@ -24,7 +24,7 @@ import math
 import os
 import typing
 import warnings
-from typing import Any, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -101,7 +101,8 @@ class ExperimentConfig(flat_settings.FlatSettings):
     eval_every: int = _field(5, "evaluate every k rounds (and after the last)")
     execution: str = _field("auto", f"client execution, one of {', '.join(EXECUTIONS)}")
     chunk_size: int = _field(8, "clients per chunk for --execution=chunked")
-    shard_clients: bool = _field(False, "split each round's cohort over all visible devices (every process's with --distributed); a cohort that is not a multiple of the device count is padded")
+    shard_clients: bool = _field(False, "split each round's cohort over all visible devices (every process's with "
+                                        "--distributed); a cohort that is not a multiple of the device count is padded")
     precision: str = _field("default", f"matmul precision of client training, one of {', '.join(PRECISIONS)} (default: the backend's own)")
     mixed_precision: bool = _field(False, "client forward/backward in bfloat16 with float32 master params and float32 updates")
 

@@ -3,11 +3,9 @@ what the runner checks (issue 12, "Also")."""
 
 import json
 import os
-import sys
 
 import jax
 import numpy as np
-import optax
 import pytest
 
 import fljax

@@ -15,8 +15,8 @@ from experiments import run as runner
 from fljax import aggregators, attacks
 from fljax.experiment import ExperimentConfig, catalogue, config_dict, scoped
 from fljax.registry import Registry
-from fljax.types import Aggregator
 from fljax.spec import Spec, chain_text, parse, split
+from fljax.types import Aggregator
 
 ROOT = runner.__file__.rsplit("/experiments/", 1)[0]
 

@@ -45,13 +45,30 @@ CSV), ``heatmaps``, ``outputs`` (writing them all) and ``cli`` (the flags and ``
 
 from experiments.sweep.cells import compare_seed_execution, load_cell, run_cell, summarize
 from experiments.sweep.cli import DEFAULTS, FLAGS, main, spec_from_flags
-from experiments.sweep.grid import (AXES, FORMAT_VERSION, PARTITION_FIELDS, Cell, cell_key, check_cell,
-                                    check_registered, check_unused, expand, make_cells, missing_names,
-                                    partition_settings)
+from experiments.sweep.grid import (
+                                    AXES,
+                                    FORMAT_VERSION,
+                                    PARTITION_FIELDS,
+                                    Cell,
+                                    cell_key,
+                                    check_cell,
+                                    check_registered,
+                                    check_unused,
+                                    expand,
+                                    make_cells,
+                                    missing_names,
+                                    partition_settings,
+)
 from experiments.sweep.heatmaps import heatmap_figure
 from experiments.sweep.outputs import write_outputs
-from experiments.sweep.programs import (SEED_EXECUTIONS, ProgramCache, _keys, build_cell, resolve_seed_execution,
-                                        seeds_program)
+from experiments.sweep.programs import (
+                                    SEED_EXECUTIONS,
+                                    ProgramCache,
+                                    _keys,
+                                    build_cell,
+                                    resolve_seed_execution,
+                                    seeds_program,
+)
 from experiments.sweep.runner import SweepResult, fallback_output_dir, run_sweep
 from experiments.sweep.tables import markdown, matrix, slices, write_csv, write_history_csv
 

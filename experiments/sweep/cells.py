@@ -18,6 +18,7 @@ from experiments.sweep.grid import FORMAT_VERSION, Cell, cell_key
 from experiments.sweep.programs import ProgramCache, _keys, build_cell
 from fljax.experiment import ExperimentConfig, SettingNotice, config_dict
 
+
 def _nan_stats(values) -> dict:
     arr = np.asarray(values, np.float64)
     real = arr[~np.isnan(arr)]

@@ -17,8 +17,18 @@ from fljax import attacks as attacks_lib
 from fljax import flat_settings
 from fljax import spec as spec_lib
 from fljax.data import METHODS, load
-from fljax.experiment import (APPLIES_WITH, ExperimentConfig, attack_names, build_aggregator, build_attacks,
-                              config_dict, effective_num_byzantine, inapplicable, scoped, validate)
+from fljax.experiment import (
+    APPLIES_WITH,
+    ExperimentConfig,
+    attack_names,
+    build_aggregator,
+    build_attacks,
+    config_dict,
+    effective_num_byzantine,
+    inapplicable,
+    scoped,
+    validate,
+)
 
 FORMAT_VERSION = 2
 """Version of the cell files; a file of another version is recomputed. 2: partitions shuffle

@@ -20,6 +20,7 @@ from experiments.sweep.outputs import write_outputs
 from experiments.sweep.programs import SEED_EXECUTIONS, ProgramCache, resolve_seed_execution
 from fljax import checkpoint as checkpoint_lib
 
+
 @dataclasses.dataclass
 class SweepResult:
     """What ``run_sweep`` did: every cell's result (grid order), the cells it could not run

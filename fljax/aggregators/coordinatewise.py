@@ -12,7 +12,8 @@ from fljax.types import Aggregator
 def _coordinatewise(rule: str, trim_of_n) -> Aggregator:
     def requirement(n: int) -> None:
         k = trim_of_n(n)
-        _common.require(0 <= 2 * k < n, rule, f"needs n > 2 * trimmed values per side; got n={n} and trim k={k} (requires num_byzantine < n/2)")
+        _common.require(0 <= 2 * k < n, rule, f"needs n > 2 * trimmed values per side; got n={n} and trim k={k} "
+                                              "(requires num_byzantine < n/2)")
 
     def aggregate(updates, context):
         out, shares, kept = trimmed_mean_and_kept_mass(_common.sanitize(updates), trim_of_n(updates.shape[0]))

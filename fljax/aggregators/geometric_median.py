@@ -100,7 +100,8 @@ def geometric_median(nu: float = 1e-6, tol: Optional[float] = 1e-5, max_iter: Op
     ``a_i = 0``. The geometric median has breakdown point 1/2: fewer than half of the (weighted)
     updates, however large, move it by a bounded amount. ``info["weights"]`` are the Weiszfeld
     weights ``b_i / sum b`` at the returned point (at the fixed point the aggregate equals
-    ``sum_i weights_i x_i``); ``info["iterations"]`` the steps taken. Gradients: implicit differentiation of the fixed point (see the module docstring).
+    ``sum_i weights_i x_i``); ``info["iterations"]`` the steps taken. Gradients: implicit
+    differentiation of the fixed point (see the module docstring).
 
     Args:
       nu: smoothing nu > 0: distances below nu count as nu (avoids dividing by 0 at a data point).

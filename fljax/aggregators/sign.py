@@ -160,7 +160,8 @@ def signguard(norm_lower_bound: Optional[float] = 0.1, norm_upper_bound: Optiona
         keep = jnp.where(jnp.any(keep), keep, s1)
         factors = jnp.where(median_norm > 0, clip_factors(jnp.sum(x * x, axis=1), jnp.where(median_norm > 0, median_norm, 1.0)), 0.0)
         w = keep.astype(updates.dtype)
-        return _common.weighted_average(x * factors[:, None], w), _common.info(w * jax.lax.stop_gradient(factors), norm_kept=s1, sign_kept=s2)
+        return _common.weighted_average(x * factors[:, None], w), _common.info(w * jax.lax.stop_gradient(factors),
+                                                                               norm_kept=s1, sign_kept=s2)
 
     return _common.stateless(aggregate)
 

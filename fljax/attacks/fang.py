@@ -17,8 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from fljax.attacks._common import check_number, stateless
-from fljax.attacks.threat import (ball_offsets, check_bool, check_knowledge, masked_mean_std, observed_rows,
-                                  sq_distances)
+from fljax.attacks.threat import ball_offsets, check_bool, check_knowledge, masked_mean_std, observed_rows, sq_distances
 from fljax.types import Array, ModelAttack
 
 

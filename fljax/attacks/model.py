@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 from fljax.attacks._common import check_number, stateless
 from fljax.types import ModelAttack

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-import jax
 import jax.numpy as jnp
 from jax.scipy.special import ndtri
 
