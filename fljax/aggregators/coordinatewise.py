@@ -37,7 +37,8 @@ def median() -> Aggregator:
       Statistical Rates", ICML 2018.
 
     Examples:
-      >>> fljax.aggregate(median(), jnp.array([[1.0], [5.0], [100.0]]))  # [5.]
+      >>> fljax.aggregate(median(), jnp.array([[1.0], [5.0], [100.0]]))
+      Array([5.], dtype=float32)
     """
     return _coordinatewise("median", lambda n: (n - 1) // 2)
 
@@ -58,7 +59,8 @@ def trimmed_mean(num_byzantine: Optional[int] = None, beta: Optional[float] = No
       Statistical Rates", ICML 2018.
 
     Examples:
-      >>> fljax.aggregate(trimmed_mean(num_byzantine=1), jnp.array([[0.], [1.], [2.], [9.]]))  # [1.5]
+      >>> fljax.aggregate(trimmed_mean(num_byzantine=1), jnp.array([[0.], [1.], [2.], [9.]]))  # mean of 1, 2
+      Array([1.5], dtype=float32)
     """
     if (num_byzantine is None) == (beta is None):
         raise ValueError("trimmed_mean: give exactly one of num_byzantine (an int >= 0) or beta (in [0, 0.5))")

@@ -186,7 +186,8 @@ def rlr(learning_threshold: int, weighted: bool = True) -> Aggregator:
       Learning Rate", AAAI 2021.
 
     Examples:
-      >>> fljax.aggregate(rlr(learning_threshold=2), jnp.array([[1.0, 1.0], [1.0, -1.0], [1.0, 0.0]]))  # [1., -0.]
+      >>> fljax.aggregate(rlr(learning_threshold=2), jnp.array([[1.0, 1.0], [1.0, -1.0], [1.0, 0.0]]))  # sign sums 3, 0
+      Array([ 1., -0.], dtype=float32)
     """
     rule = "rlr"
     theta = _common.check_positive(rule, "learning_threshold", learning_threshold, integer=True)
