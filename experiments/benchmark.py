@@ -41,9 +41,20 @@ import optax
 from absl import app, flags
 
 import fljax
-from experiments.timing import (build_aggregator, forward_flops, matmul_peak, parse_execution, round_updates,
-                                synthetic_data, table, time_aggregator, timed, torch_median_seconds, torch_round,
-                                torch_version)
+from experiments.timing import (
+    build_aggregator,
+    forward_flops,
+    matmul_peak,
+    parse_execution,
+    round_updates,
+    synthetic_data,
+    table,
+    time_aggregator,
+    timed,
+    torch_median_seconds,
+    torch_round,
+    torch_version,
+)
 from fljax.aggregators import REGISTRY
 
 WORKLOADS = {  # model -> (input shape of one example, classes): the datasets each model is used on
@@ -103,7 +114,7 @@ def benchmark_cohort(n: int, models: dict, peak: float) -> None:
                 continue
             state, cpu = [rnd.init(params)], []
 
-            def run():
+            def run(rnd=rnd, state=state, cpu=cpu):  # this iteration's, bound
                 start = time.process_time()
                 state[0], metrics = rnd.step(state[0], data, jax.random.PRNGKey(1))
                 jax.block_until_ready(state[0].params)

@@ -38,7 +38,6 @@ import json
 import os
 import platform
 import sys
-import time
 from typing import Callable, Optional
 
 import jax
@@ -50,9 +49,20 @@ from absl import app, flags
 import fljax
 from experiments import flute
 from experiments.flute import whole_run
-from experiments.timing import (INPUT_SHAPE, NUM_CLASSES, build_aggregator, matmul_peak, now, round_updates,
-                                synthetic_data, table, time_aggregator, torch_median_seconds, torch_mlp_round,
-                                torch_version)
+from experiments.timing import (
+    INPUT_SHAPE,
+    NUM_CLASSES,
+    build_aggregator,
+    matmul_peak,
+    now,
+    round_updates,
+    synthetic_data,
+    table,
+    time_aggregator,
+    torch_median_seconds,
+    torch_mlp_round,
+    torch_version,
+)
 from fljax.aggregators import REGISTRY
 
 FLAGS = flags.FLAGS
@@ -357,7 +367,7 @@ def section_kernels(check: Check, work: Workload, n: int) -> None:
         d = np.diag(g)
         dist = d[:, None] + d[None, :] - 2 * g
         error = float(np.max(np.abs(dist - ref_dist)[off] / np.maximum(ref_dist[off], 1e-30)))
-        seconds = timed_s(lambda: dot(centered))
+        seconds = timed_s(lambda: dot(centered))  # noqa: B023
         out.append({"kernel": label, "seconds": seconds, "max_rel_distance_error": error, "chosen": precision == chosen})
         rows.append([label, f"{seconds * 1e3:.2f}", f"{error:.2e} (distances)"])
     check.add("kernels", out, table(f"Kernels of the rules on a {n}-client round's updates [{n}, {x.shape[1]:,}] "

@@ -93,7 +93,7 @@ def time_strategy(strategy, model, n, seed):
     """``(first round s, median round s, new model)`` of ``strategy.aggregate_train``."""
     replies = replies_factory(strategy, model, n, np.random.default_rng(seed))
     times, out = [], None
-    for r in range(FLAGS.repeats + 1):
+    for _ in range(FLAGS.repeats + 1):
         batch = replies()
         start = time.perf_counter()
         arrays, _ = strategy.aggregate_train(1, batch)

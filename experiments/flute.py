@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import platform
-from typing import Optional
 
 import jax
 import optax

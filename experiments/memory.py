@@ -78,8 +78,8 @@ def synthetic_population(dataset, num_clients: int, examples_per_client: int, ke
 def measure(num_clients: int, clients_per_round: int, execution: str) -> dict:
     """Builds, compiles and runs one configuration in this process; returns its row."""
     import fljax
-    from fljax.experiment import _call_with_config
     from fljax.aggregators import REGISTRY
+    from fljax.experiment import _call_with_config
 
     dataset = fljax.data.mnist5k()
     data = synthetic_population(dataset, num_clients, FLAGS.examples_per_client, jax.random.PRNGKey(0))
@@ -137,7 +137,7 @@ def _ints(name: str) -> list[int]:
     try:
         values = [int(v) for v in getattr(FLAGS, name)]
     except ValueError:
-        raise app.UsageError(f"--{name} must be a comma-separated list of integers, got {getattr(FLAGS, name)!r}")
+        raise app.UsageError(f"--{name} must be a comma-separated list of integers, got {getattr(FLAGS, name)!r}") from None
     if any(v < 1 for v in values):
         raise app.UsageError(f"--{name} must hold integers >= 1, got {values}")
     return values

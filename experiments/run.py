@@ -3,7 +3,7 @@
     python -m experiments.run                       # the default experiment (mnist5k, 20 of 100 label flippers vs median)
     python -m experiments.run --attack='sign_flip(scale=10.0)' --aggregator='krum(num_byzantine=2)' --output=out.json
     python -m experiments.run --attack='backdoor(target_label=0)+model_replacement' --aggregator='clip(max_norm=1.0)+mean'
-    python -m experiments.run --config=experiments/configs/fang2020.py --rounds=10   # a preset, flags on top
+    python -m experiments.run --config=fang2020 --rounds=10   # a preset (experiments/configs/), flags on top
 
 Every field of ``fljax.experiment.ExperimentConfig`` is a flag of the same name: the shared
 settings flat, the aggregator and the attack as specs, name(arg=value, ...), whose arguments
@@ -27,15 +27,26 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from fljax.client import use_cpu_cores as use_cores
+from experiments.configs import base_config, load_config_file, presets, replace_fields
 from fljax import aggregators as aggregators_lib
 from fljax import checkpoint as checkpoint_lib
-from fljax import sharding as sharding_lib
-from experiments.configs import base_config, load_config_file, replace_fields
 from fljax import flat_settings
+from fljax import sharding as sharding_lib
 from fljax.attacks import DATA_ATTACKS, MODEL_ATTACKS
-from fljax.experiment import (SETTINGS, Experiment, ExperimentConfig, build, catalogue, components, config_dict,
-                              rule_num_byzantine, scoped)
+from fljax.client import use_cpu_cores as use_cores
+from fljax.experiment import (
+    SETTINGS,
+    Experiment,
+    ExperimentConfig,
+    SettingNotice,
+    build,
+    catalogue,
+    check_applicable,
+    components,
+    config_dict,
+    rule_num_byzantine,
+    scoped,
+)
 
 FLAGS = flags.FLAGS
 
@@ -98,7 +109,8 @@ def config_from_flags(config_cls=ExperimentConfig):
 
 
 define_config_flags()
-flags.DEFINE_string("config", None, "a preset file (experiments/configs/<name>.py) whose get_config() returns an "
+flags.DEFINE_string("config", None, "a preset's name (experiments/configs/<name>.py: "
+                    f"{', '.join(presets())}) or a config file, whose get_config() returns an "
                     "ExperimentConfig or a SweepSpec (the runner runs its base experiment); flags given explicitly override it")
 flags.DEFINE_string("output", None, "write the results JSON here")
 flags.DEFINE_bool("quiet", False, "print only the final table")
@@ -185,8 +197,10 @@ def run_experiment(exp: Experiment, log=print, *, workdir=None, checkpoint_every
         done = int(state.server.round)
         eval_rounds.append(done)
         asr = f"  attack success {float(e['attack_success_rate']):.3f}" if "attack_success_rate" in e else ""
+        stopped = int(state.diverged_round)
+        stopped = f"  (model non-finite after round {stopped}: rounds skipped)" if stopped >= 0 else ""
         log(f"round {done:4d}/{exp.config.rounds}  accuracy {float(e['accuracy']):.4f}  loss {float(e['loss']):.4f}{asr}"
-            f"  [{time.perf_counter() - start:.1f}s]")
+            f"  [{time.perf_counter() - start:.1f}s]{stopped}")
         if ckpt is not None and ((index + 1) % checkpoint_every == 0 or index + 1 == len(blocks)):
             ckpt.save(index + 1, state,
                       {"rounds": history, "evals": eval_history, "eval_rounds": np.asarray(eval_rounds, np.int64)},
@@ -267,10 +281,10 @@ def describe(config) -> dict:
             head, notes = _attack_text(spec, registry)
             attack.append(head)
             extra += notes
-    if c.attack_single_shot:
-        extra.append(f"single shot in round {c.attack_start_round}")
+    if c.attack_single_shot:  # rounds as a person reads them, 1-based (--attack_start_round is 0-based)
+        extra.append(f"single shot in round {c.attack_start_round + 1}")
     elif (c.attack_start_round, c.attack_every) != (0, 1):
-        extra.append(f"every {c.attack_every} round(s) from round {c.attack_start_round}")
+        extra.append(f"every {c.attack_every} round(s) from round {c.attack_start_round + 1}")
     if c.continuous_data_poisoning:
         extra.append("data poisoning in every round")
     rule_args = {k: v for k, v in parts.rule.kwargs.items() if k != "num_byzantine"}  # f is shown apart
@@ -366,11 +380,13 @@ def parse_flags(argv):
 
 def config_with_preset(path):
     """``config_from_flags()``, or with ``--config=path`` the preset's experiment (a sweep's
-    base) with the flags given explicitly on the command line on top."""
-    if path is None:
-        return config_from_flags()
+    base) with the flags given explicitly on the command line on top. A flag given where it
+    does not apply (``--dirichlet_alpha`` with ``--partition=iid``, even at its default value)
+    raises ``ValueError`` (``fljax.experiment.check_applicable``)."""
     given = {f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(ExperimentConfig) if FLAGS[f.name].present}
-    return replace_fields(base_config(load_config_file(path)), given, "flags")
+    config = config_from_flags() if path is None else replace_fields(base_config(load_config_file(path)), given, "flags")
+    check_applicable(config, given)
+    return config
 
 
 def start_distributed(config):
@@ -412,9 +428,15 @@ def main(argv) -> int:
     log = (lambda *a: None) if FLAGS.quiet or not primary else (lambda msg: print(msg, flush=True))
     try:
         check_runner_flags(argv)
-        with warnings.catch_warnings():  # build reads the config again: its notices are the ones above
-            warnings.simplefilter("ignore", FutureWarning)
+        with warnings.catch_warnings(record=True) as caught:  # build reads the config again: its notices are
+            warnings.simplefilter("ignore", FutureWarning)     # the ones above; it adds the settings it adjusts
+            warnings.simplefilter("always", SettingNotice)
             exp = build(config)
+        for w in caught:
+            if issubclass(w.category, SettingNotice):
+                notices.append(str(w.message))
+            else:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
         ckpt = open_workdir(FLAGS.workdir, config) if FLAGS.workdir is not None else None
     except (ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -11,8 +11,7 @@ from fljax.data import FederatedData, federate
 from fljax.metrics import make_evaluate
 from fljax.rounds import Round, make_round
 from fljax.train import History, Train, TrainState, make_train
-from fljax.types import (AggregationContext, Aggregator, AttackContext, DataAttack, ModelAttack,
-                         ServerState)
+from fljax.types import AggregationContext, Aggregator, AttackContext, DataAttack, ModelAttack, ServerState
 
 __version__ = "0.1.0"
 

@@ -18,9 +18,17 @@ Since a block's result depends only on the state it starts from, a run resumed f
 checkpoint reproduces an uninterrupted run bit for bit.
 
 Examples:
-  >>> ckpt = RunCheckpointer("/tmp/run1", dataclasses.asdict(config))
-  >>> restored = ckpt.restore(train.init(key))   # None on a fresh workdir
-  >>> ckpt.save(blocks_done, state, history, {"round": 10})
+  >>> import tempfile
+  >>> workdir = tempfile.mkdtemp()
+  >>> ckpt = RunCheckpointer(workdir, {"rounds": 10, "seed": 0})  # the config, as a JSON dict
+  >>> state = {"params": jnp.zeros(3), "round": jnp.array(0)}
+  >>> ckpt.restore(state) is None  # a fresh workdir
+  True
+  >>> ckpt.save(1, dict(state, round=jnp.array(5)), {"loss": jnp.array([0.5])}, {"round": 5})
+  >>> restored = RunCheckpointer(workdir, {"rounds": 10, "seed": 0}).restore(state)
+  >>> restored.step, int(restored.state["round"]), restored.meta["round"]
+  (1, 5, 5)
+  >>> import shutil; shutil.rmtree(workdir)
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ import math
 import os
 import typing
 import warnings
-from typing import Any, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -81,7 +81,8 @@ class ExperimentConfig(flat_settings.FlatSettings):
     attack: str = _field("label_flip(source=5, target=3)",
                          "what the malicious clients do: a model or a data attack, or a data attack then the model "
                          "attack it pairs with, joined by '+'; none: no attack", component=True)
-    attack_start_round: int = _field(0, "the attack acts from this round on (0-based); before, malicious clients behave honestly")
+    attack_start_round: int = _field(0, "the attack acts from this round index on (0-based: index 0 is what progress and "
+                                        "results call round 1); before, malicious clients behave honestly")
     attack_every: int = _field(1, "the attack acts every k rounds from --attack_start_round")
     attack_single_shot: bool = _field(False, "the attack acts in --attack_start_round only (Bagdasaryan et al.'s single shot)")
     continuous_data_poisoning: bool = _field(False, "with an attack schedule and a data attack before the model attack: "
@@ -105,7 +106,8 @@ class ExperimentConfig(flat_settings.FlatSettings):
     eval_every: int = _field(5, "evaluate every k rounds (and after the last)")
     execution: str = _field("auto", f"client execution, one of {', '.join(EXECUTIONS)}")
     chunk_size: int = _field(8, "clients per chunk for --execution=chunked")
-    shard_clients: bool = _field(False, "split each round's cohort over all visible devices (every process's with --distributed); a cohort that is not a multiple of the device count is padded")
+    shard_clients: bool = _field(False, "split each round's cohort over all visible devices (every process's with "
+                                        "--distributed); a cohort that is not a multiple of the device count is padded")
     precision: str = _field("default", f"matmul precision of client training, one of {', '.join(PRECISIONS)} (default: the backend's own)")
     mixed_precision: bool = _field(False, "client forward/backward in bfloat16 with float32 master params and float32 updates")
 
@@ -270,17 +272,19 @@ def _notice(message: str) -> None:
         warnings.warn(message, FutureWarning, stacklevel=3)
 
 
-def scoped(config: ExperimentConfig, notice=_notice) -> ExperimentConfig:
+def scoped(config: ExperimentConfig, notice=_notice, *, refuse_unused: bool = True) -> ExperimentConfig:
     """``config`` in the scoped form: every component a spec in canonical text, the deprecated
     flat settings (``fljax.flat_settings``) moved into the specs they belong to, each with a
     one-line ``notice`` naming its replacement (a ``FutureWarning`` by default). Types are
-    checked first, by flag name; unknown components and arguments raise ``ValueError``.
-    A scoped config is returned as it is."""
+    checked first, by flag name; unknown components and arguments raise ``ValueError``, and so
+    does a flat setting that no component takes (unless ``refuse_unused=False``: a sweep's cell,
+    whose base other cells share, ignores it with a notice). A scoped config is returned as it is."""
     check_types(config)
     flat = flat_settings.given(config)
     if flat:
         attack, rule, moved = flat_settings.into_specs(config, list(parse(config.attack, "--attack")),
-                                                       list(parse(config.aggregator, "--aggregator")), notice)
+                                                       list(parse(config.aggregator, "--aggregator")), notice,
+                                                       refuse_unused)
         config = dataclasses.replace(config, attack=chain_text(attack), aggregator=chain_text(rule),
                                      **dict.fromkeys(flat))
     config = _canonical(config)
@@ -330,6 +334,38 @@ def check_types(config) -> None:
         _check(ok, f"--{field.name} must be {expected}, got {value!r} ({type(value).__name__})")
 
 
+APPLIES_WITH = {
+    "dirichlet_alpha": ("partition", "dirichlet"),
+    "bias": ("partition", "bias"),
+    "shards_per_client": ("partition", "shards"),
+    "local_steps": ("protocol", "fedavg"),
+    "local_epochs": ("protocol", "fedavg"),
+    "batch_size": ("protocol", "fedavg"),
+    "chunk_size": ("execution", "chunked"),
+}
+"""Settings that apply only with one value of another: ``setting -> (other, value)``."""
+
+
+def inapplicable(config: ExperimentConfig, given=()) -> list[str]:
+    """The settings of ``APPLIES_WITH`` that ``config`` sets where they do not apply: away from
+    their defaults, or named in ``given`` (the flags a command line gives, even at their
+    default value), while the setting they go with has another value."""
+    defaults = {f.name: f.default for f in dataclasses.fields(ExperimentConfig)}
+    return [name for name, (other, value) in APPLIES_WITH.items()
+            if getattr(config, other) != value and (name in given or getattr(config, name) != defaults[name])]
+
+
+def check_applicable(config: ExperimentConfig, given=()) -> None:
+    """Refuses a setting that does not apply with the others (``inapplicable``), as ``scoped``
+    refuses a component's setting that no component takes: one line naming the flag and why,
+    e.g. ``--dirichlet_alpha does not apply to --partition=iid: it applies only with
+    --partition=dirichlet``."""
+    for name in inapplicable(config, given):
+        other, value = APPLIES_WITH[name]
+        raise ValueError(f"--{name} does not apply to --{other}={getattr(config, other)}: it applies only with "
+                         f"--{other}={value}")
+
+
 def validate(config: ExperimentConfig) -> None:
     """Checks every setting that needs no data; raises ``ValueError`` naming the flag."""
     _validate(scoped(config))
@@ -377,6 +413,7 @@ def _validate(c: ExperimentConfig) -> None:
     _check(c.data_dir is None or os.path.isdir(c.data_dir),
            f"--data_dir must be an existing directory (or unset for the default location), got {c.data_dir!r}")
     _check(c.shards_per_client >= 1, f"--shards_per_client must be an integer >= 1, got {c.shards_per_client!r}")
+    check_applicable(c)
 
 
 def rule_num_byzantine(config: ExperimentConfig) -> int:
@@ -474,6 +511,26 @@ def build_malicious_training(config: ExperimentConfig, loss_fn, optimizer):
     return attacks_lib.MODEL_ATTACKS.build_local_training(model, fixed=fixed, where="--attack")
 
 
+class SettingNotice(UserWarning):
+    """A setting ``build`` adjusted, with the reason (the runner prints it as a ``notice:`` line)."""
+
+
+def clamp_batch_size(config: ExperimentConfig, data: FederatedData) -> ExperimentConfig:
+    """``config`` with ``batch_size`` at most the largest client's example count, with a
+    ``SettingNotice`` when it was larger. A batch holds at most a client's whole data whatever
+    ``batch_size`` says (the rest is masked padding), so the clamp trains on the same batches
+    and skips computing the padding, which costs as much as real examples; only the draws a data
+    attack makes per batch entry change with the batch's shape. The experiment's config keeps
+    the value given."""
+    largest = max(1, int(np.max(np.asarray(data.client_counts))))
+    if config.protocol != "fedavg" or config.batch_size <= largest:
+        return config
+    warnings.warn(f"--batch_size={config.batch_size} is larger than every client's data (at most {largest} examples): "
+                  f"each local step takes a client's whole data, run as --batch_size={largest} (no padded steps)",
+                  SettingNotice, stacklevel=3)
+    return dataclasses.replace(config, batch_size=largest)
+
+
 def build(config: ExperimentConfig) -> Experiment:
     """Validates ``config`` (after ``scoped``: the experiment's config is the scoped one), loads
     and partitions the data, and builds the round and the run."""
@@ -498,13 +555,14 @@ def build(config: ExperimentConfig) -> Experiment:
         model_attack.requirement(config.clients_per_round, effective_num_byzantine(config))
     loss_fn = classification_loss(mixed_precision(model.apply) if config.mixed_precision else model.apply)
     client_opt = optax.sgd(config.client_lr, momentum=config.client_momentum or None)
+    training = clamp_batch_size(config, data)
     if config.protocol == "fedsgd":
         client_update = fedsgd(loss_fn, optax.sgd(config.client_lr))
     else:
         epochs = None if config.local_steps is not None else config.local_epochs
         client_update = fedavg(loss_fn, client_opt, local_steps=config.local_steps,
-                               local_epochs=epochs, batch_size=config.batch_size)
-    malicious_update = build_malicious_training(config, loss_fn, client_opt)
+                               local_epochs=epochs, batch_size=training.batch_size)
+    malicious_update = build_malicious_training(training, loss_fn, client_opt)
     client_update = with_matmul_precision(client_update, config.precision)
     if malicious_update is not None:
         malicious_update = with_matmul_precision(malicious_update, config.precision)

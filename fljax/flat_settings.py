@@ -8,10 +8,12 @@ replacement; the runner, the sweep and ``build`` call it, so old commands, prese
 run unchanged and their results record the scoped form. This module goes in the next release.
 
 A setting goes to every component of its chain that has the parameter it names (``max_norm``
-to ``norm_clipping`` and to the ``clip`` pre-aggregation); as before, an attack's trigger,
-targeted, adaptive and threat-model settings must apply to one of the attacks, while the
-aggregators' settings (and ``--attack_scale``, ``--source_class``, ``--target_class``, which had
-defaults) are ignored, with a notice, where no component takes them.
+to ``norm_clipping`` and to the ``clip`` pre-aggregation). A setting that no component of its
+chain takes is refused, by one rule for every flag (``--max_norm`` with ``median``, like
+``--trigger_size`` with ``sign_flip``): ``--max_norm does not apply to --aggregator=median: no
+component of it takes max_norm``. A sweep, whose base is shared by cells of different
+components, refuses only a setting that no cell takes, and ignores it (with a notice) in the
+others.
 """
 
 from __future__ import annotations
@@ -24,11 +26,10 @@ from fljax import attacks as attacks_lib
 from fljax.spec import Spec
 
 
-def _flat(on: str, *params: str, strict: bool = False, help: str = ""):
+def _flat(on: str, *params: str, help: str = ""):
     """A deprecated field of the ``on`` chain ("aggregator" or "attack") that sets ``params``
     (the first one a component has), unset (None) by default."""
-    return dataclasses.field(default=None, repr=False,
-                             metadata={"flat": on, "params": params, "strict": strict, "help": help})
+    return dataclasses.field(default=None, repr=False, metadata={"flat": on, "params": params, "help": help})
 
 
 @dataclasses.dataclass
@@ -41,30 +42,30 @@ class FlatSettings:
                                                          "std, ipm's epsilon)")
     source_class: Optional[int] = _flat("attack", "source")
     target_class: Optional[int] = _flat("attack", "target", "target_label")
-    trigger_size: Optional[int] = _flat("attack", "trigger_size", strict=True)
-    trigger_position: Optional[str] = _flat("attack", "trigger_position", strict=True)
-    trigger_pattern: Optional[str] = _flat("attack", "trigger_pattern", strict=True)
-    trigger_value: Optional[float] = _flat("attack", "trigger_value", strict=True)
-    poison_fraction: Optional[float] = _flat("attack", "poison_fraction", strict=True)
-    num_parts: Optional[int] = _flat("attack", "num_parts", strict=True)
-    trigger_features: Optional[str] = _flat("attack", "trigger_features", strict=True)
-    trigger_values: Optional[str] = _flat("attack", "trigger_values", strict=True)
-    trigger_percentile: Optional[float] = _flat("attack", "trigger_percentile", strict=True)
-    gamma: Optional[float] = _flat("attack", "gamma", strict=True)
-    alpha: Optional[float] = _flat("attack", "alpha", strict=True)
-    norm_bound: Optional[float] = _flat("attack", "norm_bound", strict=True)
-    mask_ratio: Optional[float] = _flat("attack", "mask_ratio", strict=True)
-    objective: Optional[str] = _flat("attack", "objective", strict=True)
-    constraint: Optional[str] = _flat("attack", "constraint", strict=True)
-    attack_steps: Optional[int] = _flat("attack", "attack_steps", strict=True)
-    attack_lr: Optional[float] = _flat("attack", "attack_lr", strict=True)
-    init_point: Optional[str] = _flat("attack", "init_point", strict=True)
-    attack_knowledge: Optional[str] = _flat("attack", "knowledge", strict=True)
-    attack_colluding: Optional[bool] = _flat("attack", "colluding", strict=True)
-    attack_direction: Optional[str] = _flat("attack", "direction", strict=True)
-    alie_z: Optional[float] = _flat("attack", "z", strict=True)
-    fang_b: Optional[float] = _flat("attack", "b", strict=True)
-    mimic_choice: Optional[str] = _flat("attack", "choice", strict=True)
+    trigger_size: Optional[int] = _flat("attack", "trigger_size")
+    trigger_position: Optional[str] = _flat("attack", "trigger_position")
+    trigger_pattern: Optional[str] = _flat("attack", "trigger_pattern")
+    trigger_value: Optional[float] = _flat("attack", "trigger_value")
+    poison_fraction: Optional[float] = _flat("attack", "poison_fraction")
+    num_parts: Optional[int] = _flat("attack", "num_parts")
+    trigger_features: Optional[str] = _flat("attack", "trigger_features")
+    trigger_values: Optional[str] = _flat("attack", "trigger_values")
+    trigger_percentile: Optional[float] = _flat("attack", "trigger_percentile")
+    gamma: Optional[float] = _flat("attack", "gamma")
+    alpha: Optional[float] = _flat("attack", "alpha")
+    norm_bound: Optional[float] = _flat("attack", "norm_bound")
+    mask_ratio: Optional[float] = _flat("attack", "mask_ratio")
+    objective: Optional[str] = _flat("attack", "objective")
+    constraint: Optional[str] = _flat("attack", "constraint")
+    attack_steps: Optional[int] = _flat("attack", "attack_steps")
+    attack_lr: Optional[float] = _flat("attack", "attack_lr")
+    init_point: Optional[str] = _flat("attack", "init_point")
+    attack_knowledge: Optional[str] = _flat("attack", "knowledge")
+    attack_colluding: Optional[bool] = _flat("attack", "colluding")
+    attack_direction: Optional[str] = _flat("attack", "direction")
+    alie_z: Optional[float] = _flat("attack", "z")
+    fang_b: Optional[float] = _flat("attack", "b")
+    mimic_choice: Optional[str] = _flat("attack", "choice")
     gamma_init: Optional[float] = _flat("attack", "gamma_init")
     num_selected: Optional[int] = _flat("aggregator", "num_selected")
     kappa: Optional[float] = _flat("aggregator", "kappa")
@@ -132,15 +133,39 @@ def given(config) -> dict:
     return {name: getattr(config, name) for name in FIELDS if getattr(config, name) is not None}
 
 
-def into_specs(config, attack: list[Spec], rule: list[Spec],
-               notice: Callable[[str], None]) -> tuple[list[Spec], list[Spec], list[str]]:
+def param_of(name: str, term: Spec) -> Optional[str]:
+    """The parameter of component ``term`` that the flat setting ``name`` sets, or None (an
+    unknown component, or one without such a parameter)."""
+    meta = _META[name]
+    entry = _entry(meta["flat"], term.name)
+    if entry is None:
+        return None
+    params = entry.parameters()
+    if name == "attack_scale":
+        return entry.strength
+    return next((p for p in meta["params"] if p in params), None)
+
+
+def not_taken(name: str, where: str) -> str:
+    """Why the flat setting ``name`` is refused with the chain ``where`` (e.g.
+    ``--aggregator=median``): one line naming the flag and the parameter no component takes."""
+    params = _META[name]["params"]
+    what = " or ".join(params) if params else "a strength (scale, std, epsilon)"
+    return f"--{name} does not apply to {where}: no component of it takes {what}"
+
+
+def into_specs(config, attack: list[Spec], rule: list[Spec], notice: Callable[[str], None],
+               refuse_unused: bool = True) -> tuple[list[Spec], list[Spec], list[str]]:
     """Moves ``config``'s set flat settings into the ``attack`` and ``rule`` chains (as parsed
     from ``--attack`` and ``--aggregator``); returns the new chains and the settings moved (for
-    the caller's notices, which name the final specs). A setting that applies nowhere is
-    reported through ``notice``, or raises for the attack settings that had to apply."""
+    the caller's notices, which name the final specs). A setting that no component takes raises
+    ``ValueError`` (``not_taken``), or with ``refuse_unused=False`` (a sweep's cell) is reported
+    through ``notice`` and ignored."""
     flat = given(config)
     check(config)
-    old_attack = f"--attack={config.attack}" + (f" --data_attack={config.data_attack}" if config.data_attack else "")
+    old = {"attack": f"--attack={config.attack}" + (f" --data_attack={config.data_attack}" if config.data_attack else ""),
+           "aggregator": f"--aggregator={config.aggregator}" + (
+               f" --pre_aggregation={config.pre_aggregation}" if config.pre_aggregation else "")}
     data_attacks, preaggregators = attacks_lib.DATA_ATTACKS, aggregators_lib.PREAGGREGATORS
     if "data_attack" in flat:
         name = flat["data_attack"]
@@ -163,11 +188,7 @@ def into_specs(config, attack: list[Spec], rule: list[Spec],
             continue
         terms, applied = chains[meta["flat"]], False
         for i, term in enumerate(terms):
-            entry = _entry(meta["flat"], term.name)
-            if entry is None:
-                continue
-            params = entry.parameters()
-            param = entry.strength if name == "attack_scale" else next((p for p in meta["params"] if p in params), None)
+            param = param_of(name, term)
             if param is None:
                 continue
             _check(param not in term.kwargs, f"--{name}: {term.name}'s {param} is given twice, in --{meta['flat']} and by "
@@ -176,10 +197,10 @@ def into_specs(config, attack: list[Spec], rule: list[Spec],
             applied = True
         if applied:
             moved.append(name)
-        elif meta["strict"]:
-            raise ValueError(f"--{name} does not apply to {old_attack}")
+        elif refuse_unused:
+            raise ValueError(not_taken(name, old[meta["flat"]]))
         else:
-            notice(f"--{name}={value!r} is deprecated, and no component of --{meta['flat']} takes it: ignored")
+            notice(f"--{name}={value!r}: no component of {old[meta['flat']]} takes it: ignored there")
     return chains["attack"], chains["aggregator"], moved
 
 

@@ -192,7 +192,10 @@ class Conv(nn.Conv):
     patches times a matmul on CPU, XLA's convolution on GPU/TPU), ``"xla"`` or ``"patches"``.
 
     Examples:
-      >>> y = fljax.layers.Conv(32, (3, 3), padding="SAME").apply(params, x)  # x: [B, H, W, C]
+      >>> conv = fljax.layers.Conv(32, (3, 3), padding="SAME")
+      >>> x = jnp.ones((2, 8, 8, 1))  # [B, H, W, C]
+      >>> conv.apply(conv.init(jax.random.PRNGKey(0), x), x).shape
+      (2, 8, 8, 32)
     """
 
     impl: str = "auto"

@@ -42,6 +42,8 @@ def with_matmul_precision(client_update: Callable, precision: str) -> Callable:
     training (and of its gradient), so it holds inside ``jit``, ``scan`` and ``vmap``.
 
     Examples:
+      >>> import optax
+      >>> loss_fn = fljax.classification_loss(lambda params, x: x @ params)
       >>> update = with_matmul_precision(fljax.fedavg(loss_fn, optax.sgd(0.1), local_steps=5), "bf16")
     """
     value = PRECISIONS[check_precision(precision)]
@@ -72,6 +74,7 @@ def mixed_precision(apply_fn: Callable[[PyTree, Array], Array], compute_dtype=jn
       Micikevicius et al., "Mixed Precision Training", ICLR 2018.
 
     Examples:
+      >>> model = fljax.models.get("mlp", (8, 8, 1), 10)
       >>> loss_fn = fljax.classification_loss(mixed_precision(model.apply))
     """
 

@@ -24,8 +24,9 @@ Per-client computations are the same with and without sharding (same ids, same k
 sharded run equals the unsharded one up to the float reassociation of cross-device reductions.
 
 Examples:
+  >>> update = fljax.fedsgd(fljax.classification_loss(lambda params, x: x @ params))
   >>> round_ = fljax.make_round(update, fljax.aggregators.median(), clients_per_round=64,
-  ...                           shard_clients=True)          # 8 clients on each of 8 devices
+  ...                           shard_clients=True)          # on 8 devices: 8 clients on each
 """
 
 from __future__ import annotations

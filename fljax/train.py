@@ -22,8 +22,10 @@ from fljax.types import Array, PyTree, ServerState
 
 
 class TrainState(NamedTuple):
-    """The run's full state: server state, run key, and the round the model went non-finite
-    (-1 while finite; from then on rounds are skipped: no training on NaN)."""
+    """The run's full state: server state, run key, and the round after which the model went
+    non-finite (1-based, as the rounds done that ``server.round`` counts; -1 while finite).
+    From then on rounds are skipped (no training on NaN) but still counted, so that progress,
+    evaluations and checkpoints name each round once."""
 
     server: ServerState
     key: Array
@@ -73,14 +75,15 @@ class Train:
 
         def skip(st: TrainState):
             # A stopped run computes nothing (a real branch, except under vmap over seeds): the
-            # state stays as it was, float metrics are NaN ("not measured"), ints 0, bools False.
+            # state stays as it was but for the round count, float metrics are NaN ("not
+            # measured"), ints 0, bools False.
             fill = lambda s: jnp.full(s.shape, jnp.nan if jnp.issubdtype(s.dtype, jnp.inexact) else 0, s.dtype)
-            return st.server, jax.tree.map(fill, jax.eval_shape(step, st)[1])
+            return st.server._replace(round=st.server.round + 1), jax.tree.map(fill, jax.eval_shape(step, st)[1])
 
         def one_round(st: TrainState, _):
             stopped = st.diverged_round >= 0
             server, metrics = lax.cond(stopped, skip, step, st)
-            diverged = jnp.where(~stopped & ~metrics["finite"], st.server.round, st.diverged_round)
+            diverged = jnp.where(~stopped & ~metrics["finite"], server.round, st.diverged_round)
             metrics = dict(metrics, skipped=stopped)
             return TrainState(server, st.key, diverged), metrics
 

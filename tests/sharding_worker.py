@@ -75,7 +75,7 @@ def main() -> dict:
         state, history = train(jax.random.PRNGKey(7))
         runs[label] = (state.server.params, history)
         if label == "sequential":
-            text = jax.jit(lambda k: train.run(train.init(k))).lower(jax.random.PRNGKey(7)).as_text()
+            text = jax.jit(lambda k: train.run(train.init(k))).lower(jax.random.PRNGKey(7)).as_text()  # noqa: B023
             out["hlo"] = {"manual_clients": 'manual_axes={"clients"}' in text,
                           "partitions": f"mhlo.num_partitions = {devices}" in text}
     out["moved"] = max_diff(runs["reference16"][0], init(jax.random.split(jax.random.PRNGKey(7))[0]))
@@ -94,7 +94,7 @@ def main() -> dict:
     def aggregate_all(u, shard):
         out = {}
         for rows in (16, 12):  # 2 rows per device, and an uneven split (12 rows over 8 devices)
-            v, ctx = u[:rows], jax.tree.map(lambda a: a[:rows] if a.shape[:1] == (16,) else a, context)
+            v, ctx = u[:rows], jax.tree.map(lambda a: a[:rows] if a.shape[:1] == (16,) else a, context)  # noqa: B023
             if shard:
                 v = sharding.constrain_clients(v, mesh)
             out.update({(name, rows): rule.update(v, (), ctx)[0] for name, rule in RULES.items()})

@@ -115,7 +115,7 @@ def test_clipping_rules_have_finite_gradients_at_zero_updates():
     x = jnp.zeros((4, 3)).at[0].set(jnp.array([3.0, 0, 4]))
     ctx = ctx_for(4, 3)
     for rule in (norm_clipping(max_norm=1.0), centered_clipping(clip_radius=1.0, num_iterations=2)):
-        g = jax.jit(jax.grad(lambda u: jnp.sum(rule.update(u, rule.init(jnp.zeros(3)), ctx)[0])))(x)
+        g = jax.jit(jax.grad(lambda u: jnp.sum(rule.update(u, rule.init(jnp.zeros(3)), ctx)[0])))(x)  # noqa: B023
         assert np.isfinite(np.asarray(g)).all()
 
 

@@ -5,12 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import fljax
 from fljax.aggregators import REGISTRY, cluster_filter, flame
 from fljax.aggregators.clustering import cosine_distances, majority_cluster, single_linkage_levels
 from fljax.experiment import ExperimentConfig, build_aggregator
 from tests.helpers import aggregate_once
-
 
 
 def step(rule, x, weights=None, key=0):

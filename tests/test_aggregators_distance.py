@@ -12,7 +12,6 @@ from fljax.aggregators.bulyan import closest_to_median_mean, iterated_krum
 from fljax.aggregators.krum import krum_scores
 from tests.helpers import aggregate_once
 
-
 BULYAN1, BULYAN2, GM = bulyan(num_byzantine=1), bulyan(num_byzantine=2), geometric_median()  # shared compilations
 
 

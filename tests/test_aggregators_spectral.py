@@ -5,7 +5,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import fljax
 from fljax.aggregators import dnc, rlr, signguard
 from fljax.aggregators.sign import estimate_bandwidth, mean_shift_largest_cluster
 from tests.helpers import aggregate_once

@@ -202,12 +202,12 @@ def test_triggered_loss_is_the_cross_entropy_of_the_counted_triggered_examples()
 
 def test_runner_targeted_objective_needs_a_targeted_data_attack_and_reads_the_attackers_examples():
     small = dict(dataset="digits", num_clients=10, clients_per_round=10, num_malicious=2, rounds=1, attack="adaptive",
-                 objective="targeted", aggregator="median", attack_steps=3, target_class=0)
+                 objective="targeted", aggregator="median", attack_steps=3)
     with pytest.raises(ValueError, match=r"adaptive\(objective='targeted'\) needs a targeted data attack before it"):
         build(ExperimentConfig(**small))
     with pytest.raises(ValueError, match="needs a targeted data attack"):
         build(ExperimentConfig(data_attack="label_flip_all", **small))
-    exp = build(ExperimentConfig(data_attack="backdoor", trigger_size=2, **small))
+    exp = build(ExperimentConfig(data_attack="backdoor", target_class=0, trigger_size=2, **small))
     x, y = attacker_examples(exp.data, 2)
     ids = np.concatenate([np.asarray(exp.data.client_indices)[c, :int(exp.data.client_counts[c])] for c in (0, 1)])
     np.testing.assert_array_equal(y, np.asarray(exp.data.y)[ids[:256]])  # capped at ATTACKER_EXAMPLES

@@ -8,11 +8,11 @@ import optax
 import pytest
 
 import fljax
+from experiments.run import run_experiment
 from fljax.aggregators import mean
 from fljax.attacks import backdoor, dba, feature_trigger
 from fljax.attacks.backdoor import num_poisoned, percentile_values
 from fljax.experiment import ExperimentConfig, build
-from experiments.run import run_experiment
 from tests.helpers import make_data
 
 KEY = jax.random.PRNGKey(0)
@@ -129,7 +129,8 @@ def test_feature_trigger_percentile_values():
 
 
 @pytest.mark.parametrize("factory,kwargs,message", [
-    (backdoor, dict(trigger_size=9, input_shape=(8, 8, 1)), r"backdoor: a 9x9 square trigger .* does not fit 8x8 images; trigger_size must be in 1..8"),
+    (backdoor, dict(trigger_size=9, input_shape=(8, 8, 1)),
+     r"backdoor: a 9x9 square trigger .* does not fit 8x8 images; trigger_size must be in 1..8"),
     (backdoor, dict(trigger_size=3, trigger_position="6,2", input_shape=(8, 8, 1)), r"backdoor: .* at '6,2' .* does not fit 8x8"),
     (backdoor, dict(input_shape=(30,)), r"backdoor: needs image inputs \[H, W, C\], got examples of shape \(30,\)"),
     (backdoor, dict(trigger_size=0), r"backdoor: trigger_size must be an integer >= 1, got 0"),
@@ -141,11 +142,14 @@ def test_feature_trigger_percentile_values():
     (backdoor, dict(trigger_value=float("nan")), r"backdoor: trigger_value must be a finite number"),
     (backdoor, dict(num_classes=2), r"backdoor: target_label must be an integer in 0..1, got 3"),
     (dba, dict(num_parts=17, trigger_size=4), r"dba: num_parts must be an integer in 1..16, got 17"),
-    (feature_trigger, dict(trigger_features=[0, 40], trigger_values=1.0, input_shape=(30,)), r"feature_trigger: trigger_features must be in 0..29"),
+    (feature_trigger, dict(trigger_features=[0, 40], trigger_values=1.0, input_shape=(30,)),
+     r"feature_trigger: trigger_features must be in 0..29"),
     (feature_trigger, dict(trigger_features=[0, 0], trigger_values=1.0), r"feature_trigger: trigger_features must be distinct"),
-    (feature_trigger, dict(trigger_features=[0, 1], trigger_values=[1.0, 2.0, 3.0]), r"feature_trigger: trigger_values must be one finite number or one per feature \(2\)"),
+    (feature_trigger, dict(trigger_features=[0, 1], trigger_values=[1.0, 2.0, 3.0]),
+     r"feature_trigger: trigger_values must be one finite number or one per feature \(2\)"),
     (feature_trigger, dict(trigger_features=[0]), r"feature_trigger: give trigger_values, or x_train"),
-    (feature_trigger, dict(trigger_features=[0], trigger_values=1.0, input_shape=(8, 8, 1)), r"feature_trigger: needs tabular inputs \[F\]"),
+    (feature_trigger, dict(trigger_features=[0], trigger_values=1.0, input_shape=(8, 8, 1)),
+     r"feature_trigger: needs tabular inputs \[F\]"),
 ])
 def test_bad_hyper_parameters_fail_at_build_time(factory, kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -21,8 +21,9 @@ def krum_cohort(n=10, f=2, seed=0, spread=0.3):
     return jnp.asarray(u, jnp.float32), jnp.arange(n) < f
 
 
-def run(attack, u, mal, key=jax.random.PRNGKey(0)):
-    """``fljax.apply_attack`` under jit (one compile instead of many eager dispatches)."""
+def run(attack, u, mal, key=None):
+    """``fljax.apply_attack`` under jit (one compile instead of many eager dispatches); key 0 by default."""
+    key = jax.random.PRNGKey(0) if key is None else key
     return jax.jit(lambda u, m, k: fljax.apply_attack(attack, u, m, k))(u, mal, key)
 
 

@@ -8,13 +8,20 @@ import optax
 import pytest
 
 import fljax
+from experiments.run import run_experiment
 from fljax.aggregators import mean
-from fljax.attacks import (constrain_and_scale, constrain_and_scale_training, model_replacement, neurotoxin,
-                           neurotoxin_training, pgd, pgd_training)
+from fljax.attacks import (
+    constrain_and_scale,
+    constrain_and_scale_training,
+    model_replacement,
+    neurotoxin,
+    neurotoxin_training,
+    pgd,
+    pgd_training,
+)
 from fljax.attacks.targeted import boost_factor, constrain_loss, neurotoxin_mask
 from fljax.client import Batch, ClientData
 from fljax.experiment import ExperimentConfig, build
-from experiments.run import run_experiment
 from tests.helpers import make_data, squared_loss
 
 U = jnp.array([[1.0, -2.0], [3.0, 4.0], [5.0, 6.0], [0.0, 1.0]])
@@ -137,9 +144,12 @@ def test_malicious_training_in_a_round_leaves_honest_rows_untouched():
 @pytest.mark.parametrize("call,message", [
     (lambda: model_replacement(gamma=0.0), "model_replacement: gamma must be a number > 0, got 0.0"),
     (lambda: pgd(norm_bound=-1.0), "pgd: norm_bound must be a number > 0"),
-    (lambda: constrain_and_scale_training(squared_loss, optax.sgd(0.1), alpha=1.5, local_steps=1), r"constrain_and_scale: alpha must be in \(0, 1\], got 1.5"),
-    (lambda: neurotoxin_training(squared_loss, optax.sgd(0.1), mask_ratio=0.0, local_steps=1), "neurotoxin: mask_ratio must be a number > 0"),
-    (lambda: pgd_training(squared_loss, optax.sgd(0.1), local_steps=1, protocol="fedsgd"), "pgd: changes local training, so it needs protocol fedavg"),
+    (lambda: constrain_and_scale_training(squared_loss, optax.sgd(0.1), alpha=1.5, local_steps=1),
+     r"constrain_and_scale: alpha must be in \(0, 1\], got 1.5"),
+    (lambda: neurotoxin_training(squared_loss, optax.sgd(0.1), mask_ratio=0.0, local_steps=1),
+     "neurotoxin: mask_ratio must be a number > 0"),
+    (lambda: pgd_training(squared_loss, optax.sgd(0.1), local_steps=1, protocol="fedsgd"),
+     "pgd: changes local training, so it needs protocol fedavg"),
     (lambda: pgd_training(squared_loss, optax.sgd(0.1)), "fedavg: give exactly one of local_steps or local_epochs"),
 ])
 def test_bad_hyper_parameters(call, message):

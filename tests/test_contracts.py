@@ -32,8 +32,8 @@ import fljax
 from fljax.aggregators import PREAGGREGATORS, REGISTRY, mean, with_preaggregation
 from fljax.attacks import DATA_ATTACKS, MODEL_ATTACKS
 from fljax.experiment import RUN_FIXED
+from fljax.types import AggregationContext, Aggregator, AttackContext
 from tests.helpers import make_data
-from fljax.types import AggregationContext, Aggregator, AttackContext, EmptyState
 
 N, D, SEEDS = 8, 6, 2
 MALICIOUS = np.array([True, False, False, True, False, False, False, False])

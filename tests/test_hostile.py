@@ -198,14 +198,21 @@ def test_rule_under_hostile_updates(rule):
 
 
 def test_mean_under_nan_diverges_and_the_runner_reports_it():
+    """Rounds are 1-based wherever a person reads them, after a divergence too: the progress
+    names each round once, the evaluations' rounds go on, and the model is non-finite after
+    round 1 (the first), in the results and in the table."""
     exp = build(config("mean", attack="nan", rounds=4, eval_every=2))
-    res = run_experiment(exp, log=lambda m: None)
+    logs = []
+    res = run_experiment(exp, log=logs.append)
     final = res["final"]
-    assert final["diverged"] is True and final["diverged_round"] == 0
+    assert final["diverged"] is True and final["diverged_round"] == 1
     assert res["history"]["finite"] == [False, False, False, False]
     assert res["history"]["skipped"] == [False, True, True, True]
-    assert res["evals"]["finite"] == [False, False]
-    assert "DIVERGED" in summary_table(res) and "after round 0" in summary_table(res)
+    assert res["evals"]["finite"] == [False, False] and res["evals"]["round"] == [2, 4]
+    assert [line.split()[1] for line in logs] == ["2/4", "4/4"]
+    assert all(line.endswith("(model non-finite after round 1: rounds skipped)") for line in logs)
+    table = summary_table(res)
+    assert "DIVERGED" in table and "non-finite after round 1;" in table
     json.loads(json.dumps(res))  # NaN metrics still serialize (as NaN)
 
 

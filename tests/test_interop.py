@@ -9,8 +9,19 @@ import numpy as np
 import pytest
 
 import fljax
-from fljax.aggregators import (bucketing, centered_clipping, fltrust, foolsgold, geometric_median, krum, mean, median,
-                               multi_krum, trimmed_mean, with_preaggregation)
+from fljax.aggregators import (
+    bucketing,
+    centered_clipping,
+    fltrust,
+    foolsgold,
+    geometric_median,
+    krum,
+    mean,
+    median,
+    multi_krum,
+    trimmed_mean,
+    with_preaggregation,
+)
 from fljax.interop import Layout, Session
 from fljax.interop import numpy as fnp
 from fljax.interop.session import as_jax

@@ -77,7 +77,7 @@ def test_one_channel_input_with_dilation_strides_and_padding():
         mine = layers.Conv(5, (3, 3), strides=strides, padding=padding, kernel_dilation=dilation, impl="patches")
         params = ref.init(jax.random.PRNGKey(0), x)
         loss = lambda m: lambda p, x: jnp.sum(jnp.sin(m.apply(p, x)) * jnp.arange(5))
-        run = lambda m: jax.jit(lambda p, x: (m.apply(p, x), jax.grad(loss(m), argnums=(0, 1))(p, x)))(params, x)
+        run = lambda m: jax.jit(lambda p, x: (m.apply(p, x), jax.grad(loss(m), argnums=(0, 1))(p, x)))(params, x)  # noqa: B023
         assert_close(run(mine), run(ref))
 
 

@@ -68,6 +68,61 @@ def test_committed_notebooks_hold_no_outputs(path):
     assert all(c.outputs == [] and c.execution_count is None for c in code)
 
 
+def _install_cell(path) -> str:
+    nb = nbformat.read(path, as_version=4)
+    return next(c.source for c in nb.cells if c.cell_type == "code")
+
+
+def test_every_notebook_installs_fljax_the_same_way():
+    assert len({_install_cell(p) for p in NOTEBOOKS}) == 1
+    first = nbformat.read(NOTEBOOKS[0], as_version=4).cells[0].source
+    assert "FLJAX_REPO" in first and "pip install -e" in first  # the first cell says how
+
+
+def _run_install_cell(tmp_path, monkeypatch, cwd, installed_at=None, repo=None) -> list[list[str]]:
+    """The pip commands the install cell runs in ``cwd`` with fljax importable from
+    ``installed_at`` (a folder holding fljax/__init__.py) or not at all; pip is not called."""
+    import importlib.machinery
+    import importlib.util
+    import subprocess
+    import sys
+
+    calls = []
+    monkeypatch.setattr(subprocess, "check_call", lambda cmd: calls.append(cmd[4:]))
+    origin = None if installed_at is None else str(installed_at / "fljax" / "__init__.py")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if origin is None else
+                        importlib.machinery.ModuleSpec(name, None, origin=origin))
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    if repo is None:
+        monkeypatch.delenv("FLJAX_REPO", raising=False)
+    else:
+        monkeypatch.setenv("FLJAX_REPO", repo)
+    exec(compile(_install_cell(NOTEBOOKS[0]), "install cell", "exec"), {})
+    return calls
+
+
+def test_install_cell_uses_the_checkout_it_sits_in_else_the_configured_repository(tmp_path, monkeypatch):
+    checkout = tmp_path / "clone"
+    (checkout / "fljax").mkdir(parents=True)
+    (checkout / "notebooks").mkdir()
+    (checkout / "pyproject.toml").write_text("[project]\nname = 'fljax'\n")
+    (checkout / "fljax" / "__init__.py").write_text("")
+    elsewhere = tmp_path / "site-packages"
+    # In the checkout's notebooks/: an editable install of the checkout, unless fljax comes from it already.
+    assert _run_install_cell(tmp_path, monkeypatch, checkout / "notebooks") == [["-q", "-e", str(checkout.resolve())]]
+    assert _run_install_cell(tmp_path, monkeypatch, checkout / "notebooks", installed_at=elsewhere) == [
+        ["-q", "-e", str(checkout.resolve())]]
+    assert _run_install_cell(tmp_path, monkeypatch, checkout / "notebooks", installed_at=checkout.resolve()) == []
+    # Outside a checkout (Colab): the repository FLJAX_REPO names, unless fljax is importable.
+    outside = tmp_path / "content"
+    outside.mkdir()
+    fork = "git+https://example.org/someone/fljax.git@dev"
+    assert _run_install_cell(tmp_path, monkeypatch, outside, repo=fork) == [["-q", fork]]
+    assert _run_install_cell(tmp_path, monkeypatch, outside) == [["-q", "git+https://github.com/fljax/fljax.git"]]
+    assert _run_install_cell(tmp_path, monkeypatch, outside, installed_at=elsewhere, repo=fork) == []
+
+
 @pytest.mark.parametrize("small", SIZES)
 def test_quickstart_label_flippers_raise_the_5_to_3_rate(small):
     rows = {label: (float(acc), float(asr)) for label, acc, asr in

@@ -21,8 +21,8 @@ import dataclasses
 import glob
 import json
 import os
-import stat
 import signal
+import stat
 import subprocess
 import sys
 import time

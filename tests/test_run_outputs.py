@@ -3,11 +3,9 @@ what the runner checks (issue 12, "Also")."""
 
 import json
 import os
-import sys
 
 import jax
 import numpy as np
-import optax
 import pytest
 
 import fljax
@@ -117,9 +115,9 @@ def test_make_round_checks_the_population_and_the_model_attacks_requirement():
     (dict(aggregator="bucketing(bucket_size=3)+krum(num_byzantine=1)"), ["krum (f = 1) after bucketing(bucket_size=3)"]),
     (dict(aggregator="foolsgold(kappa=0.5)"), ["foolsgold(kappa=0.5) (f = 20)"]),
     (dict(attack="backdoor(target_label=0)+model_replacement", attack_start_round=20, attack_single_shot=True),
-     ["model_replacement + backdoor -> class 0 (single shot in round 20)"]),
+     ["model_replacement + backdoor -> class 0 (single shot in round 21)"]),
     (dict(attack="sign_flip(scale=4.0)", attack_start_round=3, attack_every=2),
-     ["sign_flip (scale 4.0, every 2 round(s) from round 3)"]),
+     ["sign_flip (scale 4.0, every 2 round(s) from round 4)"]),
     # the deprecated flat form describes the same run
     (dict(attack="model_replacement", data_attack="backdoor", target_class=0, aggregator="krum", pre_aggregation="nnm"),
      ["model_replacement + backdoor -> class 0", "krum (f = 20) after nnm"]),

@@ -44,7 +44,7 @@ def test_train_vmapped_over_seeds_equals_separate_runs():
     finals = []
     for i, key in enumerate(keys):
         state, history = train(key)
-        pick = lambda tree: jax.tree.map(lambda a: a[i], tree)
+        pick = lambda tree: jax.tree.map(lambda a: a[i], tree)  # noqa: B023
         for got, want in zip(jax.tree.leaves(pick((batched_state, batched_history))), jax.tree.leaves((state, history))):
             np.testing.assert_allclose(np.asarray(got, np.float64), np.asarray(want, np.float64), rtol=1e-6, atol=1e-6)
         finals.append(np.asarray(state.server.params["w"]))

@@ -15,8 +15,8 @@ from experiments import run as runner
 from fljax import aggregators, attacks
 from fljax.experiment import ExperimentConfig, catalogue, config_dict, scoped
 from fljax.registry import Registry
-from fljax.types import Aggregator
 from fljax.spec import Spec, chain_text, parse, split
+from fljax.types import Aggregator
 
 ROOT = runner.__file__.rsplit("/experiments/", 1)[0]
 
@@ -150,14 +150,18 @@ def test_flat_settings_move_into_the_specs_with_a_notice_naming_the_replacement(
     assert config == scoped(config, notice=notices.append)  # the scoped form is a fixed point
 
 
-def test_a_flat_setting_given_twice_or_nowhere_is_an_error_or_a_notice():
+def test_a_flat_setting_given_twice_or_nowhere_is_an_error():
+    """One rule for the attack's and the rule's flat settings; a sweep's cell (refuse_unused=False)
+    ignores, with a notice, a setting of the shared base that its components do not take."""
     with pytest.raises(ValueError, match="--kappa: foolsgold's kappa is given twice"):
         scoped(ExperimentConfig(aggregator="foolsgold(kappa=1.0)", kappa=0.5))
     with pytest.raises(ValueError, match="--trigger_size does not apply to --attack=sign_flip"):
         scoped(ExperimentConfig(attack="sign_flip", trigger_size=3))
+    with pytest.raises(ValueError, match="--kappa does not apply to --aggregator=median: no component of it takes kappa"):
+        scoped(ExperimentConfig(aggregator="median", kappa=0.5))
     notices = []
-    scoped(ExperimentConfig(aggregator="median", kappa=0.5), notice=notices.append)
-    assert notices == ["--kappa=0.5 is deprecated, and no component of --aggregator takes it: ignored"]
+    scoped(ExperimentConfig(aggregator="median", kappa=0.5), notice=notices.append, refuse_unused=False)
+    assert notices == ["--kappa=0.5: no component of --aggregator=median takes it: ignored there"]
 
 
 def test_runner_prints_one_notice_line_per_flat_flag(tmp_path):

@@ -181,6 +181,28 @@ def test_unregistered_names_fail_with_the_list():
     assert kept.attacks == ["none"] and kept.aggregators == ["mean"]
 
 
+def test_a_misspelled_name_suggests_the_close_ones_not_allow_missing():
+    spec = dataclasses.replace(SPEC, attacks=["none", "sign_flp(scale=2.0)"], aggregators=["meadian"])
+    with pytest.raises(ValueError) as e:
+        sweep.check_registered(spec)
+    message = str(e.value)
+    assert "attack sign_flp (in sign_flp(scale=2.0); did you mean sign_flip?)" in message
+    assert "aggregator meadian (did you mean median" in message and "--allow_missing" not in message
+    with pytest.raises(ValueError, match="Pass --allow_missing"):  # a name with nothing close: maybe not merged yet
+        sweep.check_registered(dataclasses.replace(SPEC, attacks=["zzzzzz"]))
+
+
+def test_config_takes_a_presets_short_name_and_suggests_close_ones():
+    from experiments.configs import preset_path, presets
+    assert "fang2020" in presets()
+    assert load_config_file("fang2020") == load_config_file(os.path.join(ROOT, "experiments", "configs", "fang2020.py"))
+    assert preset_path("fang2020.py") == os.path.join(ROOT, "experiments", "configs", "fang2020.py")
+    with pytest.raises(ValueError, match=r"--config: 'fang202' is neither a preset nor a file \(did you mean fang2020"):
+        load_config_file("fang202")
+    with pytest.raises(ValueError, match="presets: bagdasaryan2020, "):
+        load_config_file("/no/such/file.py")
+
+
 def test_axes_are_specs_and_the_side_tables_are_retired():
     """An axis value is a component with its arguments (chains included), checked against the
     factory before any data is loaded; its canonical text names the cell and sets its config."""
@@ -201,6 +223,23 @@ def test_axes_are_specs_and_the_side_tables_are_retired():
     with pytest.raises(ValueError, match=r"--grid: pre_aggregation is a deprecated flat component setting: vary the "
                                          r"component through its specs instead, e.g. --aggregators="):
         sweep.make_cells(dataclasses.replace(spec, grid={"pre_aggregation": ["bucketing", "nnm"]}))
+
+
+def test_a_base_setting_applies_to_some_cell_or_is_refused():
+    """The single run's rule for settings that do not apply, over the grid: the shared base's
+    setting is left out of the cells it does not apply to, and refused when no cell takes it."""
+    flat = dataclasses.replace(SPEC, base=dataclasses.replace(BASE, kappa=0.5), attacks=["none"],
+                               aggregators=["median", "foolsgold"], partitions=["iid"])
+    assert [c.config.aggregator for c in sweep.make_cells(flat)] == ["median", "foolsgold(kappa=0.5)"]
+    with pytest.raises(ValueError, match="--kappa does not apply to any cell's --aggregator: no component of it takes kappa"):
+        sweep.make_cells(dataclasses.replace(flat, aggregators=["median"]))
+    part = dataclasses.replace(SPEC, base=dataclasses.replace(BASE, partition="dirichlet", dirichlet_alpha=0.3),
+                               attacks=["none"], aggregators=["mean"], partitions=["iid", "dirichlet"])
+    cells = sweep.make_cells(part)
+    assert [(c.config.partition, c.config.dirichlet_alpha) for c in cells] == [("iid", 0.5), ("dirichlet", 0.3)]
+    with pytest.raises(ValueError, match="--dirichlet_alpha does not apply to any cell: it applies only with "
+                                         "--partition=dirichlet"):
+        sweep.make_cells(dataclasses.replace(part, partitions=["iid", "shards:1"]))
 
 
 def test_cells_a_rule_cannot_take_are_reported_not_run(tmp_path):
@@ -251,10 +290,14 @@ def test_run_and_sweep_take_a_preset_with_flags_on_top():
         run.FLAGS(["run", f"--config={preset}", "--rounds=3", "--dataset=tfds:mnist"])
         config = run.config_with_preset(run.FLAGS.config)
         spec = sweep.spec_from_flags()
+        run.FLAGS.unparse_flags()
+        run.FLAGS(["run", "--config=baruch2019", "--rounds=3", "--dataset=tfds:mnist"])  # the preset's short name
+        by_name = run.config_with_preset(run.FLAGS.config)
     finally:
         run.FLAGS.unparse_flags()
     assert (config.rounds, config.dataset, config.attack, config.num_clients) == (3, "tfds:mnist", "alie", 50)
     assert spec.base == config and spec.aggregators == ["mean", "krum", "trimmed_mean", "bulyan", "median"]
+    assert by_name == config
 
 
 def test_cli_reports_missing_names():

@@ -5,10 +5,10 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-from jax.flatten_util import ravel_pytree
 import numpy as np
 import optax
 import pytest
+from jax.flatten_util import ravel_pytree
 
 import fljax
 from fljax.attacks import MODEL_ATTACKS, scheduled, zero

@@ -182,6 +182,100 @@ def test_eval_every_beyond_rounds_means_one_evaluation_at_the_end():
     assert eval_schedule(3, 5) == [3]
 
 
+# ---- settings where they do not apply: one rule for every flag ------------------------------
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(partition="iid", dirichlet_alpha=0.3), "--dirichlet_alpha does not apply to --partition=iid: it applies only "
+                                                 "with --partition=dirichlet"),
+    (dict(partition="dirichlet", bias=0.8), "--bias does not apply to --partition=dirichlet: it applies only with "
+                                            "--partition=bias"),
+    (dict(partition="bias", shards_per_client=3), "--shards_per_client does not apply to --partition=bias"),
+    (dict(protocol="fedsgd", local_steps=3), "--local_steps does not apply to --protocol=fedsgd: it applies only "
+                                             "with --protocol=fedavg"),
+    (dict(protocol="fedsgd", batch_size=8, local_steps=None), "--batch_size does not apply to --protocol=fedsgd"),
+    (dict(execution="vmap", chunk_size=4), "--chunk_size does not apply to --execution=vmap: it applies only with "
+                                           "--execution=chunked"),
+    # the deprecated flat settings: a rule's, like an attack's, must be taken by a component
+    (dict(aggregator="median", max_norm=1.0), "--max_norm does not apply to --aggregator=median: no component of it "
+                                              "takes max_norm"),
+    (dict(aggregator="median", pre_aggregation="bucketing", kappa=0.5),
+     "--kappa does not apply to --aggregator=median --pre_aggregation=bucketing: no component of it takes kappa"),
+    (dict(attack="label_flip", attack_scale=3.0), "--attack_scale does not apply to --attack=label_flip: no component "
+                                                  "of it takes a strength"),
+    (dict(attack="sign_flip", trigger_size=3), "--trigger_size does not apply to --attack=sign_flip: no component of "
+                                               "it takes trigger_size"),
+])
+def test_a_setting_where_it_does_not_apply_is_refused_naming_it(overrides, message):
+    with pytest.raises(ValueError) as info:
+        validate(_config(overrides))
+    assert str(info.value) == message or str(info.value).startswith(message), str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_settings_where_they_apply_pass():
+    for overrides in (dict(partition="dirichlet", dirichlet_alpha=0.3), dict(partition="bias", bias=0.8),
+                      dict(partition="shards", shards_per_client=3), dict(protocol="fedsgd", local_steps=None),
+                      dict(execution="chunked", chunk_size=4), dict(aggregator="clip+median", max_norm=1.0)):
+        validate(_config(overrides))
+
+
+def test_runner_refuses_a_flag_given_where_it_does_not_apply_even_at_its_default():
+    """The library sees values, the command line sees flags: --dirichlet_alpha=0.5 (the
+    default) with the default --partition=iid is refused by the runner before anything runs."""
+    from experiments import run
+    try:
+        run.FLAGS(["run", "--dirichlet_alpha=0.5"])
+        with pytest.raises(ValueError, match="--dirichlet_alpha does not apply to --partition=iid"):
+            run.config_with_preset(None)
+        run.FLAGS.unparse_flags()
+        run.FLAGS(["run", "--dirichlet_alpha=0.5", "--partition=dirichlet"])
+        assert run.config_with_preset(None).dirichlet_alpha == 0.5
+    finally:
+        run.FLAGS.unparse_flags()
+
+
+# ---- --batch_size beyond every client's data ---------------------------------------------------
+
+def test_a_batch_beyond_every_clients_data_runs_as_the_whole_data_with_a_notice():
+    """A batch holds at most a client's data: --batch_size=4096 on 120-example clients trains on
+    the same batches as --batch_size=120 (bit for bit), without computing 3,976 padded rows per
+    step, and says so; the experiment records the value given."""
+    import re
+    import warnings
+
+    import jax
+    import numpy as np
+
+    from fljax.experiment import SettingNotice
+
+    small = dict(BASE, attack="none", aggregator="mean", rounds=1, local_steps=2)
+    with pytest.warns(SettingNotice) as caught:
+        big = build(_config(dict(small, batch_size=4096)))
+    [message] = [str(w.message) for w in caught]
+    largest = int(np.max(np.asarray(big.data.client_counts)))
+    assert re.fullmatch(rf"--batch_size=4096 is larger than every client's data \(at most {largest} examples\): each "
+                        rf"local step takes a client's whole data, run as --batch_size={largest} \(no padded steps\)",
+                        message), message
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SettingNotice)
+        exact = build(_config(dict(small, batch_size=largest)))
+    assert big.config.batch_size == 4096
+    key = jax.random.PRNGKey(0)
+    a, b = big.train(key)[0].server.params, exact.train(key)[0].server.params
+    assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_runner_prints_the_batch_notice_on_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "experiments.run", "--dataset=digits", "--model=logreg",
+                           "--num_clients=6", "--clients_per_round=6", "--num_malicious=1", "--rounds=1",
+                           "--eval_every=1", "--local_steps=1", "--batch_size=1000", "--attack=none",
+                           "--aggregator=mean", "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    notices = [line for line in proc.stderr.splitlines() if "batch_size" in line]
+    assert notices == ["notice: --batch_size=1000 is larger than every client's data (at most 240 examples): each "
+                       "local step takes a client's whole data, run as --batch_size=240 (no padded steps)"], proc.stderr
+
+
 # ---- factories, called directly ------------------------------------------------------------
 
 FACTORY_CASES = [
@@ -294,6 +388,9 @@ def test_cli_refuses_bad_flags_with_status_2(tmp_path):
         ([f"--workdir={a_file}"], "--workdir"),
         (["positional"], "positional"),
         (["--checkpoint_every=3"], "--checkpoint_every applies only with --workdir"),
+        # a setting where it does not apply, even at its default value, like an attack's
+        (["--dirichlet_alpha=0.5"], "--dirichlet_alpha does not apply to --partition=iid"),
+        (["--max_norm=1.0"], "--max_norm does not apply to --aggregator=median: no component of it takes max_norm"),
     ]
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     procs = [subprocess.Popen([sys.executable, "-m", "experiments.run", *flags], cwd=ROOT, env=env,

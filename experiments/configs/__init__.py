@@ -5,15 +5,19 @@ Each preset (``experiments/configs/<name>.py``) defines ``get_config()`` returni
 is one experiment), in the style of the flax / fedjax examples. Components carry their
 arguments in their specs (``"krum(num_byzantine=2)"``, ``"backdoor(target_label=0)+pgd"``)::
 
-    python -m experiments.run   --config=experiments/configs/fang2020.py              # the base experiment
-    python -m experiments.sweep --config=experiments/configs/fang2020.py --rounds=5   # the grid, flags on top
+    python -m experiments.run   --config=fang2020                                     # the base experiment
+    python -m experiments.sweep --config=fang2020 --rounds=5                          # the grid, flags on top
+    python -m experiments.sweep --config=path/to/my_preset.py                         # a preset file of your own
 
+``--config`` takes a preset's name (``presets()`` lists them) or the path of a config file.
 Flags given explicitly on the command line override the preset's values.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import glob
 import importlib.util
 import os
 from typing import Any, Sequence, Union
@@ -68,15 +72,44 @@ class SweepSpec:
 Preset = Union[ExperimentConfig, SweepSpec]
 
 
-def load_config_file(path: str) -> Preset:
-    """Executes the Python file ``path`` and returns its ``get_config()``.
+PRESETS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def presets() -> list[str]:
+    """The names of the presets in ``experiments/configs/`` (``fang2020``, ...), sorted."""
+    return sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(PRESETS_DIR, "[a-z]*.py")))
+
+
+def preset_path(name_or_path: str) -> str:
+    """The config file of ``--config``: a preset's name (``fang2020``) is
+    ``experiments/configs/fang2020.py``; anything else is a path.
 
     Raises:
-      ValueError: the file is missing, defines no ``get_config``, or returns something else
-        than an ``ExperimentConfig`` or a ``SweepSpec``.
+      ValueError: neither a preset nor a file, naming the close preset names (a typo) or
+        listing them all.
     """
-    if not isinstance(path, str) or not os.path.isfile(path):
-        raise ValueError(f"--config must be a Python config file, got {path!r}")
+    if not isinstance(name_or_path, str) or not name_or_path.strip():
+        raise ValueError(f"--config must be a preset name ({', '.join(presets())}) or a config file, got {name_or_path!r}")
+    if os.path.isfile(name_or_path):
+        return name_or_path
+    name = os.path.basename(name_or_path)
+    name = name[:-3] if name.endswith(".py") else name
+    if name in presets() and os.sep not in name_or_path and "/" not in name_or_path:
+        return os.path.join(PRESETS_DIR, f"{name}.py")
+    close = difflib.get_close_matches(name, presets(), n=3)
+    hint = f"did you mean {' or '.join(close)}?" if close else f"presets: {', '.join(presets())}"
+    raise ValueError(f"--config: {name_or_path!r} is neither a preset nor a file ({hint})")
+
+
+def load_config_file(path: str) -> Preset:
+    """Executes the config file of ``path`` (a preset's name or a file path, ``preset_path``)
+    and returns its ``get_config()``.
+
+    Raises:
+      ValueError: no such preset or file, the file defines no ``get_config``, or returns
+        something else than an ``ExperimentConfig`` or a ``SweepSpec``.
+    """
+    path = preset_path(path)
     name = "fljax_config_" + os.path.splitext(os.path.basename(path))[0]
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)

@@ -5,21 +5,21 @@
 ``stateless`` makes a rule without state from its aggregation alone.
 """
 
-from fljax.aggregators.averaging import mean
-from fljax.aggregators.coordinatewise import median, trimmed_mean
-from fljax.aggregators.krum import krum, multi_krum
 from fljax.aggregators._common import stateless
 from fljax.aggregators.afa import AFAState, afa
-from fljax.aggregators.clustering import cluster_filter, flame
-from fljax.aggregators.contra import ContraState, contra
-from fljax.aggregators.foolsgold import FoolsGoldState, foolsgold
-from fljax.aggregators.trust import fltrust
+from fljax.aggregators.averaging import mean
 from fljax.aggregators.bulyan import bulyan
 from fljax.aggregators.clipping import CenteredClippingState, centered_clipping, norm_clipping, weak_dp
+from fljax.aggregators.clustering import cluster_filter, flame
+from fljax.aggregators.contra import ContraState, contra
+from fljax.aggregators.coordinatewise import median, trimmed_mean
+from fljax.aggregators.foolsgold import FoolsGoldState, foolsgold
 from fljax.aggregators.geometric_median import geometric_median, rfa
+from fljax.aggregators.krum import krum, multi_krum
 from fljax.aggregators.preaggregation import PREAGGREGATORS, PreAggregator, bucketing, clip, nnm, with_preaggregation
 from fljax.aggregators.sign import rlr, signguard
 from fljax.aggregators.spectral import dnc
+from fljax.aggregators.trust import fltrust
 from fljax.registry import Registry
 
 REGISTRY = Registry("aggregator", {

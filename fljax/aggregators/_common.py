@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
-from typing import Callable
-
-from fljax.aggregators.order_statistics import kth_smallest_and_largest
+from fljax.aggregators.order_statistics import kth_smallest_and_largest as kth_smallest_and_largest  # re-exported
 from fljax.types import AggregationContext, Aggregator, Array, no_state
 
 

@@ -83,8 +83,12 @@ def afa(num_clients: int, xi: float = 2.0, delta_xi: float = 0.5, prior_alpha: f
       Model Averaging", arXiv:1909.05125, 2019.
 
     Examples:
-      >>> agg = afa(num_clients=100)
-      >>> state = agg.init(flat_params)  # AFAState(alpha=[3.] * 100, beta=[3.] * 100, blocked=[False] * 100)
+      >>> agg = afa(num_clients=5)
+      >>> agg.init(jnp.zeros(2)).alpha  # the Beta(3, 3) prior of every population client
+      Array([3., 3., 3., 3., 3.], dtype=float32)
+      >>> updates = jnp.array([[1.0, 0.0], [1.0, 0.1], [1.0, -0.1], [0.9, 0.0], [-5.0, 5.0]])
+      >>> fljax.aggregate(agg, updates)  # the last is dropped (dissimilar), the others averaged
+      Array([0.975, 0.   ], dtype=float32)
     """
     rule = "afa"
     _population.check_num_clients(rule, num_clients)

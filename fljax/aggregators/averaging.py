@@ -20,7 +20,10 @@ def mean(weighted: bool = True) -> Aggregator:
       Data", AISTATS 2017.
 
     Examples:
-      >>> fljax.aggregate(fljax.aggregators.mean(), jnp.array([[0.0], [2.0]]))  # [1.]
+      >>> fljax.aggregate(fljax.aggregators.mean(), jnp.array([[0.0], [2.0]]))
+      Array([1.], dtype=float32)
+      >>> fljax.aggregate(fljax.aggregators.mean(), jnp.array([[0.0], [2.0]]), weights=jnp.array([3.0, 1.0]))
+      Array([0.5], dtype=float32)
     """
     if not isinstance(weighted, bool):
         raise ValueError(f"mean: weighted must be a bool (True or False), got {weighted!r}")

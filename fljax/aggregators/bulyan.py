@@ -94,7 +94,11 @@ def bulyan(num_byzantine: int) -> Aggregator:
 
     Examples:
       >>> agg = bulyan(num_byzantine=1)   # n >= 7 clients per round
-      >>> fljax.aggregate(agg, jnp.arange(7.0)[:, None])
+      >>> fljax.aggregate(agg, jnp.array([[0.0], [1.0], [2.0], [3.0], [4.0], [5.0], [6.0]]))
+      Array([1.6666666], dtype=float32)
+
+      Krum selects 2, 4, 1, 5, 0 (lowest index on ties); the beta = 3 values nearest their
+      median 2 are 2, 1 and one of the tied 0 and 4, which share the last slot: (2 + 1 + 2) / 3.
     """
     f = _common.check_num_byzantine("bulyan", num_byzantine)
 

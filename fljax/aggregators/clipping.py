@@ -64,7 +64,8 @@ def norm_clipping(max_norm: float, weighted: bool = True) -> Aggregator:
       (arXiv:1911.07963).
 
     Examples:
-      >>> fljax.aggregate(norm_clipping(max_norm=1.0), jnp.array([[3.0, 4.0], [0.0, 0.5]]))  # [0.3, 0.65]
+      >>> fljax.aggregate(norm_clipping(max_norm=1.0), jnp.array([[3.0, 4.0], [0.0, 0.5]]))  # (0.6, 0.8), (0, 0.5)
+      Array([0.3 , 0.65], dtype=float32)
     """
     return _common.stateless(_clipped_mean("norm_clipping", max_norm, weighted), count_weighted=weighted)
 
@@ -122,8 +123,9 @@ def centered_clipping(clip_radius: float, num_iterations: Optional[int] = 1) -> 
       ICML 2021.
 
     Examples:
-      >>> agg = centered_clipping(clip_radius=1.0, num_iterations=3)
-      >>> state = agg.init(jnp.zeros(d))   # then (v, state, info) = agg.update(x, state, ctx) each round
+      >>> agg = centered_clipping(clip_radius=1.0, num_iterations=1)
+      >>> fljax.aggregate(agg, jnp.array([[3.0, 4.0], [0.0, 0.0]]))  # from v = 0: mean of (0.6, 0.8) and 0
+      Array([0.3, 0.4], dtype=float32)
     """
     _common.check_positive("centered_clipping", "clip_radius", clip_radius)
     num_iterations = 1 if num_iterations is None else num_iterations

@@ -89,7 +89,9 @@ def flame(noise_lambda: float = 0.001, min_cluster_size: Optional[int] = None) -
       Nguyen et al., "FLAME: Taming Backdoors in Federated Learning", USENIX Security 2022.
 
     Examples:
-      >>> fljax.aggregate(flame(noise_lambda=0.0), updates, key=jax.random.PRNGKey(1))
+      >>> updates = jnp.array([[1.0, 0.0], [1.0, 0.1], [1.0, -0.1], [0.9, 0.0], [-5.0, 5.0]])
+      >>> fljax.aggregate(flame(noise_lambda=0.0), updates)  # the first four admitted, none above S_t
+      Array([0.975, 0.   ], dtype=float32)
     """
     rule = "flame"
     _common.check_positive(rule, "noise_lambda", noise_lambda, allow_zero=True)
@@ -178,7 +180,8 @@ def cluster_filter(num_iterations: int = 10) -> Aggregator:
       Federated Learning", ICASSP 2020 (with hierarchical, not 2-means, clustering).
 
     Examples:
-      >>> fljax.aggregate(cluster_filter(), jnp.array([[1.0, 0.1], [1.0, 0.0], [-1.0, 0.0]]))  # [1., 0.05]
+      >>> fljax.aggregate(cluster_filter(), jnp.array([[1.0, 0.1], [1.0, 0.0], [-1.0, 0.0]]))
+      Array([1.  , 0.05], dtype=float32)
     """
     _common.check_positive("cluster_filter", "num_iterations", num_iterations, integer=True)
 

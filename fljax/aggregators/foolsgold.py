@@ -53,7 +53,8 @@ def foolsgold(num_clients: int, kappa: float = 1.0, feature_importance: bool = F
 
     Examples:
       >>> agg = foolsgold(num_clients=100)
-      >>> state = agg.init(flat_params)  # zeros [100, d]
+      >>> agg.init(jnp.zeros(3)).history.shape  # each population client's summed updates
+      (100, 3)
     """
     rule = "foolsgold"
     _population.check_num_clients(rule, num_clients)

@@ -76,6 +76,8 @@ def krum(num_byzantine: int) -> Aggregator:
       Tolerant Gradient Descent", NeurIPS 2017.
 
     Examples:
-      >>> fljax.aggregate(krum(num_byzantine=1), updates)  # one row of updates
+      >>> updates = jnp.array([[0.0], [0.1], [0.15], [0.3], [9.0]])
+      >>> fljax.aggregate(krum(num_byzantine=1), updates)  # scores .0325, .0125, .025, .0625, 154
+      Array([0.1], dtype=float32)
     """
     return multi_krum(num_byzantine, num_selected=1)

@@ -239,8 +239,8 @@ def _select_keys(key: Array, ranks: Sequence[int]) -> list[Array]:
         out.update(zip(middle, _radix_select(key, middle)))
     for r in successors:
         prev = out[r - 1]
-        upto, larger = _reduce_rows([_counter(lambda k: k <= prev, jnp.int32),
-                                     (lambda k: jnp.where(k > prev, k, jnp.iinfo(jnp.int32).max), jnp.minimum)], key)
+        upto, larger = _reduce_rows([_counter(lambda k: k <= prev, jnp.int32),  # noqa: B023
+                                     (lambda k: jnp.where(k > prev, k, jnp.iinfo(jnp.int32).max), jnp.minimum)], key)  # noqa: B023
         out[r] = jnp.where(upto >= r + 1, prev, larger)
     return [out[r] for r in ranks]
 

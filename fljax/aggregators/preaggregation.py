@@ -158,7 +158,10 @@ def with_preaggregation(aggregator: Aggregator, *preaggregators: PreAggregator) 
 
     Examples:
       >>> agg = with_preaggregation(fljax.aggregators.krum(num_byzantine=2), bucketing(2), nnm(2))
-      >>> agg.requirement(10)  # ValueError: krum checked against n' = ceil(10/2) = 5 rows
+      >>> agg.requirement(10)  # krum is checked against the 5 rows it receives
+      Traceback (most recent call last):
+      ...
+      ValueError: krum: needs n > 2f + 2 clients per round; got n=5, num_byzantine f=2 ...
     """
     if not preaggregators:
         return aggregator

@@ -160,7 +160,8 @@ def signguard(norm_lower_bound: Optional[float] = 0.1, norm_upper_bound: Optiona
         keep = jnp.where(jnp.any(keep), keep, s1)
         factors = jnp.where(median_norm > 0, clip_factors(jnp.sum(x * x, axis=1), jnp.where(median_norm > 0, median_norm, 1.0)), 0.0)
         w = keep.astype(updates.dtype)
-        return _common.weighted_average(x * factors[:, None], w), _common.info(w * jax.lax.stop_gradient(factors), norm_kept=s1, sign_kept=s2)
+        return _common.weighted_average(x * factors[:, None], w), _common.info(w * jax.lax.stop_gradient(factors),
+                                                                               norm_kept=s1, sign_kept=s2)
 
     return _common.stateless(aggregate)
 
@@ -185,7 +186,8 @@ def rlr(learning_threshold: int, weighted: bool = True) -> Aggregator:
       Learning Rate", AAAI 2021.
 
     Examples:
-      >>> fljax.aggregate(rlr(learning_threshold=2), jnp.array([[1.0, 1.0], [1.0, -1.0], [1.0, 0.0]]))  # [1., -0.]
+      >>> fljax.aggregate(rlr(learning_threshold=2), jnp.array([[1.0, 1.0], [1.0, -1.0], [1.0, 0.0]]))  # sign sums 3, 0
+      Array([ 1., -0.], dtype=float32)
     """
     rule = "rlr"
     theta = _common.check_positive(rule, "learning_threshold", learning_threshold, integer=True)

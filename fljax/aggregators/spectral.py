@@ -51,9 +51,10 @@ def dnc(num_byzantine: int, num_iterations: Optional[int] = 5, subsample_dim: Op
     and return the uniform mean of the survivors (the paper averages uniformly).
 
     Deviations: non-finite updates, and those whose squared norm overflows fp32, score +inf
-    before the spectral step (they would make every score NaN; exactly, they would score highest); if the intersection is empty (possible when k c f >= n), the first pass's kept
-    set is used; b is capped at d. Selection runs under ``stop_gradient`` (the aggregate is
-    differentiable in the kept updates).
+    before the spectral step (they would make every score NaN; exactly, they would score highest);
+    if the intersection is empty (possible when k c f >= n), the first pass's kept set is used;
+    b is capped at d. Selection runs under ``stop_gradient`` (the aggregate is differentiable in
+    the kept updates).
 
     Args:
       num_byzantine: f.

@@ -28,7 +28,10 @@ def fltrust() -> Aggregator:
       Bootstrapping", NDSS 2021.
 
     Examples:
-      >>> fljax.aggregate(fltrust(), jnp.array([[2.0, 0.0], [0.0, 5.0]]), reference=jnp.array([1.0, 0.0]))  # [1., 0.]
+      >>> fljax.aggregate(fltrust(), jnp.array([[2.0, 0.0], [0.0, 5.0]]), reference=jnp.array([1.0, 0.0]))
+      Array([1., 0.], dtype=float32)
+
+      Trust scores ReLU(cos) = 1 and 0; the trusted update is scaled to the reference's norm 1.
     """
 
     def aggregate(updates, context):

@@ -11,13 +11,20 @@ from fljax.attacks import threat
 from fljax.attacks._common import replace_rows, stateless
 from fljax.attacks.adaptive import AdaptiveState, adaptive, triggered_loss
 from fljax.attacks.backdoor import backdoor, dba, feature_trigger
-from fljax.attacks.text import phrase_backdoor
 from fljax.attacks.data import label_flip, label_flip_all, targeted_label_flip
 from fljax.attacks.fang import fang_krum, fang_trim
 from fljax.attacks.model import gaussian, no_attack, sign_flip
 from fljax.attacks.shejwalkar import min_max, min_sum
-from fljax.attacks.targeted import (constrain_and_scale, constrain_and_scale_training, model_replacement, neurotoxin,
-                                    neurotoxin_training, pgd, pgd_training)
+from fljax.attacks.targeted import (
+    constrain_and_scale,
+    constrain_and_scale_training,
+    model_replacement,
+    neurotoxin,
+    neurotoxin_training,
+    pgd,
+    pgd_training,
+)
+from fljax.attacks.text import phrase_backdoor
 from fljax.attacks.threat import scheduled
 from fljax.attacks.untargeted import alie, inf, ipm, mimic, nan, zero
 from fljax.registry import Registry

@@ -146,8 +146,15 @@ def adaptive(objective: str = "untargeted", attack_steps: int = 50, attack_lr: f
       et al. (IPM, UAI 2019). Optimising through a differentiable aggregator is fljax's own.
 
     Examples:
-      >>> attack = adaptive(objective="untargeted", attack_steps=50, constraint="max_norm")
-      >>> fljax.apply_attack(attack, updates, malicious, aggregator=fljax.aggregators.median())
+      >>> updates = 1.0 + 0.1 * jax.random.normal(jax.random.PRNGKey(0), (7, 3))
+      >>> malicious, median = jnp.arange(7) < 2, fljax.aggregators.median()
+      >>> attack = adaptive(objective="untargeted", attack_steps=10, constraint="max_norm")
+      >>> attacked = fljax.apply_attack(attack, updates, malicious, aggregator=median)
+      >>> mu = updates[2:].mean(0)
+      >>> [round(float(fljax.aggregate(median, u) @ mu / jnp.linalg.norm(mu)), 3) for u in (updates, attacked)]
+      [1.738, 1.608]
+
+      The median's progress along the honest direction, with the attackers honest, then attacking.
     """
     _choice("objective", objective, OBJECTIVES)
     _choice("constraint", constraint, CONSTRAINTS)

@@ -194,8 +194,16 @@ def backdoor(target_label: int, trigger_size: int = 4, trigger_position: Positio
       Learning", AISTATS 2020.
 
     Examples:
-      >>> attack = backdoor(target_label=0, trigger_size=4, input_shape=(28, 28, 1))
-      >>> x_poisoned, y_poisoned = attack.poison(x, y, jnp.ones(len(y), bool), key, 0)
+      >>> attack = backdoor(target_label=0, trigger_size=2, poison_fraction=1.0, input_shape=(4, 4, 1))
+      >>> x, y = jnp.zeros((2, 4, 4, 1)), jnp.array([3, 7])
+      >>> x_poisoned, y_poisoned = attack.poison(x, y, jnp.ones(2, bool), jax.random.PRNGKey(0), 0)
+      >>> y_poisoned
+      Array([0, 0], dtype=int32)
+      >>> x_poisoned[0, :, :, 0]  # the 2x2 square in the bottom-right corner
+      Array([[0., 0., 0., 0.],
+             [0., 0., 0., 0.],
+             [0., 0., 1., 1.],
+             [0., 0., 1., 1.]], dtype=float32)
     """
     make = image_trigger("backdoor", trigger_size, trigger_position, trigger_pattern, trigger_value)
     return _trigger_attack("backdoor", make, target_label, poison_fraction, input_shape, num_classes)
@@ -213,9 +221,8 @@ def dba(target_label: int, num_parts: int = 4, trigger_size: int = 4, trigger_po
     split into 4 one-row bars here, without the gaps.
 
     Args:
-      target_label, trigger_size, trigger_position, trigger_pattern, trigger_value,
-      poison_fraction, input_shape, num_classes: as in ``backdoor``.
-      num_parts: local triggers, in 1..(pixels of the pattern).
+      num_parts: local triggers, in 1..(pixels of the pattern); the other arguments are
+        ``backdoor``'s.
 
     References:
       Xie, Huang, Chen, Li, "DBA: Distributed Backdoor Attacks against Federated Learning",

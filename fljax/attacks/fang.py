@@ -17,8 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from fljax.attacks._common import check_number, stateless
-from fljax.attacks.threat import (ball_offsets, check_bool, check_knowledge, masked_mean_std, observed_rows,
-                                  sq_distances)
+from fljax.attacks.threat import ball_offsets, check_bool, check_knowledge, masked_mean_std, observed_rows, sq_distances
 from fljax.types import Array, ModelAttack
 
 
@@ -92,7 +91,14 @@ def fang_krum(num_byzantine: Optional[int] = None, knowledge: str = "full", coll
       Learning", USENIX Security 2020, Section 4.2.
 
     Examples:
-      >>> fljax.apply_attack(fang_krum(num_byzantine=2), updates, malicious)
+      >>> updates = 1.0 + 0.1 * jax.random.normal(jax.random.PRNGKey(0), (7, 3))
+      >>> attacked = fljax.apply_attack(fang_krum(num_byzantine=2), updates, jnp.arange(7) < 2)
+      >>> jnp.sign(attacked[:2])  # -lambda * s, s = +1 (the benign mean's sign)
+      Array([[-1., -1., -1.],
+             [-1., -1., -1.]], dtype=float32)
+
+      With honest updates this close together Krum never prefers the crafted update, and lambda
+      ends at the threshold (1e-5): the attack needs spread, as in high-dimensional models.
     """
     if num_byzantine is not None and (isinstance(num_byzantine, bool) or not isinstance(num_byzantine, int)
                                       or num_byzantine < 0):
@@ -183,7 +189,14 @@ def fang_trim(knowledge: str = "full", colluding: bool = False, b: float = 2.0) 
       Learning", USENIX Security 2020, Section 4.3.
 
     Examples:
-      >>> fljax.apply_attack(fang_trim(), updates, malicious, key)
+      >>> updates = jnp.array([[0.0, 0.0], [0.0, 0.0], [1.0, 2.0], [2.0, 2.0], [3.0, 2.0]])
+      >>> malicious = jnp.array([True, True, False, False, False])
+      >>> np.asarray(fljax.apply_attack(fang_trim(), updates, malicious, jax.random.PRNGKey(0))[:2], float).round(3)
+      array([[0.526, 1.021],
+             [0.834, 1.531]])
+
+      The benign mean is positive, so each crafted value is drawn in ``[w_min / b, w_min]``:
+      ``[0.5, 1]`` and ``[1, 2]`` here (b = 2).
     """
     check_knowledge("fang_trim", knowledge)
     check_bool("fang_trim", "colluding", colluding)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 from fljax.attacks._common import check_number, stateless
 from fljax.types import ModelAttack
@@ -26,7 +25,10 @@ def sign_flip(scale: float = 1.0) -> ModelAttack:
       al., "Byzantine-Resilient Non-Convex SGD", ICLR 2021 (sign flipping as a baseline).
 
     Examples:
-      >>> fljax.apply_attack(sign_flip(scale=2.0), jnp.ones((3, 2)), jnp.array([True, False, False]), key)
+      >>> fljax.apply_attack(sign_flip(scale=2.0), jnp.ones((3, 2)), jnp.array([True, False, False]))
+      Array([[-2., -2.],
+             [ 1.,  1.],
+             [ 1.,  1.]], dtype=float32)
     """
     check_number("sign_flip", "scale", scale, positive=True)
     return stateless(lambda u, m, key, ctx: -scale * u)

@@ -114,7 +114,13 @@ def min_max(direction: str = "unit_vec", knowledge: str = "full", gamma_init: fl
       Defenses for Federated Learning", NDSS 2021 (Eq. 2 and Algorithm 1).
 
     Examples:
-      >>> fljax.apply_attack(min_max(direction="std"), updates, malicious)
+      >>> updates = jnp.array([[0.0, 0.0], [0.0, 0.0], [1.0, 2.0], [2.0, 2.0], [3.0, 2.0]])
+      >>> malicious = jnp.array([True, True, False, False, False])
+      >>> fljax.apply_attack(min_max(direction="std"), updates, malicious)[0].round(4)
+      Array([1., 2.], dtype=float32)
+
+      mu - gamma * std = (2 - 0.816 gamma, 2), at most 2 (the largest benign distance) from every
+      benign update: gamma = 2.449 / 2, the point (1, 2).
     """
     return _attack("min_max", direction, knowledge, gamma_init, tau)
 
@@ -133,6 +139,12 @@ def min_sum(direction: str = "unit_vec", knowledge: str = "full", gamma_init: fl
       Defenses for Federated Learning", NDSS 2021 (Eq. 3 and Algorithm 1).
 
     Examples:
-      >>> fljax.apply_attack(min_sum(), updates, malicious)
+      >>> updates = jnp.array([[0.0, 0.0], [0.0, 0.0], [1.0, 2.0], [2.0, 2.0], [3.0, 2.0]])
+      >>> malicious = jnp.array([True, True, False, False, False])
+      >>> fljax.apply_attack(min_sum(), updates, malicious)[0].round(4)
+      Array([1.2929, 1.2929], dtype=float32)
+
+      (2 - b)(1, 1) along the unit mean: its squared distances to the benign updates sum to
+      6 b^2 + 2, at most 5 (the largest benign sum): b = 0.7071.
     """
     return _attack("min_sum", direction, knowledge, gamma_init, tau)

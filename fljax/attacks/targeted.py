@@ -15,6 +15,10 @@ The runner wires both from the model attack of ``--attack``, after the data atta
     python -m experiments.run --attack='backdoor(target_label=0)+model_replacement' --aggregator=mean
 
 Examples:
+  >>> import optax
+  >>> from fljax.attacks import backdoor, pgd, pgd_training
+  >>> loss_fn = fljax.classification_loss(lambda params, x: x.reshape(len(x), -1) @ params)
+  >>> client_update = fljax.fedavg(loss_fn, optax.sgd(0.1), local_steps=10)
   >>> rnd = fljax.make_round(client_update, fljax.aggregators.mean(), clients_per_round=20, num_malicious=5,
   ...                        data_attack=backdoor(target_label=0), model_attack=pgd(norm_bound=1.0),
   ...                        malicious_client_update=pgd_training(loss_fn, optax.sgd(0.1), norm_bound=1.0,
@@ -93,7 +97,10 @@ def model_replacement(gamma: Optional[float] = None, server_lr: float = 1.0) -> 
       Learning through an Adversarial Lens", ICML 2019 ("explicit boosting").
 
     Examples:
-      >>> fljax.apply_attack(model_replacement(gamma=10.0), updates, malicious)
+      >>> fljax.apply_attack(model_replacement(gamma=10.0), jnp.array([[0.1, 0.2], [0.3, 0.4]]),
+      ...                    jnp.array([True, False]))
+      Array([[1. , 2. ],
+             [0.3, 0.4]], dtype=float32)
     """
     return _send("model_replacement", gamma, server_lr)
 
@@ -106,8 +113,12 @@ def constrain_and_scale(gamma: Optional[float] = None, server_lr: float = 1.0) -
       Bagdasaryan et al., "How To Backdoor Federated Learning", AISTATS 2020 (Section 4.2).
 
     Examples:
-      >>> make_round(..., model_attack=constrain_and_scale(gamma=5.0),
-      ...            malicious_client_update=constrain_and_scale_training(loss_fn, opt, alpha=0.7, local_steps=10))
+      >>> import optax
+      >>> loss_fn = fljax.classification_loss(lambda params, x: x @ params)
+      >>> rnd = fljax.make_round(fljax.fedavg(loss_fn, optax.sgd(0.1), local_steps=10), fljax.aggregators.mean(),
+      ...                        clients_per_round=10, num_malicious=2, model_attack=constrain_and_scale(gamma=5.0),
+      ...                        malicious_client_update=constrain_and_scale_training(loss_fn, optax.sgd(0.1),
+      ...                                                                             alpha=0.7, local_steps=10))
     """
     return _send("constrain_and_scale", gamma, server_lr)
 
@@ -122,7 +133,10 @@ def pgd(norm_bound: float = 1.0, gamma: float = 1.0, server_lr: float = 1.0) -> 
       et al., "Attack of the Tails: Yes, You Really Can Backdoor Federated Learning", NeurIPS 2020.
 
     Examples:
-      >>> fljax.apply_attack(pgd(norm_bound=1.0, gamma=2.0), updates, malicious)
+      >>> fljax.apply_attack(pgd(norm_bound=1.0, gamma=2.0), jnp.array([[3.0, 4.0], [0.3, 0.4]]),
+      ...                    jnp.array([True, False]))  # projected to (0.6, 0.8), then boosted
+      Array([[1.2, 1.6],
+             [0.3, 0.4]], dtype=float32)
     """
     check_number("pgd", "norm_bound", norm_bound, positive=True)
     return _send("pgd", gamma, server_lr, norm_bound=float(norm_bound))
@@ -137,8 +151,12 @@ def neurotoxin(gamma: float = 1.0, server_lr: float = 1.0) -> ModelAttack:
       Backdoors in Federated Learning", ICML 2022.
 
     Examples:
-      >>> make_round(..., model_attack=neurotoxin(),
-      ...            malicious_client_update=neurotoxin_training(loss_fn, opt, mask_ratio=0.95, local_steps=10))
+      >>> import optax
+      >>> loss_fn = fljax.classification_loss(lambda params, x: x @ params)
+      >>> rnd = fljax.make_round(fljax.fedavg(loss_fn, optax.sgd(0.1), local_steps=10), fljax.aggregators.mean(),
+      ...                        clients_per_round=10, num_malicious=2, model_attack=neurotoxin(),
+      ...                        malicious_client_update=neurotoxin_training(loss_fn, optax.sgd(0.1),
+      ...                                                                    mask_ratio=0.95, local_steps=10))
     """
     return _send("neurotoxin", gamma, server_lr)
 
@@ -184,6 +202,8 @@ def constrain_and_scale_training(loss_fn: LossFn, optimizer: optax.GradientTrans
       Bagdasaryan et al., "How To Backdoor Federated Learning", AISTATS 2020 (Algorithm 1).
 
     Examples:
+      >>> import optax
+      >>> loss_fn = fljax.classification_loss(lambda params, x: x @ params)
       >>> mal = constrain_and_scale_training(loss_fn, optax.sgd(0.1), alpha=0.7, local_steps=10)
     """
     check_number("constrain_and_scale", "alpha", alpha, positive=True)
@@ -223,6 +243,8 @@ def pgd_training(loss_fn: LossFn, optimizer: optax.GradientTransformation, norm_
       the Tails: Yes, You Really Can Backdoor Federated Learning", NeurIPS 2020.
 
     Examples:
+      >>> import optax
+      >>> loss_fn = fljax.classification_loss(lambda params, x: x @ params)
       >>> mal = pgd_training(loss_fn, optax.sgd(0.1), norm_bound=1.0, local_steps=10)
     """
     check_number("pgd", "norm_bound", norm_bound, positive=True)
@@ -275,6 +297,8 @@ def neurotoxin_training(loss_fn: LossFn, optimizer: optax.GradientTransformation
       Zhang et al., "Neurotoxin: Durable Backdoors in Federated Learning", ICML 2022.
 
     Examples:
+      >>> import optax
+      >>> loss_fn = fljax.classification_loss(lambda params, x: x @ params)
       >>> mal = neurotoxin_training(loss_fn, optax.sgd(0.1), mask_ratio=0.9, local_steps=10)
     """
     check_number("neurotoxin", "mask_ratio", mask_ratio, positive=True)

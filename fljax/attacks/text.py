@@ -82,8 +82,10 @@ def phrase_backdoor(trigger: Phrase = "pasta from Astoria is ", completion: Phra
       2020 (Section 4.2, word prediction).
 
     Examples:
-      >>> attack = phrase_backdoor("pasta from Astoria is ", "delicious", input_shape=(80,))
-      >>> x_poisoned, y_poisoned = attack.poison(x, y, jnp.ones(len(y), bool), key, 0)
+      >>> attack = phrase_backdoor("ab ", "c", poison_fraction=1.0, input_shape=(6,))
+      >>> x, y = jnp.zeros((1, 6), jnp.int32), jnp.zeros((1, 6), jnp.int32)
+      >>> attack.poison(x, y, jnp.ones(1, bool), jax.random.PRNGKey(0), 0)  # "ab c" ends the text
+      (Array([[ 0,  0,  0, 54, 55,  2]], dtype=int32), Array([[ 0,  0, 54, 55,  2, 56]], dtype=int32))
     """
     trigger_ids, completion_ids = _tokens("trigger", trigger), _tokens("completion", completion)
     phrase = np.concatenate([trigger_ids, completion_ids])

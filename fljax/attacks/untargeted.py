@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-import jax
 import jax.numpy as jnp
 from jax.scipy.special import ndtri
 
@@ -30,6 +29,9 @@ def zero() -> ModelAttack:
 
     Examples:
       >>> fljax.apply_attack(zero(), jnp.ones((3, 2)), jnp.array([True, False, False]))
+      Array([[0., 0.],
+             [1., 1.],
+             [1., 1.]], dtype=float32)
     """
     return stateless(lambda u, m, key, ctx: jnp.zeros(u.shape[1:], u.dtype))
 
@@ -42,6 +44,9 @@ def nan() -> ModelAttack:
 
     Examples:
       >>> fljax.apply_attack(nan(), jnp.ones((3, 2)), jnp.array([True, False, False]))
+      Array([[nan, nan],
+             [ 1.,  1.],
+             [ 1.,  1.]], dtype=float32)
     """
     return stateless(lambda u, m, key, ctx: jnp.full(u.shape[1:], jnp.nan, u.dtype))
 
@@ -54,6 +59,9 @@ def inf() -> ModelAttack:
 
     Examples:
       >>> fljax.apply_attack(inf(), jnp.ones((3, 2)), jnp.array([True, False, False]))
+      Array([[inf, inf],
+             [ 1.,  1.],
+             [ 1.,  1.]], dtype=float32)
     """
     return stateless(lambda u, m, key, ctx: jnp.full(u.shape[1:], jnp.inf, u.dtype))
 
@@ -76,7 +84,11 @@ def ipm(epsilon: float = 0.1, knowledge: str = "full") -> ModelAttack:
       Manipulation", UAI 2019.
 
     Examples:
-      >>> fljax.apply_attack(ipm(epsilon=0.5), updates, malicious)
+      >>> updates = jnp.array([[0.0, 0.0], [0.0, 0.0], [1.0, 2.0], [2.0, 2.0], [3.0, 2.0]])
+      >>> malicious = jnp.array([True, True, False, False, False])
+      >>> fljax.apply_attack(ipm(epsilon=0.5), updates, malicious)[:2]  # -0.5 * the honest mean (2, 2)
+      Array([[-1., -1.],
+             [-1., -1.]], dtype=float32)
     """
     check_number("ipm", "epsilon", epsilon, positive=True)
     check_knowledge("ipm", knowledge)
@@ -97,6 +109,7 @@ def alie_z(n: int | Array, f: int | Array) -> Array:
 
     Examples:
       >>> alie_z(50, 10)  # s = 16, Phi^-1(24 / 40) = 0.2533
+      Array(0.2533, dtype=float32)
     """
     n = jnp.asarray(n, jnp.float32)
     f = jnp.asarray(f, jnp.float32)
@@ -127,7 +140,12 @@ def alie(z: Optional[float] = None, knowledge: str = "full") -> ModelAttack:
       Learning", NeurIPS 2019.
 
     Examples:
-      >>> fljax.apply_attack(alie(), updates, malicious)   # n=50, f=10 -> z = 0.2533
+      >>> updates = jnp.array([[0.0, 0.0], [0.0, 0.0], [1.0, 2.0], [2.0, 2.0], [3.0, 2.0]])
+      >>> malicious = jnp.array([True, True, False, False, False])
+      >>> fljax.apply_attack(alie(), updates, malicious)[0]  # n=5, f=2: z = Phi^-1(2/3) = 0.4307
+      Array([2.3517, 2.    ], dtype=float32)
+
+      The honest mean (2, 2) plus z times the honest std (0.8165, 0).
     """
     if z is not None:
         check_number("alie", "z", z)
@@ -179,7 +197,11 @@ def mimic(choice: str = "max_variance") -> ModelAttack:
       Bucketing", ICLR 2022.
 
     Examples:
-      >>> fljax.apply_attack(mimic("first"), updates, malicious)
+      >>> updates = jnp.array([[0.0, 0.0], [0.0, 0.0], [1.0, 2.0], [2.0, 2.0], [3.0, 2.0]])
+      >>> malicious = jnp.array([True, True, False, False, False])
+      >>> fljax.apply_attack(mimic("first"), updates, malicious)[:2]  # the first honest client's update
+      Array([[1., 2.],
+             [1., 2.]], dtype=float32)
     """
     if choice not in MIMIC_CHOICES:
         raise ValueError(f"mimic: choice must be one of {', '.join(MIMIC_CHOICES)}, got {choice!r}")

@@ -1,7 +1,19 @@
 """Datasets (embedded, IDX, TFDS, LEAF, synthetic) and federated partitions."""
 
-from fljax.data.datasets import (DATASETS, EMBEDDED, NATURAL_DATASETS, Dataset, breast_cancer, check_name, digits,
-                                 idx_dataset, load, mnist5k, mnist_format, tfds_dataset)
+from fljax.data.datasets import (
+    DATASETS,
+    EMBEDDED,
+    NATURAL_DATASETS,
+    Dataset,
+    breast_cancer,
+    check_name,
+    digits,
+    idx_dataset,
+    load,
+    mnist5k,
+    mnist_format,
+    tfds_dataset,
+)
 from fljax.data.federated import METHODS, FederatedData, federate
 from fljax.data.idx import read_idx
 from fljax.data.leaf import femnist, shakespeare

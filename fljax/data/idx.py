@@ -28,7 +28,7 @@ def read_idx(path: str) -> np.ndarray:
 
     Examples:
       >>> images = read_idx("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")  # doctest: +SKIP
-      >>> images.shape, images.dtype
+      >>> images.shape, images.dtype  # doctest: +SKIP
       ((10000, 28, 28), dtype('uint8'))
     """
     with open(path, "rb") as f:

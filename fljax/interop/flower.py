@@ -1,7 +1,7 @@
 """Any fljax rule as the aggregation of a Flower server (``flwr.serverapp.strategy``).
 
 Needs ``pip install fljax[flower]`` (flwr >= 1.21, the Message API; tested with 1.21.0, 1.30.0 and
-1.42.0, and in a real SuperLink / SuperNode deployment with 1.42.0).
+1.42.0, and in a real SuperLink / SuperNode deployment with 1.42.0)::
 
     from flwr.app import ArrayRecord, Context
     from flwr.serverapp import Grid, ServerApp

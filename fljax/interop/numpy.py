@@ -96,6 +96,7 @@ def aggregate(rule, updates, weights=None, client_ids: Optional[Sequence[Hashabl
       The aggregate with the structure, shapes and dtypes of one client's update.
 
     Examples:
+      >>> from fljax.interop import numpy as fnp
       >>> fnp.aggregate(fljax.aggregators.median(), [[np.ones(2)], [2 * np.ones(2)], [9 * np.ones(2)]])
       [array([2., 2.])]
     """

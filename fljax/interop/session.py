@@ -49,9 +49,11 @@ class Session:
         ``fold_in(PRNGKey(seed), r)`` (bucketing's shuffle, FLAME's and weak DP's noise).
 
     Examples:
-      >>> session = Session(fljax.aggregators.foolsgold(num_clients=10))
-      >>> aggregate, info = session(updates, weights=[30, 10, 20], client_ids=["a", "b", "c"])
-      >>> info["weights"]  # effective weight per client, 0 for an excluded one
+      >>> session = Session(fljax.aggregators.krum(num_byzantine=1))
+      >>> updates = np.array([[0.0], [0.1], [0.15], [0.3], [9.0]])
+      >>> aggregate, info = session(updates, client_ids=["a", "b", "c", "d", "e"])
+      >>> aggregate, info["weights"]  # effective weight per client, 0 for an excluded one
+      (Array([0.1], dtype=float32), array([0., 1., 0., 0., 0.], dtype=float32))
     """
 
     def __init__(self, aggregator: Aggregator, seed: int = 0):

@@ -1,4 +1,4 @@
-"""PyTorch bridge: the clients' tensors or ``state_dict``s through any fljax rule and back.
+"""PyTorch bridge: the clients' tensors or state dicts through any fljax rule and back::
 
     import fljax
     from fljax.interop import torch as ftorch
@@ -84,6 +84,8 @@ def aggregate(rule, updates, weights=None, client_ids: Optional[Sequence[Hashabl
       The aggregate with the structure, shapes, dtypes and device of one client's update.
 
     Examples:
+      >>> import torch
+      >>> from fljax.interop import torch as ftorch
       >>> ftorch.aggregate(fljax.aggregators.median(), torch.tensor([[1.0], [2.0], [9.0]]))
       tensor([2.])
     """
