@@ -5,11 +5,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import make_data
 
 import fljax
 from fljax.experiment import ExperimentConfig, build, validate
 from fljax.momentum import worker_momentum
-from helpers import make_data
 
 BETA = 0.5
 
