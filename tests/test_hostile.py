@@ -48,6 +48,9 @@ SETTINGS = {
     "weak_dp": dict(max_norm=1.0, noise_std=0.001),
     "centered_clipping": dict(clip_radius=1.0),
     "rlr": dict(learning_threshold=4),
+    # MoNNA averages around a client the server trusts; clients 0..F-1 attack here, so the pivot is
+    # the first honest one (with an attacker as pivot no rule of its kind can be robust).
+    "monna": dict(aggregator=f"monna(pivot={F})"),
 }
 
 # Rules that do not survive some kinds, with the reason: by design (the rule has no bound on a

@@ -106,6 +106,10 @@ CASES = [
     (dict(aggregator="norm_clipping", max_norm=-1.0), ["max_norm"], False),
     (dict(aggregator="rlr", learning_threshold=20), ["learning_threshold"], False),
     (dict(aggregator="median", pre_aggregation="foo"), ["--pre_aggregation", "bucketing"], False),
+    (dict(aggregator="mda", num_byzantine=6), ["mda", "num_byzantine", "n > 2f"], False),
+    (dict(aggregator="smea(num_byzantine=5, max_subsets=100)"), ["smea", "C(12, 5) = 792", "max_subsets=100"], False),
+    (dict(aggregator="monna(pivot=-2)"), ["monna", "pivot", "-2"], False),
+    (dict(aggregator="arc+median", num_byzantine=6), ["arc", "num_byzantine", "n > 2f"], False),
     # attacks' settings
     (dict(attack_start_round=-1), ["start_round"]),
     (dict(attack_every=0), ["every"]),
@@ -327,6 +331,22 @@ FACTORY_CASES = [
     (lambda: attacks_lib.MODEL_ATTACKS["adaptive"](rule="median"), "rule", "'median'"),
     (lambda: attacks_lib.DATA_ATTACKS["backdoor"](target_label=1, num_classes=1), "num_classes", "1"),
     (lambda: attacks_lib.DATA_ATTACKS["backdoor"](target_label=1, input_shape=0), "input_shape", "0"),
+    (lambda: aggregators_lib.mda(num_byzantine=1, max_subsets=0), "max_subsets", "0"),
+    (lambda: aggregators_lib.mda(num_byzantine=8).requirement(40), "C(40, 8)", "76,904,685"),
+    (lambda: aggregators_lib.smea(num_byzantine=3).requirement(6), "n > 2f", "n=6"),
+    (lambda: aggregators_lib.caf(num_byzantine=4).requirement(8), "n > 2f", "n=8"),
+    (lambda: aggregators_lib.meamed(num_byzantine=2).requirement(4), "n > 2f", "n=4"),
+    (lambda: aggregators_lib.monna(num_byzantine=1, pivot=-1), "pivot", "-1"),
+    (lambda: aggregators_lib.monna(num_byzantine=1, pivot=1.5), "pivot", "1.5"),
+    (lambda: aggregators_lib.monna(num_byzantine=2).requirement(4), "n > 2f", "n=4"),
+    (lambda: aggregators_lib.lasa(sparsity=1.0), "sparsity", "1.0"),
+    (lambda: aggregators_lib.lasa(lambda_n=0.0), "lambda_n", "0.0"),
+    (lambda: aggregators_lib.lasa(lambda_s=NAN), "lambda_s", "nan"),
+    (lambda: aggregators_lib.lasa(layer_shapes=[(3, 0)]), "layer_shapes", "(3, 0)"),
+    (lambda: aggregators_lib.auror(alpha=-1.0), "alpha", "-1.0"),
+    (lambda: aggregators_lib.auror(detection_rounds=0), "detection_rounds", "0"),
+    (lambda: aggregators_lib.arc(num_byzantine=-1), "num_byzantine", "-1"),
+    (lambda: aggregators_lib.arc(num_byzantine=3).requirement(6), "n > 2f", "n=6"),
 ]
 
 

@@ -13,13 +13,27 @@ from fljax.aggregators.clipping import CenteredClippingState, centered_clipping,
 from fljax.aggregators.clustering import cluster_filter, flame
 from fljax.aggregators.contra import ContraState, contra
 from fljax.aggregators.coordinatewise import median, trimmed_mean
+from fljax.aggregators.covariance_filter import caf
 from fljax.aggregators.foolsgold import FoolsGoldState, foolsgold
 from fljax.aggregators.geometric_median import geometric_median, rfa
+from fljax.aggregators.indicative_features import AurorState, auror
 from fljax.aggregators.krum import krum, multi_krum
-from fljax.aggregators.preaggregation import PREAGGREGATORS, PreAggregator, bucketing, clip, nnm, with_preaggregation
+from fljax.aggregators.layerwise import lasa
+from fljax.aggregators.mean_around_median import meamed
+from fljax.aggregators.preaggregation import (
+    PREAGGREGATORS,
+    PreAggregator,
+    arc,
+    bucketing,
+    clip,
+    nnm,
+    with_preaggregation,
+)
 from fljax.aggregators.sign import rlr, signguard
 from fljax.aggregators.spectral import dnc
+from fljax.aggregators.subsets import mda, smea
 from fljax.aggregators.trust import fltrust
+from fljax.aggregators.trusted_pivot import monna
 from fljax.registry import Registry
 
 REGISTRY = Registry("aggregator", {
@@ -43,6 +57,13 @@ REGISTRY = Registry("aggregator", {
     "dnc": dnc,
     "signguard": signguard,
     "rlr": rlr,
+    "mda": mda,
+    "smea": smea,
+    "caf": caf,
+    "meamed": meamed,
+    "monna": monna,
+    "lasa": lasa,
+    "auror": auror,
 })
 
 __all__ = [
@@ -50,4 +71,5 @@ __all__ = [
     "REGISTRY", "afa", "bucketing", "bulyan", "centered_clipping", "clip", "cluster_filter", "contra", "dnc", "flame",
     "fltrust", "foolsgold", "geometric_median", "krum", "mean", "median", "multi_krum", "nnm", "norm_clipping", "rfa",
     "rlr", "signguard", "stateless", "trimmed_mean", "weak_dp", "with_preaggregation",
+    "AurorState", "arc", "auror", "caf", "lasa", "mda", "meamed", "monna", "smea",
 ]

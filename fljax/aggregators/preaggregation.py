@@ -145,6 +145,47 @@ def clip(max_norm: float) -> PreAggregator:
     return PreAggregator(apply=apply, name=f"clip(max_norm={max_norm})")
 
 
+def arc(num_byzantine: int) -> PreAggregator:
+    """Adaptive robust clipping: the ``k = floor(2 f (n - f) / n)`` updates of largest norm are
+    scaled down to the norm of the largest update that is not clipped; the others are unchanged.
+
+    ``x_i <- x_i min(1, ||x_(k+1)|| / ||x_i||)`` with ``||x_(k+1)||`` the (k+1)-th largest norm,
+    which is the same as clipping the k largest (ties at the threshold are left unchanged either
+    way). k is computed in integers (ByzFL's ``int(2 * f / n * (n - f))`` rounds some exact
+    integers down, e.g. 3 instead of 4 at n = 9, f = 3). Non-finite updates count as infinitely
+    long (they take clipping slots) and pass through unchanged, for the rule to treat as
+    outliers (as ``clip`` does); a finite update whose norm overflows float32 is scaled to zero.
+    The mixing matrix is ``diag(factors)``, so a heavily clipped client shows as down-weighted
+    in the rule's weights per client.
+
+    Args:
+      num_byzantine: f; needs n > 2f.
+
+    References:
+      Allouah, Guerraoui, Gupta, Jellouli, Rizk, Stephan, "The Vital Role of Gradient Clipping in
+      Byzantine-Resilient Distributed Learning", arXiv:2405.14432, 2024.
+
+    Examples:
+      >>> agg = with_preaggregation(fljax.aggregators.krum(num_byzantine=2), arc(num_byzantine=2))
+    """
+    f = _common.check_num_byzantine("arc", num_byzantine)
+
+    def requirement(n: int) -> None:
+        _common.require(n > 2 * f, "arc", f"needs n > 2f rows; got n={n}, num_byzantine f={f} (n must be >= {2 * f + 1})")
+
+    def apply(updates, weights, client_ids, key):
+        n = updates.shape[0]
+        k = 2 * f * (n - f) // n
+        finite = _common.finite_rows(updates)
+        norms = jax.lax.stop_gradient(_common.safe_norms(updates))
+        threshold = jnp.sort(norms)[n - 1 - k]  # the (k + 1)-th largest norm
+        clipped = finite & (norms > threshold)
+        factors = jnp.where(clipped, threshold / jnp.where(clipped, norms, 1.0), 1.0).astype(updates.dtype)
+        return jnp.where(clipped[:, None], updates * factors[:, None], updates), weights, client_ids, jnp.diag(factors)
+
+    return PreAggregator(apply=apply, requirement=requirement, name=f"arc(num_byzantine={f})")
+
+
 def with_preaggregation(aggregator: Aggregator, *preaggregators: PreAggregator) -> Aggregator:
     """``aggregator`` applied after ``preaggregators`` (in order); returns an ``Aggregator``.
 
@@ -199,6 +240,6 @@ def with_preaggregation(aggregator: Aggregator, *preaggregators: PreAggregator) 
                       needs_reference=aggregator.needs_reference, count_weighted=aggregator.count_weighted)
 
 
-PREAGGREGATORS = Registry("pre-aggregation", {"nnm": nnm, "bucketing": bucketing, "clip": clip})
+PREAGGREGATORS = Registry("pre-aggregation", {"nnm": nnm, "bucketing": bucketing, "clip": clip, "arc": arc})
 """The pre-aggregations by name: a spec chain puts them before the rule, applied in order
 (``--aggregator='bucketing(bucket_size=2)+nnm+krum'``)."""
