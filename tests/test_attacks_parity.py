@@ -270,35 +270,45 @@ def test_malicious_loss_is_the_mean_hinge_of_per_example_cross_entropy():
 
 
 @jax.jit
-def _stealth_then_malicious_gradient(params, rho, lr=0.5, confidence=0.5):
+def _stealth_gradient(w, params, rho):
+    """The gradient of the clean loss on the 4 clean examples (one full batch) + rho/2 ||w - G||^2."""
     prox = lambda p: 0.5 * rho * sum(jnp.sum((a - b) ** 2) for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(params)))
-    clean = Batch(X[2:], Y[2:], jnp.ones(4, bool))
-    g = jax.grad(lambda p: LOSS(p, clean) + prox(p))(params)
-    w = jax.tree.map(lambda p, g: p - lr * g, params, g)
-    targets = Batch(X[:2], jnp.full(2, 2), jnp.ones(2, bool))
-    value, g = jax.value_and_grad(malicious_loss(LOSS, confidence))(w, targets)
-    return w, value, g
+    return jax.grad(lambda p: LOSS(p, Batch(X[2:], Y[2:], jnp.ones(4, bool))) + prox(p))(w)
 
 
-def by_hand(params, rho, boost, lr=0.5):
-    """One stealth step on the 4 clean examples (full batch) + rho/2 ||w - G||^2, then the boosted
-    malicious step on the two relabelled examples if their hinge loss is positive; the delta and
-    that loss."""
-    w, value, g = _stealth_then_malicious_gradient(params, rho, lr)
-    if value > 0:
-        w = jax.tree.map(lambda p, g: p - boost * lr * g, w, g)
-    return jax.tree.map(lambda a, b: np.asarray(a - b), w, params), float(value)
+CONFIDENCE = 0.99
 
 
-def test_alternating_step_by_hand_and_the_boost_stops_once_the_targets_are_confident():
-    rho, boost = 0.3, 5.0
-    train = alter_min_training(LOSS, optax.sgd(0.5), boost=boost, rho=rho, stealth_steps=1, local_steps=1,
-                               batch_size=8)
+@jax.jit
+def _malicious_gradient(w):
+    """The hinge loss of the two relabelled examples, and its gradient."""
+    return jax.value_and_grad(malicious_loss(LOSS, CONFIDENCE))(w, Batch(X[:2], jnp.full(2, 2), jnp.ones(2, bool)))
+
+
+def by_hand(params, schedule, rho, boost, lr=0.5):
+    """The delta after the steps of ``schedule`` ("s": a stealth step, "m": a malicious step,
+    boosted, taken only while the hinge loss is positive) and how many malicious steps were taken."""
+    w, boosted = params, 0
+    for kind in schedule:
+        if kind == "s":
+            w = jax.tree.map(lambda p, g: p - lr * g, w, _stealth_gradient(w, params, rho))
+            continue
+        value, g = _malicious_gradient(w)
+        if value > 0:
+            w, boosted = jax.tree.map(lambda p, g: p - boost * lr * g, w, g), boosted + 1
+    return jax.tree.map(lambda a, b: np.asarray(a - b), w, params), boosted
+
+
+def test_alternating_steps_by_hand_and_the_boost_stops_once_the_targets_are_confident():
+    rho, boost = 0.3, 2.0
+    # 3 local steps, a malicious step after every 2nd stealth step and after the last: s s m s m.
+    train = alter_min_training(LOSS, optax.sgd(0.5), boost=boost, rho=rho, stealth_steps=2, confidence=CONFIDENCE,
+                               local_steps=3, batch_size=8)
     program = jax.jit(lambda p: train(p, CLIENT, jax.random.PRNGKey(0), flip_first_two))
-    confident = dict(PARAMS, b=jnp.asarray([0.0, 0.0, 10.0]))  # class 2 (the targets' label) everywhere
-    for params, boosted in ((PARAMS, True), (confident, False)):
-        want, loss = by_hand(params, rho, boost)
-        assert (loss > 0) == boosted
+    confident = dict(PARAMS, b=jnp.asarray([0.0, 0.0, 20.0]))  # class 2 (the targets' label) everywhere
+    for params, boosted in ((PARAMS, 2), (confident, 0)):
+        want, took = by_hand(params, "ssmsm", rho, boost)
+        assert took == boosted
         for a, b in zip(jax.tree.leaves(program(params)), jax.tree.leaves(want)):
             np.testing.assert_allclose(np.asarray(a), b, rtol=1e-5, atol=1e-6)
 
