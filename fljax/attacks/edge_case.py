@@ -92,7 +92,8 @@ def edge_case(target_label: int = 1, source_digit: int = 7, source: str = "auto"
     if source not in SOURCES:
         raise ValueError(f"edge_case: source must be one of {', '.join(SOURCES)}, got {source!r}")
     fraction = _check_fraction("edge_case", poison_fraction)
-    if isinstance(holdout_fraction, bool) or not isinstance(holdout_fraction, (int, float)) or not 0 < holdout_fraction < 1:
+    if (isinstance(holdout_fraction, bool) or not isinstance(holdout_fraction, (int, float))
+            or not 0 < holdout_fraction < 1):
         raise ValueError(f"edge_case: holdout_fraction must be in (0, 1), got {holdout_fraction!r}")
 
     @functools.lru_cache(maxsize=None)
