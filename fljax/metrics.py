@@ -34,7 +34,8 @@ def make_evaluate(apply_fn: Callable[[PyTree, Array], Array], data_attack: Optio
     e.g. source-class examples for a targeted flip, triggered non-target examples for a
     backdoor) that the model classifies as the attacker's label; ``source_recall`` the share it
     classifies as their true label (for a targeted flip, Tolpegin et al.'s source-class recall;
-    for a backdoor, the accuracy on triggered inputs). Runs in test batches of
+    for a backdoor, the accuracy on triggered inputs; not for an attack whose success test brings
+    inputs of its own, ``DataAttack.own_test_inputs``). Runs in test batches of
     ``batch_size`` (``lax.map``) so memory stays bounded for large test sets.
     """
 
@@ -60,10 +61,12 @@ def make_evaluate(apply_fn: Callable[[PyTree, Array], Array], data_attack: Optio
         out = {"accuracy": hits[0] / total, "loss": loss / total}
         if data_attack is not None and data_attack.targeted is not None:
             xt, yt, valid = data_attack.targeted(x, y)
-            (hits_target, hits_true), _, total_t = counts(params, xt, (yt, y), valid)
+            true_labels = () if data_attack.own_test_inputs else (y,)
+            hits, _, total_t = counts(params, xt, (yt, *true_labels), valid)
             share = lambda hits: jnp.where(total_t > 0, hits / jnp.maximum(total_t, 1), jnp.nan)
-            out["attack_success_rate"] = share(hits_target)
-            out["source_recall"] = share(hits_true)
+            out["attack_success_rate"] = share(hits[0])
+            if true_labels:
+                out["source_recall"] = share(hits[1])
         return out
 
     return evaluate

@@ -134,10 +134,16 @@ class DataAttack(NamedTuple):
         success test: inputs with the trigger (if any), the label the attacker wants, and which
         examples count (e.g. source-class examples, or non-target examples for a backdoor).
         ``None`` for untargeted attacks (no success rate).
+      own_test_inputs: the success test brings inputs of its own instead of transforming the
+        test set's (``edge_case``: held-out edge-case images laid over the test set's first
+        positions, the rest not valid). Their true labels are not the test set's, so
+        ``make_evaluate`` reports no ``source_recall``, and the targeted adaptive attack refuses
+        the attack (its loss would read the held-out inputs).
     """
 
     poison: Callable[..., tuple[Array, Array]]
     targeted: Optional[Callable[[Array, Array], tuple[Array, Array, Array]]] = None
+    own_test_inputs: bool = False
 
 
 class ServerState(NamedTuple):

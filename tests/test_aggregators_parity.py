@@ -22,7 +22,6 @@ from fljax.aggregators.indicative_features import two_means_1d_gaps
 from fljax.aggregators.layerwise import kth_largest_per_row
 from fljax.experiment import ExperimentConfig, build_aggregator
 from fljax.rounds import flagged_clients
-from tests.helpers import aggregate_once
 
 
 def run(rule, x, ids=None, weights=None, state=None):

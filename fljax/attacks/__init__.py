@@ -10,10 +10,13 @@ a model attack without state from the rows it crafts.
 from fljax.attacks import threat
 from fljax.attacks._common import replace_rows, stateless
 from fljax.attacks.adaptive import AdaptiveState, adaptive, triggered_loss
+from fljax.attacks.alter_min import alter_min, alter_min_training
 from fljax.attacks.backdoor import backdoor, dba, feature_trigger
 from fljax.attacks.data import label_flip, label_flip_all, targeted_label_flip
+from fljax.attacks.edge_case import edge_case
 from fljax.attacks.fang import fang_krum, fang_trim
 from fljax.attacks.model import gaussian, no_attack, sign_flip
+from fljax.attacks.optimal import LineSearchState, optimal_alie, optimal_ipm
 from fljax.attacks.shejwalkar import min_max, min_sum
 from fljax.attacks.targeted import (
     constrain_and_scale,
@@ -36,6 +39,7 @@ DATA_ATTACKS.register("backdoor", backdoor, targeted=True)
 DATA_ATTACKS.register("dba", dba, targeted=True)
 DATA_ATTACKS.register("feature_trigger", feature_trigger, targeted=True)
 DATA_ATTACKS.register("phrase_backdoor", phrase_backdoor, targeted=True)
+DATA_ATTACKS.register("edge_case", edge_case, targeted=True)
 
 MODEL_ATTACKS = Registry("model attack")
 MODEL_ATTACKS.register("none", no_attack)
@@ -46,6 +50,8 @@ MODEL_ATTACKS.register("nan", nan)
 MODEL_ATTACKS.register("inf", inf)
 MODEL_ATTACKS.register("ipm", ipm, strength="epsilon")
 MODEL_ATTACKS.register("alie", alie)
+MODEL_ATTACKS.register("optimal_ipm", optimal_ipm)
+MODEL_ATTACKS.register("optimal_alie", optimal_alie)
 MODEL_ATTACKS.register("mimic", mimic)
 MODEL_ATTACKS.register("fang_krum", fang_krum)
 MODEL_ATTACKS.register("fang_trim", fang_trim)
@@ -57,11 +63,13 @@ MODEL_ATTACKS.register("constrain_and_scale", constrain_and_scale, local_trainin
                        targeted=True)
 MODEL_ATTACKS.register("pgd", pgd, local_training=pgd_training, targeted=True)
 MODEL_ATTACKS.register("neurotoxin", neurotoxin, local_training=neurotoxin_training, targeted=True)
+MODEL_ATTACKS.register("alter_min", alter_min, local_training=alter_min_training, targeted=True)
 
 __all__ = [
-    "AdaptiveState", "DATA_ATTACKS", "phrase_backdoor", "MODEL_ATTACKS", "adaptive", "alie", "backdoor", "constrain_and_scale",
-    "constrain_and_scale_training", "dba", "fang_krum", "fang_trim", "feature_trigger", "gaussian", "inf", "ipm",
-    "label_flip", "label_flip_all", "mimic", "min_max", "min_sum", "model_replacement", "nan", "neurotoxin",
-    "neurotoxin_training", "no_attack", "pgd", "pgd_training", "replace_rows", "scheduled", "sign_flip", "stateless",
+    "AdaptiveState", "DATA_ATTACKS", "LineSearchState", "phrase_backdoor", "MODEL_ATTACKS", "adaptive", "alie",
+    "alter_min", "alter_min_training", "backdoor", "constrain_and_scale", "constrain_and_scale_training", "dba",
+    "edge_case", "fang_krum", "fang_trim", "feature_trigger", "gaussian", "inf", "ipm", "label_flip", "label_flip_all",
+    "mimic", "min_max", "min_sum", "model_replacement", "nan", "neurotoxin", "neurotoxin_training", "no_attack",
+    "optimal_alie", "optimal_ipm", "pgd", "pgd_training", "replace_rows", "scheduled", "sign_flip", "stateless",
     "targeted_label_flip", "threat", "triggered_loss", "zero",
 ]

@@ -81,6 +81,10 @@ def triggered_loss(apply_fn: Callable, unravel: Callable, data_attack: DataAttac
     if not isinstance(data_attack, DataAttack) or data_attack.targeted is None:
         raise ValueError("adaptive: objective 'targeted' needs a targeted data attack (backdoor, dba, feature_trigger "
                          f"or label_flip) to define the attacker's loss, got {data_attack!r}")
+    if data_attack.own_test_inputs:
+        raise ValueError("adaptive: objective 'targeted' reads the data attack's success test, whose inputs here "
+                         "are the held-out ones (own_test_inputs, e.g. edge_case): pair that attack with pgd or "
+                         "alter_min instead")
     xt, yt, valid = data_attack.targeted(jnp.asarray(x), jnp.asarray(y))
     if not bool(jnp.any(valid)):
         raise ValueError("adaptive: none of the attacker's examples counts for the targeted objective (e.g. a "

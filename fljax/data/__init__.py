@@ -14,6 +14,7 @@ from fljax.data.datasets import (
     mnist_format,
     tfds_dataset,
 )
+from fljax.data.edge import EDGE_SOURCES, edge_digits
 from fljax.data.federated import METHODS, FederatedData, federate
 from fljax.data.idx import read_idx
 from fljax.data.leaf import femnist, shakespeare
@@ -21,7 +22,7 @@ from fljax.data.natural import natural
 from fljax.data.partition import PARTITIONS, bias, dirichlet, iid, partition, shards
 from fljax.data.synthetic import SYNTHETIC, synthetic
 
-__all__ = ["DATASETS", "EMBEDDED", "METHODS", "NATURAL_DATASETS", "PARTITIONS", "SYNTHETIC", "Dataset", "FederatedData",
-           "bias", "breast_cancer", "check_name", "digits", "dirichlet", "federate", "femnist", "idx_dataset", "iid",
-           "load", "mnist5k", "mnist_format", "natural", "partition", "read_idx", "shakespeare", "shards", "synthetic",
-           "tfds_dataset"]
+__all__ = ["DATASETS", "EDGE_SOURCES", "EMBEDDED", "METHODS", "NATURAL_DATASETS", "PARTITIONS", "SYNTHETIC", "Dataset",
+           "FederatedData", "bias", "breast_cancer", "check_name", "digits", "dirichlet", "edge_digits", "federate",
+           "femnist", "idx_dataset", "iid", "load", "mnist5k", "mnist_format", "natural", "partition", "read_idx",
+           "shakespeare", "shards", "synthetic", "tfds_dataset"]
