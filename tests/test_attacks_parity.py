@@ -139,8 +139,8 @@ def test_optimal_attacks_stay_finite_on_hostile_inputs():
                        update=lambda u, s, c: (jnp.full(u.shape[1], jnp.nan), s,
                                                {"weights": jnp.full(u.shape[0], 1 / u.shape[0])}))
     for attack, rule in ((optimal_alie(), median()), (optimal_ipm(), never)):
-        out, state = jax.jit(lambda u: attack.update(u, MAL, attack.init(jnp.zeros(D)), jax.random.PRNGKey(0),
-                                                     context(rule)))(jnp.asarray(hostile))
+        out, state = jax.jit(lambda u: attack.update(u, MAL, attack.init(jnp.zeros(D)), jax.random.PRNGKey(0),  # noqa: B023 (called at once)
+                                                     context(rule)))(jnp.asarray(hostile))  # noqa: B023
         assert np.all(np.isfinite(np.asarray(out)[:F])) and np.all(np.isfinite(np.asarray(state)))
     assert float(state.tau) == 0.0 and float(state.deviation) == 0.0  # never finite: tau 0, the family's first member
     np.testing.assert_array_equal(np.asarray(out)[:F], 0.0)  # -0 * mu
