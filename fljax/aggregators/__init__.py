@@ -13,6 +13,9 @@ from fljax.aggregators.clipping import CenteredClippingState, centered_clipping,
 from fljax.aggregators.clustering import cluster_filter, flame
 from fljax.aggregators.contra import ContraState, contra
 from fljax.aggregators.coordinatewise import median, trimmed_mean
+from fljax.aggregators.crfl import CRFLState, crfl
+from fljax.aggregators.deepsight import deepsight
+from fljax.aggregators.fldetector import FLDetectorState, fldetector
 from fljax.aggregators.foolsgold import FoolsGoldState, foolsgold
 from fljax.aggregators.geometric_median import geometric_median, rfa
 from fljax.aggregators.krum import krum, multi_krum
@@ -43,6 +46,9 @@ REGISTRY = Registry("aggregator", {
     "dnc": dnc,
     "signguard": signguard,
     "rlr": rlr,
+    "fldetector": fldetector,
+    "deepsight": deepsight,
+    "crfl": crfl,
 })
 
 __all__ = [
@@ -50,4 +56,5 @@ __all__ = [
     "REGISTRY", "afa", "bucketing", "bulyan", "centered_clipping", "clip", "cluster_filter", "contra", "dnc", "flame",
     "fltrust", "foolsgold", "geometric_median", "krum", "mean", "median", "multi_krum", "nnm", "norm_clipping", "rfa",
     "rlr", "signguard", "stateless", "trimmed_mean", "weak_dp", "with_preaggregation",
+    "CRFLState", "FLDetectorState", "crfl", "deepsight", "fldetector",
 ]
