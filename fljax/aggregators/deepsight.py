@@ -190,8 +190,9 @@ def deepsight(tau: float = 1.0 / 3.0, num_seeds: int = 3, num_samples: int = 100
     def aggregate(updates, context):
         model = context.model
         if model is None:
-            raise ValueError(f"{rule}: the context carries no model: build the round with make_round(..., "
-                             "model_apply=model.apply) (the rule sets Aggregator.needs_model)")
+            raise ValueError(f"{rule}: the context carries no model (context.model, Aggregator.needs_model): "
+                             "make_round(..., model_apply=model.apply) supplies it; a context built by hand (a test, "
+                             "an attack that runs the rule) must give it")
         if not jnp.issubdtype(model.inputs.dtype, jnp.floating):
             raise ValueError(f"{rule}: DDifs feed the model uniform noise inputs; it needs real-valued inputs, got "
                              f"{model.inputs.dtype} (token models are not supported)")
