@@ -396,6 +396,9 @@ def test_crfl_clips_and_perturbs_the_global_model():
         np.testing.assert_allclose(w + np.asarray(out), expected, rtol=1e-5)
         np.testing.assert_allclose(info["weights"], [0.25, 0.75, 0.0])
         assert float(info["clip_bound"]) == pytest.approx(rho) and int(state.round) == t
+        # it excludes no one: detection flags only the NaN row, whatever the example counts
+        flagged = flagged_clients({"weights": jnp.asarray(info["weights"])}, jnp.asarray(counts), rule.count_weighted)
+        np.testing.assert_array_equal(np.asarray(flagged), [False, False, True])
 
 
 def test_crfl_certified_radius_equals_the_formula():

@@ -29,7 +29,10 @@ def crfl(noise_std: float = 0.01, clip_norm: float = 15.0, clip_start: float = 2
     Round t (1-based) of the paper: ``w' = w_t + mean_i x_i`` (the example-count-weighted mean
     of the finite updates: FedAvg); ``w_{t+1} = w' min(1, rho_t / ||w'||) + N(0, noise_std^2 I)``
     with ``rho_t = min(clip_start + clip_growth * t, clip_norm)`` (the authors' schedule, MNIST's
-    values by default: ``0.1 t + 2`` capped at 15, ``sigma = 0.01``).
+    values by default: ``0.1 t + 2`` capped at 15, ``sigma = 0.01``). The norms must suit the
+    model's own: fljax's MLP starts at norm 20.2 (the CNN 17.1, the 8x8 logistic regression 3.2);
+    clipped to 2.1 and perturbed it trains to chance on mnist5k (10 rounds: 0.10), while
+    ``crfl(clip_start=20.0, clip_norm=40.0)`` reached 0.83 (the mean: 0.85).
 
     How a rule on the parameters fits the ``Aggregator`` interface: the global model ``w_t`` is
     in ``context.params``, so the rule returns the update that lands there,

@@ -164,9 +164,10 @@ def fldetector(num_clients: int, window_size: int = 10, num_references: int = 20
 
     Differences from FLPoison's code, which this follows the paper against: there the pair that
     enters the L-BFGS memory is (this round's aggregate, its change since the last round), so
-    ``s_k`` is one round AHEAD of ``y_k`` and the product is taken with the last aggregate rather
-    than with ``w_t - w_{t-1}``; here ``s_k`` and ``y_k`` belong to the same step and ``w`` is the
-    global model the round really applied (server optimizer included). Its gap statistic answers
+    ``s_k`` is one round AHEAD of ``y_k``, and the product is taken with the last aggregate rather
+    than with the model difference ``w_t - w_{t-1}`` (they differ by the server's step: its sign
+    and learning rate); here ``s_k`` and ``y_k`` belong to the same step and ``w`` is the global
+    model the round really applied (server optimizer included). Its gap statistic answers
     ``k + 1`` where the rule says k, so it never answers 1 cluster; here it does. Normalising by
     the mean of the round's distances instead of their sum (the paper's L1 norm) differs by the
     constant n under full participation, to which the gap statistic (on min-max normalised
