@@ -101,7 +101,12 @@ def crfl_radius(p_a: Array, p_b: Array, sigma_train: float, contraction: Array =
     trigger, ``sqrt(R sum_i p_i^2) tau L_z gamma eta q_B / n_B`` (R attackers of aggregation
     weights p_i, tau local steps, L_z the loss's Lipschitz constant, gamma the scaling, eta the
     learning rate, q_B / n_B the poisoned share of a batch), a property of the attack. 0 where
-    ``p_a <= p_b`` (the vote is not certified)."""
+    ``p_a <= p_b`` (the vote is not certified).
+
+    Examples:
+      >>> float(crfl_radius(0.9, 0.05, sigma_train=0.01))  # sqrt(-ln(1 - 0.7251^2) 0.01^2 / 2)
+      0.00610...
+    """
     gap = (jnp.sqrt(jnp.clip(p_a, 0.0, 1.0)) - jnp.sqrt(jnp.clip(p_b, 0.0, 1.0))) ** 2
     radius = jnp.sqrt(-jnp.log1p(-jnp.minimum(gap, 1.0 - 1e-7)) * sigma_train ** 2 / (2.0 * contraction))
     return jnp.where(p_a > p_b, radius, 0.0)

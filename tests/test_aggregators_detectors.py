@@ -10,7 +10,6 @@ import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from jax.flatten_util import ravel_pytree
 
@@ -143,7 +142,7 @@ def test_fldetector_flags_inconsistent_clients_once_its_window_is_scored_and_rem
     malicious = np.arange(N_Q) < BAD_Q
     first = next(t for t, h in enumerate(history) if h[2].any())
     assert 4 <= first <= 6, first
-    for t, (ids, weights, flagged, *_) in enumerate(history):
+    for t, (_, weights, flagged, *_) in enumerate(history):
         tpr, fpr = detection_rates(flagged_clients({"weights": jnp.asarray(weights)}, jnp.ones(N_Q), True),
                                    jnp.asarray(malicious))
         if t < first:

@@ -101,8 +101,8 @@ def hdbscan(distances: Array, min_cluster_size: int, min_samples: int, allow_sin
         active, clab, fall, birth, cparent, is_cluster = carry
         c = root - j
         i = c - n
-        l, r, lc = left[i], right[i], lam[i]
-        split = big[l] & big[r]
+        lo, hi, lc = left[i], right[i], lam[i]
+        split = big[lo] & big[hi]
         act = active[c]
 
         def child(carry, q):
@@ -117,15 +117,14 @@ def hdbscan(distances: Array, min_cluster_size: int, min_samples: int, allow_sin
             is_cluster = is_cluster.at[q].set(new_cluster)
             return active, clab, fall, birth, cparent, is_cluster
 
-        carry = child(carry, l)
-        return child(carry, r)
+        carry = child(carry, lo)
+        return child(carry, hi)
 
     init = (jnp.zeros(nodes, bool).at[root].set(True), jnp.full(nodes, root, jnp.int32), jnp.zeros(nodes),
             jnp.zeros(nodes), jnp.full(nodes, root, jnp.int32), jnp.zeros(nodes, bool).at[root].set(True))
     _, clab, fall, birth, cparent, is_cluster = jax.lax.fori_loop(0, n - 1, condense, init)
 
     # Stability: points leaving their cluster, child clusters born out of it.
-    points = jnp.arange(n)
     stability = jax.ops.segment_sum(fall[:n] - birth[clab[:n]], clab[:n], num_segments=nodes)
     child_rows = jnp.where(is_cluster, node_size * (birth - birth[cparent]), 0.0).at[root].set(0.0)
     stability = stability + jax.ops.segment_sum(child_rows, jnp.where(is_cluster, cparent, root), num_segments=nodes)

@@ -67,7 +67,9 @@ def crfl(noise_std: float = 0.01, clip_norm: float = 15.0, clip_start: float = 2
       Attacks", ICML 2021 (the authors' code: github.com/AI-secure/CRFL).
 
     Examples:
-      >>> fljax.aggregate(crfl(noise_std=0.0, clip_norm=1.0, clip_start=1.0), jnp.array([[3.0, 4.0]]))  # [0.6, 0.8]
+      >>> rule = crfl(noise_std=0.0, clip_norm=1.0, clip_start=1.0)
+      >>> fljax.aggregate(rule, jnp.array([[3.0, 4.0]]))  # from w = 0: w' = (3, 4), clipped to norm 1
+      Array([0.6, 0.8], dtype=float32)
     """
     rule = "crfl"
     _common.check_positive(rule, "noise_std", noise_std, allow_zero=True)

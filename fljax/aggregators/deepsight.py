@@ -8,7 +8,6 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
 
 from fljax.aggregators import _common
 from fljax.aggregators._hdbscan import hdbscan
@@ -38,19 +37,19 @@ def output_layer(model: ModelAccess, d: int, dtype=jnp.float32) -> tuple[slice, 
     """
     leaves, treedef = jax.tree_util.tree_flatten_with_path(jax.eval_shape(model.unravel, jax.ShapeDtypeStruct((d,), dtype)))
     x = jax.ShapeDtypeStruct((1, *model.inputs.shape), model.inputs.dtype)
-    classes = jax.eval_shape(model.apply, jax.tree_util.tree_unflatten(treedef, [l for _, l in leaves]), x).shape[-1]
+    classes = jax.eval_shape(model.apply, jax.tree_util.tree_unflatten(treedef, [leaf for _, leaf in leaves]), x).shape[-1]
     name = lambda path: str(getattr(path[-1], "key", getattr(path[-1], "name", path[-1])))
     candidates = [i for i, (path, leaf) in enumerate(leaves) if name(path) == "bias" and leaf.shape == (classes,)]
 
     def probe(flat):
         zeros = model.unravel(flat)
-        tangent = jax.tree_util.tree_unflatten(treedef, [jnp.full(l.shape, i + 1.0 if i in candidates else 0.0, l.dtype)
-                                                         for i, (_, l) in enumerate(leaves)])
+        tangent = jax.tree_util.tree_unflatten(
+            treedef, [jnp.full(leaf.shape, i + 1.0 if i in candidates else 0.0, leaf.dtype) for i, (_, leaf) in enumerate(leaves)])
         return jax.jvp(lambda p: model.apply(p, jnp.zeros(x.shape, x.dtype)), (zeros,), (tangent,))[1]
 
     with jax.ensure_compile_time_eval():
         moved = np.asarray(jax.jit(probe)(np.zeros(d, dtype)))
-    offsets = np.cumsum([0] + [int(np.prod(l.shape)) for _, l in leaves])
+    offsets = np.cumsum([0] + [int(np.prod(leaf.shape)) for _, leaf in leaves])
     at = lambda j: slice(int(offsets[j]), int(offsets[j + 1]))
     for i in candidates:
         if np.all(moved == i + 1.0):
@@ -166,7 +165,9 @@ def deepsight(tau: float = 1.0 / 3.0, num_seeds: int = 3, num_samples: int = 100
       "Density-Based Clustering Based on Hierarchical Density Estimates", PAKDD 2013.
 
     Examples:
-      >>> rnd = fljax.make_round(client_update, deepsight(), clients_per_round=20, model_apply=model.apply)
+      >>> rule = deepsight()
+      >>> rule.needs_model  # make_round(..., model_apply=model.apply) gives it context.model
+      True
     """
     rule = "deepsight"
     if not isinstance(tau, (int, float)) or isinstance(tau, bool) or not 0 < tau <= 1:

@@ -204,7 +204,9 @@ def fldetector(num_clients: int, window_size: int = 10, num_references: int = 20
       a data set via the gap statistic", JRSS B 2001.
 
     Examples:
-      >>> agg = fldetector(num_clients=100)  # ``--aggregator=fldetector`` (the run fills num_clients)
+      >>> agg = fldetector(num_clients=100)  # --aggregator=fldetector: the run fills num_clients
+      >>> agg.init(jnp.zeros(3)).last_update.shape  # each population client's last pseudo-gradient
+      (100, 3)
     """
     rule = "fldetector"
     _population.check_num_clients(rule, num_clients)
