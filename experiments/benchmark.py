@@ -45,6 +45,7 @@ from experiments.timing import (
     build_aggregator,
     forward_flops,
     matmul_peak,
+    model_access,
     parse_execution,
     round_updates,
     synthetic_data,
@@ -163,10 +164,11 @@ def benchmark_cohort(n: int, models: dict, peak: float) -> None:
         updates = round_updates(make_update(model), params, data, n)
         train_seconds = round_seconds.get(best, float("nan"))
         time_aggregators(f"Aggregators on this round's updates [{n}, {updates.shape[1]:,}]; local training (the "
-                         f"{best} round) takes {train_seconds * 1e3:.0f} ms", updates, train_seconds)
+                         f"{best} round) takes {train_seconds * 1e3:.0f} ms", updates, train_seconds,
+                         model_access(model.apply, params, data.x.shape[1:], data.x.dtype))
 
 
-def time_aggregators(title: str, updates: jax.Array, train_seconds: float) -> None:
+def time_aggregators(title: str, updates: jax.Array, train_seconds: float, model=None) -> None:
     """One aggregator table: each rule's time, relative to the mean, and share of the round."""
     n = updates.shape[0]
     names = sorted(REGISTRY) if FLAGS.aggregators == ["all"] else FLAGS.aggregators
@@ -177,7 +179,7 @@ def time_aggregators(title: str, updates: jax.Array, train_seconds: float) -> No
             skipped.append(f"{name} ({reason})")
             continue
         try:
-            results[name] = time_aggregator(aggregator, updates, FLAGS.repeats)
+            results[name] = time_aggregator(aggregator, updates, FLAGS.repeats, model)
         except Exception as e:  # a rule that fails to trace or run is reported, not fatal
             skipped.append(f"{name} ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
     mean_seconds = results.get("mean", (None, None))[1]

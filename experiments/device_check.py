@@ -54,6 +54,7 @@ from experiments.timing import (
     NUM_CLASSES,
     build_aggregator,
     matmul_peak,
+    model_access,
     now,
     round_updates,
     synthetic_data,
@@ -395,7 +396,7 @@ def section_rules(check: Check, work: Workload, n: int) -> None:
             out.append({"rule": name, **check.skip(f"rule {name}", reason)})
             continue
         try:
-            first, seconds = time_aggregator(aggregator, updates, 3)
+            first, seconds = time_aggregator(aggregator, updates, 3, model_access(work.apply, work.params, INPUT_SHAPE))
         except Exception as e:  # a rule that fails to trace or run is reported, not fatal
             out.append({"rule": name, "error": error_line(e)})
             rows.append([name, "failed", error_line(e)[:60], "", ""])

@@ -315,6 +315,9 @@ def summary_table(results: dict) -> str:
         data_attack = components(ExperimentConfig(**c)).data_attack
         triggered = data_attack is not None and data_attack.name in _TRIGGER_ATTACKS
         rows.append(("accuracy on triggered inputs" if triggered else "source-class recall", f"{f['source_recall']:.4f}"))
+    if "smoothed_accuracy" in f:  # a rule that predicts by a vote of noisy models (CRFL)
+        rows.append(("smoothed accuracy", f"{f['smoothed_accuracy']:.4f} (certified {f['certified_accuracy']:.4f}, "
+                                          f"mean certified radius {f['certified_radius']:.4g})"))
     rows += [
         ("detection TPR / FPR", " / ".join("n/a" if math.isnan(f[k]) else f"{f[k]:.3f}"
                                            for k in ("detection_tpr", "detection_fpr"))),

@@ -136,14 +136,25 @@ def build_aggregator(name: str, n: int):
         return None, f"{type(e).__name__}: {e}"
 
 
-def time_aggregator(aggregator, updates: jax.Array, repeats: int) -> tuple[float, float]:
+def model_access(apply_fn: Callable, params, input_shape: Sequence[int], dtype=jnp.float32) -> fljax.types.ModelAccess:
+    """What ``make_round`` gives a rule that reads the model (``Aggregator.needs_model``): the
+    params' unravel, ``apply_fn`` and one input's shape and dtype."""
+    from jax.flatten_util import ravel_pytree
+
+    return fljax.types.ModelAccess(unravel=ravel_pytree(params)[1], apply=apply_fn,
+                                   inputs=jax.ShapeDtypeStruct(tuple(input_shape), dtype))
+
+
+def time_aggregator(aggregator, updates: jax.Array, repeats: int,
+                    model: Optional[fljax.types.ModelAccess] = None) -> tuple[float, float]:
     """``aggregator.update`` on ``updates [n, d]`` under jit, as a round calls it:
-    ``(compile + first call seconds, median seconds)``."""
+    ``(compile + first call seconds, median seconds)``. ``model`` (``model_access``): the model
+    the updates belong to, for a rule that reads it (DeepSight); without it such a rule raises."""
     n, d = updates.shape
     flat_params = jnp.zeros(d, updates.dtype)
     context = fljax.AggregationContext(weights=jnp.full(n, 600.0, updates.dtype), key=jax.random.PRNGKey(0),
                                        client_ids=jnp.arange(n), params=flat_params,
-                                       reference=jnp.mean(updates[: max(1, n // 10)], axis=0))
+                                       reference=jnp.mean(updates[: max(1, n // 10)], axis=0), model=model)
     state = aggregator.init(flat_params)
     step = jax.jit(lambda u, s: (lambda out: (out[0], out[2]["weights"]))(aggregator.update(u, s, context)))
     return timed(lambda: step(updates, state), repeats)

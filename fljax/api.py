@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from fljax.types import AggregationContext, Aggregator, Array, AttackContext, ModelAttack, PyTree
+from fljax.types import AggregationContext, Aggregator, Array, AttackContext, ModelAccess, ModelAttack, PyTree
 
 
 def _as_matrix(updates: PyTree):
@@ -20,11 +20,13 @@ def _as_matrix(updates: PyTree):
 
 
 def aggregate(aggregator: Aggregator, updates: PyTree, weights: Optional[Array] = None,
-              key: Optional[Array] = None, params: Optional[PyTree] = None, reference: Optional[Array] = None):
+              key: Optional[Array] = None, params: Optional[PyTree] = None, reference: Optional[Array] = None,
+              model: Optional[ModelAccess] = None):
     """Aggregates ``updates`` (``[n, d]`` or a pytree with a leading client axis) in one stateless call.
 
     ``weights`` are the example counts (default: all ones), ``key`` feeds randomized rules,
-    ``params`` is the global model (default zeros), ``reference`` a server update (FLTrust).
+    ``params`` is the global model (default zeros), ``reference`` a server update (FLTrust),
+    ``model`` the model for a rule that reads it (``fljax.types.ModelAccess``: DeepSight).
     Returns the aggregate without the client axis, shaped like one client's update.
 
     Examples:
@@ -41,6 +43,7 @@ def aggregate(aggregator: Aggregator, updates: PyTree, weights: Optional[Array] 
         client_ids=jnp.arange(n),
         params=flat_params,
         reference=jnp.zeros(d, matrix.dtype) if reference is None else jnp.asarray(reference, matrix.dtype),
+        model=model,
     )
     out, _, _ = aggregator.update(matrix, aggregator.init(flat_params), ctx)
     return out if unravel is None else unravel(out)

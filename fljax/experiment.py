@@ -39,7 +39,7 @@ from fljax import models as models_lib
 from fljax import momentum as momentum_lib
 from fljax.client import EXECUTIONS, classification_loss, fedavg, fedsgd
 from fljax.data import METHODS, NATURAL_DATASETS, FederatedData, check_name, federate, load
-from fljax.metrics import make_evaluate
+from fljax.metrics import make_evaluate, with_rule_metrics
 from fljax.models import Model
 from fljax.precision import PRECISIONS, mixed_precision, with_matmul_precision
 from fljax.rounds import Round, make_round
@@ -579,7 +579,7 @@ def build(config: ExperimentConfig) -> Experiment:
                         worker_momentum=(momentum_lib.worker_momentum(config.worker_momentum,
                                                                       config.worker_momentum_convention)
                                          if config.worker_momentum else None),
-                        num_clients=config.num_clients)
-    evaluate = make_evaluate(model.apply, data_attack)
+                        num_clients=config.num_clients, model_apply=model.apply)
+    evaluate = with_rule_metrics(make_evaluate(model.apply, data_attack), aggregator, model.apply)
     train = make_train(round_, data, model.init, evaluate, num_rounds=config.rounds, eval_every=config.eval_every)
     return Experiment(config, data, model, round_, train, dataset.num_classes)

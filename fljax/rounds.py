@@ -24,7 +24,7 @@ from fljax.attacks.model import no_attack
 from fljax.client import ClientData, ClientUpdate, map_clients
 from fljax.data.federated import FederatedData
 from fljax.momentum import WorkerMomentum
-from fljax.types import AggregationContext, Aggregator, AttackContext, DataAttack, ModelAttack, ServerState
+from fljax.types import AggregationContext, Aggregator, AttackContext, DataAttack, ModelAccess, ModelAttack, ServerState
 
 DETECTION_THRESHOLD = 0.5
 """A client counts as flagged by a rule when the rule treats it at less than this fraction of
@@ -82,7 +82,8 @@ def make_round(client_update: ClientUpdate, aggregator: Aggregator, *, clients_p
                execution: str = "auto", chunk_size: int = 8, root_size: int = 100,
                attack_knows_aggregator: bool = True, jit: bool = True, shard_clients: bool | Mesh = False,
                num_byzantine: Optional[int] = None, continuous_data_poisoning: bool = False,
-               worker_momentum: Optional[WorkerMomentum] = None, num_clients: Optional[int] = None) -> Round:
+               worker_momentum: Optional[WorkerMomentum] = None, num_clients: Optional[int] = None,
+               model_apply: Optional[Callable] = None) -> Round:
     """Builds one federated round.
 
     Args:
@@ -128,6 +129,10 @@ def make_round(client_update: ClientUpdate, aggregator: Aggregator, *, clients_p
         momentum of its updates across rounds and sends it (the model attack sees the honest
         momenta); needs ``num_clients``, the population the state has a row for.
       num_clients: the population size, for ``worker_momentum`` (checked against the data).
+      model_apply: the model's ``apply(params, x) -> logits``; required by a rule that reads the
+        model (``Aggregator.needs_model``: DeepSight), which then gets ``context.model``
+        (``fljax.types.ModelAccess``: this ``apply``, the params' unravel and the shape of one
+        input of ``data.x``).
 
     Metrics per round: ``num_malicious`` (sampled), ``num_attacking`` (of them, those attacking
     in this round: none without any attack), ``beyond_f``, ``detection_tpr`` / ``detection_fpr`` (``flagged_clients``
@@ -153,6 +158,9 @@ def make_round(client_update: ClientUpdate, aggregator: Aggregator, *, clients_p
         raise ValueError(f"make_round: worker_momentum needs num_clients, the population size (an integer >= "
                          f"clients_per_round={clients_per_round}), got {num_clients!r}")
     aggregator.requirement(clients_per_round)
+    if aggregator.needs_model and model_apply is None:
+        raise ValueError("make_round: the rule reads the model (Aggregator.needs_model, e.g. deepsight): give "
+                         "model_apply, the model's apply(params, x) -> logits")
     mesh = sharding_lib.resolve_mesh(shard_clients)
     # Without any attack the malicious clients behave honestly: no one attacks (detection TPR is NaN).
     has_attack = data_attack is not None or model_attack is not None or malicious_client_update is not None
@@ -226,8 +234,12 @@ def make_round(client_update: ClientUpdate, aggregator: Aggregator, *, clients_p
             root = jax.random.permutation(jax.random.PRNGKey(0), data.x.shape[0])[:root_size]
             root_data = ClientData(data.x, data.y, root, jnp.asarray(root.shape[0]))
             reference = ravel_pytree(client_update(state.params, root_data, k_root))[0]
+        model = None
+        if aggregator.needs_model:
+            model = ModelAccess(unravel=unravel, apply=model_apply,
+                                inputs=jax.ShapeDtypeStruct(data.x.shape[1:], data.x.dtype))
         agg_ctx = AggregationContext(weights=counts.astype(updates.dtype), key=k_agg, client_ids=cohort,
-                                     params=flat_params, reference=reference)
+                                     params=flat_params, reference=reference, model=model)
         aggregate, agg_state, info = aggregator.update(updates, state.agg_state, agg_ctx)
 
         pseudo_grad = unravel(-aggregate)

@@ -8,6 +8,7 @@ program. Aggregators and model attacks see a cohort's updates as one flat ``[n, 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -28,6 +29,28 @@ def no_state(params) -> EmptyState:
     return EmptyState()
 
 
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True, eq=False)
+class ModelAccess:
+    """The model behind the flat vectors, for rules that inspect it (``Aggregator.needs_model``).
+
+    ``make_round`` supplies it when the rule declares ``needs_model`` (it is given the model's
+    ``apply``); it is static under jit (a pytree without leaves), so a context that carries it can
+    be passed through ``jax.jit`` and ``vmap``.
+
+    Attributes:
+      unravel: flat ``[d]`` vector (the global model, or a client's model ``params + x_i``) to
+        the parameter pytree ``apply`` takes.
+      apply: ``apply(params, x) -> logits`` on a batch ``x`` of inputs.
+      inputs: ``jax.ShapeDtypeStruct`` of ONE input example (e.g. ``(28, 28, 1)`` float32), for
+        rules that probe the model on inputs of their own (DeepSight's noise inputs).
+    """
+
+    unravel: Callable[[Array], PyTree]
+    apply: Callable[[PyTree, Array], Array]
+    inputs: jax.ShapeDtypeStruct
+
+
 class AggregationContext(NamedTuple):
     """What a rule may read besides the updates, all arrays (shapes static under jit).
 
@@ -39,6 +62,8 @@ class AggregationContext(NamedTuple):
       params: ``[d]`` flat global model the updates were computed from.
       reference: ``[d]`` the server's own update on its clean root set (FLTrust), or zeros
         when the round computes none.
+      model: the model's layout and forward (``ModelAccess``) for a rule that sets
+        ``Aggregator.needs_model`` (DeepSight), else ``None``.
     """
 
     weights: Array
@@ -46,6 +71,7 @@ class AggregationContext(NamedTuple):
     client_ids: Array
     params: Array
     reference: Array
+    model: Optional[ModelAccess] = None
 
 
 class Aggregator(NamedTuple):
@@ -57,7 +83,8 @@ class Aggregator(NamedTuple):
         rule a state type of its own (e.g. ``AFAState``).
       update: ``update(updates [n, d], state, context) -> (aggregate [d], state, info)`` where
         ``info["weights"]`` is the ``[n]`` effective weight each client got in the aggregate
-        (non-negative, summing to 1; 0 for an excluded client; for coordinate-wise rules the
+        (non-negative, summing to 1, or all 0 with a zero aggregate when the rule accepts no one;
+        0 for an excluded client; for coordinate-wise rules the
         share of coordinates it contributed), so every rule can be scored as a detector
         (``fljax.rounds.flagged_clients``). Coordinate-wise rules also report
         ``info["kept_share"]`` ``[n]``, the share of each client's update (entries weighed by
@@ -69,6 +96,12 @@ class Aggregator(NamedTuple):
       count_weighted: when the rule excludes no one it weighs clients by their example counts
         (FedAvg's mean); otherwise (the default) equally. Detection compares a client's weight
         with this equal treatment, so a rule that excludes no one flags no one.
+      needs_model: the rule reads ``context.model`` (``ModelAccess``: the model's layout and
+        forward); ``make_round`` then needs the model's ``apply`` (``model_apply``).
+      evaluate: for a rule that changes how the server PREDICTS (CRFL's randomized smoothing),
+        ``evaluate(apply, params, x, y) -> dict`` of extra test metrics of the global model
+        ``params`` (a pytree) on the test set; ``fljax.metrics.with_rule_metrics`` adds them to
+        the run's evaluation. ``None`` (the default): the server predicts with the global model.
     """
 
     init: Callable[[Array], Any]
@@ -76,6 +109,8 @@ class Aggregator(NamedTuple):
     requirement: Callable[[int], None] = lambda n: None
     needs_reference: bool = False
     count_weighted: bool = False
+    needs_model: bool = False
+    evaluate: Optional[Callable[..., dict]] = None
 
 
 class AttackContext(NamedTuple):

@@ -39,8 +39,8 @@ def tiny():
     counts = rng.integers(2, 7, size=20).astype(np.int32)
     data = fljax.FederatedData(jnp.asarray(x), jnp.asarray(y), jnp.asarray(table), jnp.asarray(counts),
                                jnp.asarray(x), jnp.asarray(y))
-    apply = lambda p, xb: xb @ p["w"] + p["b"]
-    params = {"w": 0.1 * jax.random.normal(jax.random.PRNGKey(0), (4, NUM_CLASSES)), "b": jnp.zeros(NUM_CLASSES)}
+    apply = lambda p, xb: xb @ p["kernel"] + p["bias"]  # flax's names: rules that read the model find its output layer
+    params = {"kernel": 0.1 * jax.random.normal(jax.random.PRNGKey(0), (4, NUM_CLASSES)), "bias": jnp.zeros(NUM_CLASSES)}
     return data, apply, params
 
 
@@ -70,7 +70,8 @@ def main():
         kwargs = cases[name]
         result = {}
         try:
-            finals = {e: two_rounds(fljax.make_round(update, clients_per_round=N, execution=e, **kwargs), params, data)
+            finals = {e: two_rounds(fljax.make_round(update, clients_per_round=N, execution=e, model_apply=apply, **kwargs),
+                                    params, data)
                       for e in ("auto", "sequential")}
             leaves = [np.asarray(a, np.float64) for a in jax.tree.leaves(finals["auto"])]
             result["finite"] = all(bool(np.all(np.isfinite(a))) for a in leaves)

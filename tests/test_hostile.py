@@ -34,7 +34,7 @@ from fljax import aggregators as aggregators_lib
 from fljax import attacks as attacks_lib
 from fljax.client import ClientData, classification_loss, fedavg, map_clients
 from fljax.experiment import ExperimentConfig, build, build_aggregator
-from fljax.types import AggregationContext
+from fljax.types import AggregationContext, ModelAccess
 
 KINDS = ("nan", "inf", "mixed", "huge", "float_max")
 NONFINITE = ("nan", "inf", "mixed")
@@ -70,6 +70,11 @@ NOT_ROBUST = {
     "rfa": (("huge",), "by design: the paper's few-iteration variant starts from the mean, which rows of 1e30 "
                        "move ~1e29 away, and T = 3 Weiszfeld steps cannot come back (geometric_median, run to "
                        "convergence from a robust start, is robust); rows beyond the float range get weight 0"),
+    "fldetector": (HUGE, "by design: until its window of N rounds is scored it averages every finite update (the "
+                         "paper pairs it with a rule of its choice and removes clients only once detected), so "
+                         "huge rows dominate the first rounds' mean; non-finite rows are excluded"),
+    "crfl": (HUGE, "by design: clips the global MODEL's norm after the plain mean, which huge rows dominate (the "
+                   "clipping bounds the model, not one update's share of the mean); non-finite rows get weight 0"),
 }
 
 
@@ -108,7 +113,8 @@ def hostile_rows(d: int) -> jax.Array:
 @functools.lru_cache(maxsize=None)
 def federation():
     """The shared, compiled pieces of the sweep's rounds: ``(init_flat, honest_updates(flat, key),
-    reference(flat, key), evaluate(flat), counts)``."""
+    reference(flat, key), evaluate(flat), counts, model)`` (``model``: what a rule that reads the
+    model gets, as ``make_round`` supplies it)."""
     exp = build(config("mean", attack="none"))
     data, c = exp.data, exp.config
     init = exp.train.init(jax.random.PRNGKey(c.seed)).server.params
@@ -135,7 +141,8 @@ def federation():
     def evaluate(flat):
         return exp.train.evaluate(unravel(flat), data.x_test, data.y_test)["accuracy"]
 
-    return flat0, honest_updates, reference, evaluate, data.client_counts[:N].astype(jnp.float32)
+    model = ModelAccess(unravel=unravel, apply=exp.model.apply, inputs=jax.ShapeDtypeStruct(data.x.shape[1:], data.x.dtype))
+    return flat0, honest_updates, reference, evaluate, data.client_counts[:N].astype(jnp.float32), model
 
 
 def _aggregator(rule):
@@ -156,7 +163,7 @@ def _aggregator(rule):
 def hostile_run(rule, aggregator, kind_index, rounds=3):
     """Rounds of FedAvg (server SGD with rate 1) with the first F clients sending the hostile row;
     stops at the first non-finite model, like ``fljax.train``. Returns ``(diverged_round, accuracy)``."""
-    flat, honest_updates, reference, evaluate, counts = federation()
+    flat, honest_updates, reference, evaluate, counts, model = federation()
     update = _compiled_update(rule)
     state = aggregator.init(flat)
     malicious = jnp.arange(N) < F
@@ -166,7 +173,8 @@ def hostile_run(rule, aggregator, kind_index, rounds=3):
         k_train, k_ref, k_agg = jax.random.split(key, 3)
         updates = jnp.where(malicious[:, None], row, honest_updates(flat, k_train))
         ctx = AggregationContext(weights=counts, key=k_agg, client_ids=jnp.arange(N), params=flat,
-                                 reference=reference(flat, k_ref) if aggregator.needs_reference else jnp.zeros_like(flat))
+                                 reference=reference(flat, k_ref) if aggregator.needs_reference else jnp.zeros_like(flat),
+                                 model=model if aggregator.needs_model else None)
         aggregate, state = update(updates, state, ctx)
         flat = flat + aggregate
         if not bool(jnp.all(jnp.isfinite(flat))):

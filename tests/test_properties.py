@@ -31,9 +31,11 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from jax.flatten_util import ravel_pytree
 
+import fljax
 from fljax import aggregators as A
-from fljax.types import AggregationContext
+from fljax.types import AggregationContext, ModelAccess
 
 D = 4
 PERMUTATION, TRANSLATION, BOUNDED_PROP = "permutation", "translation", "bounded"
@@ -93,6 +95,11 @@ RULES = {
                   why="clips to the median norm around the origin and sparsifies by magnitude"),
     "auror": _rule(lambda n, f: A.auror(), {PERMUTATION, TRANSLATION},
                    why="2-means assumes the attackers form one group: scattered far outliers escape the minority"),
+    "fldetector": _rule(lambda n, f: A.fldetector(num_clients=n), {PERMUTATION},
+                        why="detects over a window of rounds; from a fresh state it averages the finite updates"),
+    "deepsight": _rule(lambda n, f: A.deepsight(min_cluster_size=2, min_samples=2), {PERMUTATION},
+                       why="inspects the model's output layer and outputs; clips around the origin"),
+    "crfl": _rule(lambda n, f: A.crfl(), {PERMUTATION}, why="clips the global model's norm (noise from the fixed key)"),
 }
 
 
@@ -103,6 +110,9 @@ KNOWN_VIOLATIONS = {
                              "decides which one is selected",
     ("signguard", PERMUTATION): "the mean-shift step breaks ties between equally large sign clusters by client "
                                 "order (sign features are discrete: with few coordinates, ties are common)",
+    ("deepsight", PERMUTATION): "HDBSCAN breaks ties between equal distances by point order (scikit-learn's too: its "
+                                "edge sort is not even stable); mutual reachability makes ties, and the final "
+                                "clustering's distances are averages of 0/1 memberships, where ties are the rule",
 }
 
 
@@ -136,9 +146,16 @@ def compiled(rule, n):
     agg = entry["build"](n, entry["f"])
     agg.requirement(n)
 
+    model = None
+    if agg.needs_model:  # a logistic regression of 1 input and 2 classes: D = 4 parameters
+        logreg = fljax.models.get("logreg", (1,), 2)
+        model = ModelAccess(ravel_pytree(logreg.init(jax.random.PRNGKey(0)))[1], logreg.apply,
+                            jax.ShapeDtypeStruct((1,), jnp.float32))
+
     def call(updates, counts, client_ids, key, reference):
         params = jnp.zeros(updates.shape[1], updates.dtype)
-        ctx = AggregationContext(weights=counts, key=key, client_ids=client_ids, params=params, reference=reference)
+        ctx = AggregationContext(weights=counts, key=key, client_ids=client_ids, params=params, reference=reference,
+                                 model=model)
         out, _, _ = agg.update(updates, agg.init(params), ctx)
         return out
 

@@ -14,6 +14,9 @@ from fljax.aggregators.clustering import cluster_filter, flame
 from fljax.aggregators.contra import ContraState, contra
 from fljax.aggregators.coordinatewise import median, trimmed_mean
 from fljax.aggregators.covariance_filter import caf
+from fljax.aggregators.crfl import CRFLState, crfl
+from fljax.aggregators.deepsight import deepsight
+from fljax.aggregators.fldetector import FLDetectorState, fldetector
 from fljax.aggregators.foolsgold import FoolsGoldState, foolsgold
 from fljax.aggregators.geometric_median import geometric_median, rfa
 from fljax.aggregators.indicative_features import AurorState, auror
@@ -64,6 +67,9 @@ REGISTRY = Registry("aggregator", {
     "monna": monna,
     "lasa": lasa,
     "auror": auror,
+    "fldetector": fldetector,
+    "deepsight": deepsight,
+    "crfl": crfl,
 })
 
 __all__ = [
@@ -72,4 +78,5 @@ __all__ = [
     "fltrust", "foolsgold", "geometric_median", "krum", "mean", "median", "multi_krum", "nnm", "norm_clipping", "rfa",
     "rlr", "signguard", "stateless", "trimmed_mean", "weak_dp", "with_preaggregation",
     "AurorState", "arc", "auror", "caf", "lasa", "mda", "meamed", "monna", "smea",
+    "CRFLState", "FLDetectorState", "crfl", "deepsight", "fldetector",
 ]

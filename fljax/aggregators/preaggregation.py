@@ -236,8 +236,7 @@ def with_preaggregation(aggregator: Aggregator, *preaggregators: PreAggregator) 
             out["kept_share"] = jnp.where(presence > 0, kept / jnp.where(presence > 0, presence, 1.0), 1.0)
         return aggregate, state, out
 
-    return Aggregator(init=aggregator.init, update=update, requirement=requirement,
-                      needs_reference=aggregator.needs_reference, count_weighted=aggregator.count_weighted)
+    return aggregator._replace(update=update, requirement=requirement)  # every other field (needs_reference, ...) kept
 
 
 PREAGGREGATORS = Registry("pre-aggregation", {"nnm": nnm, "bucketing": bucketing, "clip": clip, "arc": arc})
