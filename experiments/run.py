@@ -31,6 +31,7 @@ from experiments.configs import base_config, load_config_file, presets, replace_
 from fljax import aggregators as aggregators_lib
 from fljax import checkpoint as checkpoint_lib
 from fljax import flat_settings
+from fljax import multihost
 from fljax import sharding as sharding_lib
 from fljax.attacks import DATA_ATTACKS, MODEL_ATTACKS
 from fljax.client import use_cpu_cores as use_cores
@@ -126,6 +127,9 @@ flags.DEFINE_bool("distributed", False, "join a multi-process run (jax.distribut
 flags.DEFINE_string("coordinator_address", None, "with --distributed: 'host:port' of process 0, the same on every process")
 flags.DEFINE_integer("num_processes", None, "with --distributed: how many processes take part")
 flags.DEFINE_integer("process_id", None, "with --distributed: this process's id, 0..num_processes-1")
+flags.DEFINE_integer("heartbeat_timeout", 100, "with --distributed: seconds after which a silent process counts as "
+                     "lost (jax.distributed's heartbeat timeout): a lost process ends the run on every process within "
+                     "about this time, with one line saying how to resume", lower_bound=1)
 
 # Writes JSON through a temporary file and os.replace (a crash never leaves a half-written file).
 write_json_atomic = checkpoint_lib.write_json_atomic
@@ -158,6 +162,12 @@ def run_experiment(exp: Experiment, log=print, *, workdir=None, checkpoint_every
     last one, and a run started again with the same workdir resumes from its newest checkpoint:
     killed at any moment and resumed, it ends with exactly the results of an uninterrupted run
     (only the timings differ). The results are also written to ``<workdir>/results.json``.
+
+    In a multi-process run (``jax.distributed``) every process calls this with the same
+    arguments and the workdir on storage they all see; process 0 writes the files. A preemption
+    notice (SIGTERM) to any process checkpoints every process at the next block they all reach
+    and raises ``multihost.Preempted``. A checkpoint written on other processes or devices is
+    resumed on these (the state is replicated, nothing needs converting), with a notice.
     """
     if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
         raise ValueError(f"--checkpoint_every must be an integer >= 1, got {checkpoint_every!r}")
@@ -182,6 +192,11 @@ def run_experiment(exp: Experiment, log=print, *, workdir=None, checkpoint_every
         eval_rounds = [int(r) for r in restored.history["eval_rounds"]]
         seconds_before, compile_before = float(meta["seconds"]), float(meta["compile_seconds"])
         log(f"resumed from {ckpt.workdir} after round {int(state.server.round)} ({first_block}/{len(blocks)} blocks done)")
+        recorded, here = meta.get("topology"), checkpoint_lib.topology()
+        if recorded is not None and recorded != here:
+            log(f"notice: the checkpoint was written on {checkpoint_lib.topology_text(recorded)}, this run has "
+                f"{checkpoint_lib.topology_text(here)}: the remaining rounds split the cohort over these devices, so "
+                "sums over devices may round differently from an uninterrupted run in the last bits")
     t0 = time.perf_counter()
     compiled = {n: train.run_block.lower(state, exp.data, num_rounds=n).compile() for n in sorted(set(blocks[first_block:]))}
     compile_seconds = compile_before + time.perf_counter() - t0
@@ -201,11 +216,15 @@ def run_experiment(exp: Experiment, log=print, *, workdir=None, checkpoint_every
         stopped = f"  (model non-finite after round {stopped}: rounds skipped)" if stopped >= 0 else ""
         log(f"round {done:4d}/{exp.config.rounds}  accuracy {float(e['accuracy']):.4f}  loss {float(e['loss']):.4f}{asr}"
             f"  [{time.perf_counter() - start:.1f}s]{stopped}")
-        if ckpt is not None and ((index + 1) % checkpoint_every == 0 or index + 1 == len(blocks)):
+        preempted = index + 1 < len(blocks) and multihost.preemption_point(index + 1)
+        if ckpt is not None and ((index + 1) % checkpoint_every == 0 or index + 1 == len(blocks) or preempted):
             ckpt.save(index + 1, state,
                       {"rounds": history, "evals": eval_history, "eval_rounds": np.asarray(eval_rounds, np.int64)},
                       {"round": done, "blocks": blocks, "seconds": seconds_before + time.perf_counter() - start,
                        "compile_seconds": compile_seconds})
+        if preempted:
+            raise multihost.Preempted(f"a preemption notice (SIGTERM) reached a process; every process stopped after "
+                                      f"round {done}; {checkpoint_lib.resume_hint(ckpt and ckpt.workdir)}")
     jax.block_until_ready(state)
     seconds = seconds_before + time.perf_counter() - start
     diverged = int(state.diverged_round)
@@ -234,8 +253,11 @@ def run_experiment(exp: Experiment, log=print, *, workdir=None, checkpoint_every
     if ckpt is not None:
         results["checkpoint"] = {"workdir": ckpt.workdir, "resumed_after_blocks": first_block,
                                  "checkpoint_every": checkpoint_every}
-        results["checkpoint"]["results"] = checkpoint_lib.write_json_or_fallback(
-            ckpt.results_path, results, lambda msg: print(f"warning: {msg}", file=sys.stderr))
+        written = ckpt.results_path
+        if jax.process_index() == 0:  # a multi-process run's files are written once
+            written = checkpoint_lib.write_json_or_fallback(ckpt.results_path, results,
+                                                            lambda msg: print(f"warning: {msg}", file=sys.stderr))
+        results["checkpoint"]["results"] = written
     return results
 
 
@@ -366,9 +388,6 @@ def check_runner_flags(argv) -> None:
         raise ValueError("--checkpoint_every applies only with --workdir (where the checkpoints go)")
     if FLAGS.workdir is not None:
         _writable_location("workdir", FLAGS.workdir, "directory")
-        if FLAGS.distributed:
-            raise ValueError("--workdir: checkpointing a --distributed run is not supported (every process would "
-                             "write the same folder); run without --workdir, or on one process")
 
 
 def parse_flags(argv):
@@ -397,6 +416,7 @@ def start_distributed(config):
     ones auto-detected), and the config with ``shard_clients`` on. Without it the coordinator
     flags must be unset. Returns the config to run."""
     given = [name for name in ("coordinator_address", "num_processes", "process_id") if FLAGS[name].value is not None]
+    given += ["heartbeat_timeout"] if FLAGS["heartbeat_timeout"].present else []
     if not FLAGS.distributed:
         if given:
             raise ValueError(f"--{given[0]} applies only with --distributed")
@@ -404,7 +424,8 @@ def start_distributed(config):
     if not config.shard_clients and FLAGS["shard_clients"].present:
         raise ValueError("--distributed shards the cohort over every process's devices: it needs --shard_clients "
                          "(on by default with --distributed), got --shard_clients=false")
-    sharding_lib.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    sharding_lib.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                                        heartbeat_timeout=FLAGS.heartbeat_timeout)
     return dataclasses.replace(config, shard_clients=True)
 
 
@@ -441,6 +462,8 @@ def main(argv) -> int:
             else:
                 warnings.showwarning(w.message, w.category, w.filename, w.lineno)
         ckpt = open_workdir(FLAGS.workdir, config) if FLAGS.workdir is not None else None
+    except jax.errors.JaxRuntimeError:  # a failed collective (a lost process): multihost.exit_on_failure's
+        raise
     except (ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -453,6 +476,9 @@ def main(argv) -> int:
     except checkpoint_lib.CheckpointError as e:  # an incompatible checkpoint, found before compiling
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except multihost.Preempted as e:  # --distributed: a SIGTERM reached a process; checkpointed at a common block
+        print(f"{multihost.INTERRUPTED}{e}", file=sys.stderr, flush=True)
+        return multihost.EXIT_RESUMABLE
     if primary:
         print(summary_table(results))
     if FLAGS.output and primary:
@@ -464,5 +490,23 @@ def main(argv) -> int:
     return 0
 
 
+def resume_hint() -> str:
+    """How to resume this command's run, from what its --workdir holds now."""
+    return checkpoint_lib.resume_hint(FLAGS.workdir)
+
+
+def cli(argv) -> int:
+    """``main`` as a command. With ``--distributed`` the command supervises a worker process
+    running ``main`` (``fljax.multihost``): a lost process ends the run on every process within
+    ``--heartbeat_timeout`` seconds with one line saying how to resume, never a hang or a crash dump."""
+    if not FLAGS.distributed:
+        return main(argv)
+    if not multihost.is_supervised():
+        return multihost.supervise(resume_hint, FLAGS.process_id)
+    multihost.die_with_supervisor()
+    with multihost.exit_on_failure(resume_hint):
+        return main(argv)
+
+
 if __name__ == "__main__":
-    app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)
+    app.run(lambda argv: sys.exit(cli(argv)), flags_parser=parse_flags)

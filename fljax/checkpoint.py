@@ -38,6 +38,7 @@ import math
 import os
 import tempfile
 import time
+import zlib
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -156,9 +157,10 @@ def _normalized(config: dict) -> dict:
     return json.loads(json.dumps(_json_safe(config)))
 
 
-def record_config(workdir: str, config: dict, defaults: Optional[dict] = None) -> None:
-    """Writes ``config.json`` into a fresh ``workdir``, or checks that the recorded config equals
-    ``config``; raises ``CheckpointError`` listing every differing setting otherwise.
+def check_config(workdir: str, config: dict, defaults: Optional[dict] = None) -> bool:
+    """Whether ``workdir`` holds a recorded config: ``False`` when it holds none yet, ``True``
+    when the recorded one equals ``config``; raises ``CheckpointError`` listing every differing
+    setting otherwise.
 
     A setting missing from the recorded config (one added to the code since the run started)
     is accepted when its value equals its entry in ``defaults``: it cannot have changed the run.
@@ -167,8 +169,7 @@ def record_config(workdir: str, config: dict, defaults: Optional[dict] = None) -
     current = _normalized(config)
     defaults = _normalized(defaults or {})
     if not os.path.exists(path):
-        write_json_atomic(path, current)
-        return
+        return False
     try:
         with open(path) as f:
             recorded = json.load(f)
@@ -186,6 +187,65 @@ def record_config(workdir: str, config: dict, defaults: Optional[dict] = None) -
     if diffs:
         raise CheckpointError(f"--workdir {workdir} holds a run with a different config ({'; '.join(diffs)}); "
                               "re-run with the recorded settings to resume it, or use a fresh --workdir")
+    return True
+
+
+def record_config(workdir: str, config: dict, defaults: Optional[dict] = None) -> None:
+    """Writes ``config.json`` into a fresh ``workdir``, or checks that the recorded config equals
+    ``config`` (``check_config``; a different one raises ``CheckpointError``)."""
+    if not check_config(workdir, config, defaults):
+        write_json_atomic(os.path.join(workdir, CONFIG_FILE), _normalized(config))
+
+
+def _record_config_everywhere(workdir: str, config: dict, defaults: Optional[dict]) -> None:
+    """``record_config`` in a multi-process run, where every process opens the same workdir:
+    process 0 leaves a probe file there, every process looks for it and checks the recorded
+    config, the answers are gathered (so every process refuses together, before any work),
+    then process 0 alone writes a fresh workdir's config."""
+    from jax.experimental import multihost_utils
+
+    primary = jax.process_index() == 0
+    token = np.asarray(np.random.default_rng().integers(1, 2**31 - 1) if primary else 0, np.int32)
+    probe = lambda t: os.path.join(workdir, f".fljax-shared-{int(t)}")
+    if primary:
+        with open(probe(token), "w"):
+            pass
+    token = multihost_utils.broadcast_one_to_all(token)  # after process 0 created the probe
+    error = None
+    try:
+        status = int(check_config(workdir, config, defaults))
+    except CheckpointError as e:
+        status, error = 2, e
+    digest = zlib.crc32(json.dumps(_normalized(config), sort_keys=True).encode())
+    seen = np.asarray([os.path.exists(probe(token)), status, np.uint32(digest).view(np.int32)], np.int32)
+    gathered = np.asarray(multihost_utils.process_allgather(seen))  # [processes, 3]
+    if primary:
+        os.unlink(probe(token))
+    which = lambda rows: ", ".join(str(i) for i in np.flatnonzero(rows))
+    if not gathered[:, 0].all():
+        raise CheckpointError(f"--workdir {workdir} must be on storage every process sees (a shared file system: NFS, "
+                              f"Lustre, Filestore): process(es) {which(gathered[:, 0] == 0)} cannot see the file "
+                              "process 0 wrote there")
+    if (gathered[:, 2] != gathered[0, 2]).any():
+        raise CheckpointError(f"--workdir {workdir}: process(es) {which(gathered[:, 2] != gathered[0, 2])} run another "
+                              "config than process 0; every process must run the same command")
+    if error is not None:
+        raise error
+    if (gathered[:, 1] == 2).any():
+        raise CheckpointError(f"--workdir {workdir}: process(es) {which(gathered[:, 1] == 2)} refused its recorded "
+                              "config (see their message); every process must run the same command")
+    if primary and not gathered[:, 1].any():
+        write_json_atomic(os.path.join(workdir, CONFIG_FILE), _normalized(config))
+
+
+def topology() -> dict:
+    """The processes and devices this run computes on (``processes`` x their devices, and the
+    platform), as recorded with every checkpoint."""
+    return {"processes": jax.process_count(), "devices": jax.device_count(), "platform": jax.default_backend()}
+
+
+def topology_text(t: dict) -> str:
+    return f"{t.get('processes')} process(es) with {t.get('devices')} {t.get('platform')} device(s) in all"
 
 
 def _is_key(leaf) -> bool:
@@ -265,7 +325,10 @@ class RunCheckpointer:
             raise CheckpointError(f"--workdir must be a directory, got the file {workdir!r}")
         self.workdir = os.path.abspath(workdir)
         os.makedirs(self.workdir, exist_ok=True)
-        record_config(self.workdir, config, defaults)
+        if jax.process_count() == 1:
+            record_config(self.workdir, config, defaults)
+        else:
+            _record_config_everywhere(self.workdir, config, defaults)
         self._ocp = ocp
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
                                                enable_async_checkpointing=False)
@@ -281,10 +344,12 @@ class RunCheckpointer:
 
     def save(self, step: int, state: PyTree, history: dict, meta: dict) -> None:
         """Commits one checkpoint: ``state`` (any pytree of arrays), ``history`` (a nested dict
-        of numpy arrays) and ``meta`` (JSON-ready), atomically, under ``step``."""
+        of numpy arrays) and ``meta`` (JSON-ready, plus this run's ``topology()``), atomically,
+        under ``step``. In a multi-process run every process calls it with the same (replicated)
+        values; process 0 writes them."""
         ocp = self._ocp
         tree = {"state": state_to_numpy(state), "history": jax.tree.map(np.asarray, history)}
-        meta = dict(_json_safe(meta), format_version=FORMAT_VERSION, step=int(step))
+        meta = dict(_json_safe(meta), format_version=FORMAT_VERSION, step=int(step), topology=topology())
         self._manager.save(int(step), args=ocp.args.Composite(arrays=ocp.args.PyTreeSave(tree),
                                                                meta=ocp.args.JsonSave(meta)))
         self._manager.wait_until_finished()
@@ -326,3 +391,31 @@ def load_json(path: str) -> Any:
     """Reads a JSON file written by ``write_json_atomic``."""
     with open(path) as f:
         return json.load(f)
+
+
+def newest_round(workdir: str) -> Optional[int]:
+    """The round after which the newest committed checkpoint of ``workdir`` was saved, read from
+    its files without JAX or orbax (for messages after a failure); ``None`` when there is none."""
+    folder = os.path.join(workdir, CHECKPOINT_DIR)
+    try:
+        steps = sorted((int(name) for name in os.listdir(folder) if name.isdigit()), reverse=True)
+    except OSError:
+        return None
+    for step in steps:  # a step folder is renamed into place once complete (orbax's atomic commit)
+        try:
+            return int(load_json(os.path.join(folder, str(step), "meta", "metadata"))["round"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
+def resume_hint(workdir: Optional[str]) -> str:
+    """What to do to resume a stopped run of ``workdir`` (``None``: a run without one)."""
+    if workdir is None:
+        return ("without --workdir the run cannot resume: run every process's command again to start over "
+                "(with --workdir on shared storage it would resume)")
+    workdir = os.path.abspath(workdir)
+    done = newest_round(workdir)
+    if done is None:
+        return f"{workdir} holds no checkpoint yet: restart every process with the same command to start the run again"
+    return f"restart every process with the same command to resume from {workdir} after round {done}"

@@ -143,7 +143,7 @@ def replicate(tree, mesh: Mesh):
 
 
 def initialize_distributed(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
-                           process_id: Optional[int] = None) -> None:
+                           process_id: Optional[int] = None, heartbeat_timeout: Optional[int] = None) -> None:
     """Joins this process to a multi-process JAX run (``jax.distributed.initialize``).
 
     Must run before any other JAX call. On Cloud TPU pod slices, Slurm (``srun``) and Open MPI
@@ -151,6 +151,9 @@ def initialize_distributed(coordinator_address: Optional[str] = None, num_proces
     (the same ``coordinator_address`` "host:port" of process 0 and ``num_processes`` on every
     process, and each its own ``process_id`` in ``0..num_processes-1``). Afterwards
     ``jax.devices()`` lists every process's devices, so ``client_mesh()`` spans them all.
+    ``heartbeat_timeout`` (seconds, JAX's default 100 when ``None``): after this long without a
+    heartbeat the coordination service declares a process lost and stops the others
+    (``fljax.multihost``).
     """
     if coordinator_address is not None and (not isinstance(coordinator_address, str) or ":" not in coordinator_address):
         raise ValueError(f"--coordinator_address must be 'host:port' (process 0's address), got {coordinator_address!r}")
@@ -162,5 +165,9 @@ def initialize_distributed(coordinator_address: Optional[str] = None, num_proces
         if isinstance(process_id, bool) or not isinstance(process_id, int) or process_id < 0 or (
                 num_processes is not None and process_id >= num_processes):
             raise ValueError(f"--process_id must be an integer in {bound} (or unset for auto-detection), got {process_id!r}")
+    if heartbeat_timeout is not None and (isinstance(heartbeat_timeout, bool) or not isinstance(heartbeat_timeout, int)
+                                          or heartbeat_timeout < 1):
+        raise ValueError(f"--heartbeat_timeout must be an integer >= 1 (seconds), got {heartbeat_timeout!r}")
+    timeout = {} if heartbeat_timeout is None else {"heartbeat_timeout_seconds": heartbeat_timeout}
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                               process_id=process_id)
+                               process_id=process_id, **timeout)

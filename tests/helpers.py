@@ -1,6 +1,14 @@
-"""Small builders shared by the tests: tiny linear models and hand-made federated data."""
+"""Small builders shared by the tests: tiny linear models, hand-made federated data, and real
+processes (subprocess environments with a given CPU device count, free ports, multi-process runs
+of the runner joined by ``jax.distributed`` over 127.0.0.1)."""
 
 from __future__ import annotations
+
+import os
+import random
+import socket
+import subprocess
+import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -46,3 +54,54 @@ def aggregate_once(rule, x, weights=None, key=0):
     update = _JITTED_UPDATES.setdefault(id(rule), (rule, jax.jit(rule.update)))[1]
     out, _, info = update(x, rule.init(jnp.zeros(d)), ctx)
     return np.asarray(out), jax.tree.map(np.asarray, info)
+
+
+# ---- real processes -------------------------------------------------------------------------
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def subprocess_env(devices: int, **extra) -> dict:
+    """The environment of a subprocess that sees ``devices`` CPU devices and imports this checkout."""
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu", **extra)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def free_port() -> int:
+    """A TCP port free on every local address, chosen at random below the ephemeral range (where
+    the kernel never hands out ports by itself, so an outgoing connection cannot take it between
+    this check and the coordinator's bind; another test picking the same one is a 1-in-10,000
+    chance, and a port in use is skipped)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(200):
+        port = random.randrange(max(1024, low - 12000), low)
+        try:
+            for family, address in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::")):
+                with socket.socket(family, socket.SOCK_STREAM) as s:
+                    s.bind((address, port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("free_port: no free port found")
+
+
+def start_processes(command: list, num_processes: int, devices: int, *, port=None, extra=lambda i: [], env=None):
+    """Starts ``command`` (e.g. ``[python, -m, experiments.run, ...flags]``) as process 0..n-1 of
+    one ``--distributed`` run over 127.0.0.1, each with ``devices`` CPU devices; returns the
+    ``Popen`` objects (stdout and stderr as text pipes)."""
+    port = port or free_port()
+    dist = ["--distributed", f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={num_processes}"]
+    return [subprocess.Popen(command + dist + [f"--process_id={i}"] + list(extra(i)), cwd=ROOT,
+                             env=subprocess_env(devices, **(env or {})), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for i in range(num_processes)]
+
+
+def finish(procs, timeout: float = 300) -> list:
+    """Waits for every process; ``[(returncode, stdout, stderr)]``."""
+    outs = [p.communicate(timeout=timeout) for p in procs]
+    return [(p.returncode, out, err) for p, (out, err) in zip(procs, outs)]

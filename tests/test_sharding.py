@@ -11,14 +11,8 @@ import numpy as np
 import pytest
 
 from fljax import sharding
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _subprocess_env(devices: int) -> dict:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    return env
+from tests.helpers import ROOT, finish, start_processes
+from tests.helpers import subprocess_env as _subprocess_env
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +80,7 @@ def test_replicate_places_every_leaf_whole():
     (dict(num_processes=0), "--num_processes must be an integer >= 1"),
     (dict(num_processes=2, process_id=2), r"--process_id must be an integer in 0..num_processes-1=1"),
     (dict(process_id=-1), r"--process_id must be an integer in 0..num_processes-1 "),
+    (dict(heartbeat_timeout=0), r"--heartbeat_timeout must be an integer >= 1 \(seconds\), got 0"),
 ])
 def test_initialize_distributed_validates_before_calling_jax(monkeypatch, kwargs, message):
     calls = []
@@ -110,23 +105,27 @@ def test_runner_distributed_flag_calls_initialize_first_with_the_given_arguments
 
     monkeypatch.setattr(runner, "build", fake_build)
     argv = ["run", "--distributed", "--coordinator_address=10.0.0.1:1234", "--num_processes=4", "--process_id=3",
-            "--dataset=digits"]
+            "--heartbeat_timeout=20", "--dataset=digits"]
     runner.FLAGS.unparse_flags()
     try:
         runner.FLAGS(argv)
         assert runner.main(["run"]) == 2  # the fake build's error, reported like any bad setting
-        assert events == [("initialize", {"coordinator_address": "10.0.0.1:1234", "num_processes": 4, "process_id": 3}),
-                          ("build", True)]
+        assert events == [("initialize", {"coordinator_address": "10.0.0.1:1234", "num_processes": 4, "process_id": 3,
+                                          "heartbeat_timeout_seconds": 20}), ("build", True)]
         events.clear()
         runner.FLAGS.unparse_flags()
         runner.FLAGS(["run", "--distributed"])  # auto-detection (TPU pods, Slurm): all three unset
         assert runner.main(["run"]) == 2
-        assert events == [("initialize", {"coordinator_address": None, "num_processes": None, "process_id": None}),
-                          ("build", True)]
+        assert events == [("initialize", {"coordinator_address": None, "num_processes": None, "process_id": None,
+                                          "heartbeat_timeout_seconds": 100}), ("build", True)]
         events.clear()
         runner.FLAGS.unparse_flags()
         runner.FLAGS(["run", "--num_processes=2"])
         with pytest.raises(ValueError, match="--num_processes applies only with --distributed"):
+            runner.start_distributed(ExperimentConfig())
+        runner.FLAGS.unparse_flags()
+        runner.FLAGS(["run", "--heartbeat_timeout=5"])
+        with pytest.raises(ValueError, match="--heartbeat_timeout applies only with --distributed"):
             runner.start_distributed(ExperimentConfig())
         runner.FLAGS.unparse_flags()
         runner.FLAGS(["run", "--distributed", "--shard_clients=false"])
@@ -143,16 +142,9 @@ def test_two_process_run_equals_single_process_run(tmp_path):
     jax.distributed (gloo collectives) give exactly the single-process results."""
     args = [sys.executable, "-m", "experiments.run", "--dataset=digits", "--model=logreg", "--num_clients=16",
             "--clients_per_round=8", "--num_malicious=4", "--rounds=3", "--eval_every=2", "--local_steps=2", "--quiet"]
-    import socket
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        port = s.getsockname()[1]
-    dist = ["--distributed", f"--coordinator_address=localhost:{port}", "--num_processes=2"]
-    procs = [subprocess.Popen(args + dist + [f"--process_id={i}", f"--output={tmp_path / f'p{i}.json'}"], cwd=ROOT,
-                              env=_subprocess_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(2)]
-    outs = [p.communicate(timeout=900) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    procs = start_processes(args, 2, 2, extra=lambda i: [f"--output={tmp_path / f'p{i}.json'}"])
+    outs = finish(procs, timeout=900)
+    assert [rc for rc, _, _ in outs] == [0, 0], [err[-2000:] for _, _, err in outs]
     assert not (tmp_path / "p1.json").exists()  # only process 0 writes --output
     single = subprocess.run(args + [f"--output={tmp_path / 's.json'}"], cwd=ROOT, env=_subprocess_env(1),
                             capture_output=True, text=True, timeout=900)

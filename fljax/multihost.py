@@ -1,0 +1,237 @@
+"""Multi-process runs that fail cleanly: a lost process ends the run everywhere with one line.
+
+A ``jax.distributed`` run is one program over every process's devices, so a process that dies
+(a preempted host, a killed task, an out-of-memory kill) stops the run on all the others too.
+JAX itself ends the survivors, but as a crash: process 0 holds the coordination service, and
+when it dies the others abort at once (SIGABRT, a native stack trace and Python's
+"Fatal Python error" dump); when another process dies, a survivor's next collective fails
+(on CPU the Gloo transport raises "Connection reset by peer" at once), or, where it would wait
+forever (a barrier, a GPU collective), the coordination service declares the silent process
+dead after the heartbeat timeout (``jax.distributed.initialize(heartbeat_timeout_seconds=...)``,
+100 s by default; ``--heartbeat_timeout`` in the runner) and aborts every survivor. So a loss
+ends the run everywhere within the heartbeat timeout, and here it ends it with one line:
+
+* ``supervise`` runs the real process (the *worker*) as a child and relays its output; when
+  JAX aborts the worker, it drops the native dump and prints one line naming the loss and how
+  to resume, and exits with ``EXIT_RESUMABLE``. A worker dies with its supervisor (Linux), so
+  killing the supervisor is losing the process;
+* ``exit_on_failure`` in the worker turns a failed collective (or any other error of a
+  distributed run) into that line and an immediate ``os._exit``: a normal exit would first
+  wait for the lost process at JAX's shutdown barrier and abort there;
+* ``preemption_point`` turns a preemption notice (SIGTERM, which JAX's preemption service
+  catches in distributed runs) into a checkpoint at a step every process agrees on, then a
+  clean exit with ``EXIT_RESUMABLE``.
+
+Examples:
+  >>> if jax.process_count() > 1 and multihost.preemption_point(step):
+  ...     save(); raise multihost.Preempted(...)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from typing import Callable, Optional
+
+import jax
+
+EXIT_RESUMABLE = 75
+"""Exit status of a run stopped by a lost process or a preemption: rerun it to resume
+(``EX_TEMPFAIL``, "try again")."""
+
+SUPERVISOR_ENV = "FLJAX_SUPERVISOR_PID"
+"""Set in a supervised worker's environment: its supervisor's process id."""
+
+LOST = "error: the run lost a process"
+"""How the one line about a lost process starts (worker and supervisor alike)."""
+
+INTERRUPTED = "interrupted: "
+"""How the one line about a preempted run starts."""
+
+# JAX's abort of a survivor: a native FATAL line, then a stack trace and Python's fault dump.
+_JAX_FATAL = re.compile(r"JAX distributed service detected fatal errors")
+# Native log lines (absl/glog format: "E1128 07:26:02.160665   25650 file.cc:123] ...").
+_NATIVE_LOG = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\]")
+# Errors that mean the other end of a collective or of the coordination service is gone.
+_PEER_GONE = re.compile(r"(?i)connection (reset|closed|refused)|socket closed|broken pipe|peer|heartbeat|"
+                        r"unavailable|failed to send rpc|barrier")
+_HOLD_SECONDS = 2.0  # how long the supervisor holds native log lines back (JAX aborts within ms of its warnings)
+
+
+class Preempted(Exception):
+    """A preemption notice stopped the run at a block boundary, after a checkpoint (if any)."""
+
+
+def process_label() -> str:
+    return f"process {jax.process_index()} of {jax.process_count()}"
+
+
+def lost_line(what: str, seen_by: str, hint: str) -> str:
+    """The one line about a lost process: what happened, who saw it, how to resume."""
+    return f"{LOST}: {what} (seen by {seen_by}); {hint}"
+
+
+def is_supervised() -> bool:
+    """Whether this process is a worker started by ``supervise``."""
+    return SUPERVISOR_ENV in os.environ
+
+
+def die_with_supervisor() -> None:
+    """In a supervised worker: ask Linux to SIGKILL this process when its supervisor dies
+    (``PR_SET_PDEATHSIG``), so that losing the supervisor loses the process, as on a real host."""
+    if not is_supervised() or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != int(os.environ[SUPERVISOR_ENV]):  # the supervisor died before the call
+        os._exit(EXIT_RESUMABLE)
+
+
+def _what_jax_reported(report: str) -> str:
+    """A readable cause from JAX's fatal report (the survivor's view)."""
+    if re.search(r"(?i)failed to send rpc to coordination service|socket closed|leader task", report):
+        return "process 0, which runs the coordination service, is gone"
+    gone = re.search(r"Task (\d+) heartbeat timeout", report) or re.search(r"stopped sending heartbeats\):\s*(\d+)", report)
+    if gone:
+        return f"process {gone.group(1)} stopped sending heartbeats"
+    return "JAX's distributed service reported a failed process"
+
+
+def supervise(hint: Callable[[], str], process: Optional[int] = None, command: Optional[list] = None) -> int:
+    """Runs this program again as a worker (``command``: by default the exact command line of
+    this process, ``sys.orig_argv``) and returns its exit status, relaying its output. SIGTERM,
+    SIGHUP, SIGUSR1 and SIGUSR2 are passed on to the worker (SIGINT from a terminal reaches
+    it directly). When JAX aborts the worker because another process was lost, the abort's
+    native dump is dropped (with the native log lines just before it) and one line is printed
+    instead (``lost_line``; ``hint()`` says how to resume), with status ``EXIT_RESUMABLE``.
+    A worker killed by another signal gives status 128 + the signal and a line saying so."""
+    command = list(command or [sys.executable, *sys.orig_argv[1:]])
+    env = dict(os.environ, **{SUPERVISOR_ENV: str(os.getpid())})
+    worker = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)
+    forwarded = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+    previous = {s: signal.signal(s, lambda signum, frame: worker.send_signal(signum)) for s in forwarded}
+    previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    lines: queue.Queue = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in iter(worker.stderr.readline, b"")]
+                              + [lines.put(None)], daemon=True)
+    reader.start()
+    out = sys.stderr.buffer
+
+    def write(chunk):
+        out.writelines(chunk)
+        out.flush()
+
+    held, since = [], 0.0  # a native log line and what follows it, held back for _HOLD_SECONDS
+    report, reported = [], False  # JAX's abort report; whether the worker printed the summary itself
+    try:
+        while True:
+            if held and time.monotonic() - since >= _HOLD_SECONDS:  # not the prelude of an abort
+                write(held)
+                held = []
+            try:
+                line = lines.get(timeout=since + _HOLD_SECONDS - time.monotonic() if held else None)
+            except queue.Empty:
+                continue
+            if line is None:
+                break
+            text = line.decode(errors="replace")
+            if report or _JAX_FATAL.search(text):  # JAX's abort: keep it for the summary, show nothing
+                report.append(text)
+                held = []
+            elif text.startswith((LOST, INTERRUPTED)):  # the summary: the held lines were its details
+                reported, held = True, []
+                write([line])
+            elif held or _NATIVE_LOG.match(text):
+                since = since if held else time.monotonic()
+                held.append(line)
+            else:
+                write([line])
+        status = worker.wait()
+        if not (reported or report):  # else they were JAX's account of the failure just summarized
+            write(held)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        worker.stderr.close()
+    if status >= 0:
+        return status
+    who = f"process {process}" if process is not None else f"the process on {os.uname().nodename}"
+    if report:
+        if not reported:
+            print(lost_line(_what_jax_reported("".join(report)), who, hint()), file=sys.stderr, flush=True)
+        return EXIT_RESUMABLE
+    name = signal.Signals(-status).name
+    print(f"error: {who}: the worker was killed by {name}; {hint()}", file=sys.stderr, flush=True)
+    return 128 - status
+
+
+_ENDING = threading.Lock()
+
+
+def _end(e: BaseException, hint: Callable[[], str]) -> None:
+    """Ends a worker of a multi-process run on error ``e``: one line (a lost peer) or the
+    traceback and a line (anything else), then ``os._exit`` (the first failing thread wins)."""
+    _ENDING.acquire()
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    if isinstance(e, jax.errors.JaxRuntimeError) and _PEER_GONE.search(str(e)):
+        message = lost_line(f"a collective with the other processes failed ({first})", process_label(), hint())
+        status = EXIT_RESUMABLE
+    else:
+        message = "".join(traceback.format_exception(e)).rstrip() + f"\nerror: {process_label()} failed ({first}); {hint()}"
+        status = 1
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.write(sys.stderr.fileno(), (message + "\n").encode())  # one write: no native log line inside it
+    finally:
+        os._exit(status)
+
+
+@contextlib.contextmanager
+def exit_on_failure(hint: Callable[[], str]):
+    """In a worker of a multi-process run: an exception, in the main thread or any other (e.g.
+    a checkpoint's background save), ends the process at once with ``os._exit`` (JAX's normal
+    exit would wait for a lost process at its shutdown barrier and abort). A failed computation
+    (``JaxRuntimeError``) whose message says a peer is gone gives ``lost_line`` and
+    ``EXIT_RESUMABLE``; any other error its traceback, a line, and status 1. In a
+    single-process run errors propagate as usual."""
+    previous = threading.excepthook
+
+    def thread_failed(args):
+        if jax.process_count() > 1 and isinstance(args.exc_value, Exception):
+            _end(args.exc_value, hint)
+        previous(args)
+
+    threading.excepthook = thread_failed
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - every failure of a distributed worker must end it now
+        if jax.process_count() == 1:
+            raise
+        _end(e, hint)
+    finally:
+        threading.excepthook = previous
+
+
+def preemption_point(step: int) -> bool:
+    """Whether every process has reached the step at which to checkpoint and stop after a
+    preemption notice (SIGTERM to any process; ``multihost_utils.reached_preemption_sync_point``).
+    All processes must call it with the same increasing ``step``; always False in a
+    single-process run or with JAX's preemption service off."""
+    if jax.process_count() == 1:
+        return False
+    from jax.experimental import multihost_utils
+
+    try:
+        return bool(multihost_utils.reached_preemption_sync_point(step))
+    except RuntimeError:  # jax_enable_preemption_service=False
+        return False
