@@ -200,6 +200,7 @@ def run_experiment(exp: Experiment, log=print, *, workdir=None, checkpoint_every
     t0 = time.perf_counter()
     compiled = {n: train.run_block.lower(state, exp.data, num_rounds=n).compile() for n in sorted(set(blocks[first_block:]))}
     compile_seconds = compile_before + time.perf_counter() - t0
+    multihost.sync("compiled")  # --distributed: every process compiled before the first block's collectives
     start = time.perf_counter()
     for index in range(first_block, len(blocks)):
         state, r, e = compiled[blocks[index]](state, exp.data)

@@ -17,6 +17,14 @@ new one, never a half-written one; leftover temporary folders are removed at the
 Since a block's result depends only on the state it starts from, a run resumed from a
 checkpoint reproduces an uninterrupted run bit for bit.
 
+In a multi-process run (``jax.distributed``) every process opens the same workdir, on storage
+they all see, and takes part in every save; the state is replicated, so process 0 writes it
+once (orbax writes host arrays from the primary process only), and writes the JSON files. On
+opening, process 0 leaves a probe file that every process must see, and every process checks
+the recorded config and that all run the same one; any failure is every process's refusal,
+before any work. Each checkpoint records the ``topology()`` it was written on; a replicated
+state is resumed on any other number of processes or devices as it is.
+
 Examples:
   >>> import tempfile
   >>> workdir = tempfile.mkdtemp()
@@ -33,6 +41,7 @@ Examples:
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -197,44 +206,49 @@ def record_config(workdir: str, config: dict, defaults: Optional[dict] = None) -
         write_json_atomic(os.path.join(workdir, CONFIG_FILE), _normalized(config))
 
 
+_PROBE = ".fljax-shared-"
+
+
 def _record_config_everywhere(workdir: str, config: dict, defaults: Optional[dict]) -> None:
     """``record_config`` in a multi-process run, where every process opens the same workdir:
-    process 0 leaves a probe file there, every process looks for it and checks the recorded
-    config, the answers are gathered (so every process refuses together, before any work),
-    then process 0 alone writes a fresh workdir's config."""
-    from jax.experimental import multihost_utils
+    process 0 leaves a probe file there; every process looks for it, checks the recorded config
+    and hashes its own; the answers are gathered (``multihost.gather``), so that every process
+    refuses together, before any work, a workdir some process cannot see, different configs or
+    a different recorded config; then process 0 alone writes a fresh workdir's config."""
+    from fljax import multihost
 
     primary = jax.process_index() == 0
-    token = np.asarray(np.random.default_rng().integers(1, 2**31 - 1) if primary else 0, np.int32)
-    probe = lambda t: os.path.join(workdir, f".fljax-shared-{int(t)}")
+    name = f"{_PROBE}{os.getpid()}-{time.time_ns()}"
     if primary:
-        with open(probe(token), "w"):
+        for stale in glob.glob(os.path.join(workdir, _PROBE + "*")):  # left by a process killed right here
+            os.unlink(stale)
+        with open(os.path.join(workdir, name), "w"):
             pass
-    token = multihost_utils.broadcast_one_to_all(token)  # after process 0 created the probe
-    error = None
+    probe = os.path.join(workdir, multihost.gather("workdir-probe", name)[0])  # process 0's, once it exists
+    answer = {"sees": os.path.exists(probe), "config": zlib.crc32(json.dumps(_normalized(config), sort_keys=True).encode())}
     try:
-        status = int(check_config(workdir, config, defaults))
+        answer["recorded"] = check_config(workdir, config, defaults)
     except CheckpointError as e:
-        status, error = 2, e
-    digest = zlib.crc32(json.dumps(_normalized(config), sort_keys=True).encode())
-    seen = np.asarray([os.path.exists(probe(token)), status, np.uint32(digest).view(np.int32)], np.int32)
-    gathered = np.asarray(multihost_utils.process_allgather(seen))  # [processes, 3]
+        answer["recorded"], error = None, e
+    else:
+        error = None
+    answers = [json.loads(a) for a in multihost.gather("workdir-answers", json.dumps(answer))]
     if primary:
-        os.unlink(probe(token))
-    which = lambda rows: ", ".join(str(i) for i in np.flatnonzero(rows))
-    if not gathered[:, 0].all():
+        os.unlink(probe)
+    which = lambda test: ", ".join(str(i) for i, a in enumerate(answers) if test(a))
+    if not all(a["sees"] for a in answers):
         raise CheckpointError(f"--workdir {workdir} must be on storage every process sees (a shared file system: NFS, "
-                              f"Lustre, Filestore): process(es) {which(gathered[:, 0] == 0)} cannot see the file "
+                              f"Lustre, Filestore): process(es) {which(lambda a: not a['sees'])} cannot see the file "
                               "process 0 wrote there")
-    if (gathered[:, 2] != gathered[0, 2]).any():
-        raise CheckpointError(f"--workdir {workdir}: process(es) {which(gathered[:, 2] != gathered[0, 2])} run another "
-                              "config than process 0; every process must run the same command")
+    if any(a["config"] != answers[0]["config"] for a in answers):
+        raise CheckpointError(f"--workdir {workdir}: process(es) {which(lambda a: a['config'] != answers[0]['config'])} "
+                              "run another config than process 0; every process must run the same command")
     if error is not None:
         raise error
-    if (gathered[:, 1] == 2).any():
-        raise CheckpointError(f"--workdir {workdir}: process(es) {which(gathered[:, 1] == 2)} refused its recorded "
-                              "config (see their message); every process must run the same command")
-    if primary and not gathered[:, 1].any():
+    if any(a["recorded"] is None for a in answers):
+        raise CheckpointError(f"--workdir {workdir}: process(es) {which(lambda a: a['recorded'] is None)} refused its "
+                              "recorded config (see their message); every process must run the same command")
+    if primary and not any(a["recorded"] for a in answers):
         write_json_atomic(os.path.join(workdir, CONFIG_FILE), _normalized(config))
 
 
@@ -330,9 +344,14 @@ class RunCheckpointer:
         else:
             _record_config_everywhere(self.workdir, config, defaults)
         self._ocp = ocp
-        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
-                                               enable_async_checkpointing=False)
-        self._manager = ocp.CheckpointManager(os.path.join(self.workdir, CHECKPOINT_DIR), options=options)
+        folder = os.path.join(self.workdir, CHECKPOINT_DIR)
+        os.makedirs(folder, exist_ok=True)
+        # Every process named: orbax then syncs them at the coordination service's barriers (timeouts
+        # of its own) instead of with device collectives (on CPU, Gloo's first one times out after 30 s).
+        processes = ocp.options.MultiprocessingOptions(active_processes=set(range(jax.process_count())))
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=False, cleanup_tmp_directories=True,
+                                               enable_async_checkpointing=False, multiprocessing_options=processes)
+        self._manager = ocp.CheckpointManager(folder, options=options)
 
     @property
     def results_path(self) -> str:

@@ -30,6 +30,7 @@ Examples:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import queue
 import re
@@ -71,7 +72,11 @@ class Preempted(Exception):
 
 
 def process_label() -> str:
-    return f"process {jax.process_index()} of {jax.process_count()}"
+    """``process i of n`` (this process in a ``jax.distributed`` run)."""
+    try:
+        return f"process {jax.process_index()} of {jax.process_count()}"
+    except Exception:  # noqa: BLE001 - in an error message: JAX may be in no state to answer
+        return f"the process on {os.uname().nodename}"
 
 
 def lost_line(what: str, seen_by: str, hint: str) -> str:
@@ -144,12 +149,12 @@ def supervise(hint: Callable[[], str], process: Optional[int] = None, command: O
             if line is None:
                 break
             text = line.decode(errors="replace")
-            if report or _JAX_FATAL.search(text):  # JAX's abort: keep it for the summary, show nothing
-                report.append(text)
-                held = []
-            elif text.startswith((LOST, INTERRUPTED)):  # the summary: the held lines were its details
+            if text.startswith((LOST, INTERRUPTED)):  # the summary: the held lines were its details
                 reported, held = True, []
                 write([line])
+            elif report or _JAX_FATAL.search(text):  # JAX's abort: keep it for the summary, show nothing
+                report.append(text)
+                held = []
             elif held or _NATIVE_LOG.match(text):
                 since = since if held else time.monotonic()
                 held.append(line)
@@ -162,33 +167,44 @@ def supervise(hint: Callable[[], str], process: Optional[int] = None, command: O
         for s, handler in previous.items():
             signal.signal(s, handler)
         worker.stderr.close()
-    if status >= 0:
+    if status >= 0 and not report:
         return status
     who = f"process {process}" if process is not None else f"the process on {os.uname().nodename}"
-    if report:
+    if report:  # JAX aborted the worker (it may have ended itself first, seeing the same loss)
         if not reported:
             print(lost_line(_what_jax_reported("".join(report)), who, hint()), file=sys.stderr, flush=True)
         return EXIT_RESUMABLE
-    name = signal.Signals(-status).name
-    print(f"error: {who}: the worker was killed by {name}; {hint()}", file=sys.stderr, flush=True)
+    if not reported:
+        print(f"error: {who}: the worker was killed by {signal.Signals(-status).name}; {hint()}", file=sys.stderr,
+              flush=True)
     return 128 - status
 
 
 _ENDING = threading.Lock()
 
 
-def _end(e: BaseException, hint: Callable[[], str]) -> None:
-    """Ends a worker of a multi-process run on error ``e``: one line (a lost peer) or the
-    traceback and a line (anything else), then ``os._exit`` (the first failing thread wins)."""
-    _ENDING.acquire()
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    if isinstance(e, jax.errors.JaxRuntimeError) and _PEER_GONE.search(str(e)):
-        message = lost_line(f"a collective with the other processes failed ({first})", process_label(), hint())
-        status = EXIT_RESUMABLE
-    else:
-        message = "".join(traceback.format_exception(e)).rstrip() + f"\nerror: {process_label()} failed ({first}); {hint()}"
-        status = 1
+def _multi_process() -> bool:
     try:
+        return jax.process_count() > 1
+    except Exception:  # noqa: BLE001 - JAX in no state to answer: not a run to end by hand
+        return False
+
+
+def _end(e: BaseException, hint: Callable[[], str]) -> None:
+    """Ends a worker of a multi-process run on ``e``: one line (a lost peer: ``EXIT_RESUMABLE``;
+    Ctrl-C: 130) or the traceback and a line (anything else: 1), then ``os._exit`` at once (the
+    first failing thread wins)."""
+    _ENDING.acquire()
+    status = 1
+    try:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if isinstance(e, jax.errors.JaxRuntimeError) and _PEER_GONE.search(str(e)):
+            message = lost_line(f"lost contact with another process ({first})", process_label(), hint())
+            status = EXIT_RESUMABLE
+        elif isinstance(e, KeyboardInterrupt):
+            message, status = f"{INTERRUPTED}Ctrl-C (SIGINT) on {process_label()}; {hint()}", 130
+        else:
+            message = "".join(traceback.format_exception(e)).rstrip() + f"\nerror: {process_label()} failed ({first}); {hint()}"
         sys.stdout.flush()
         sys.stderr.flush()
         os.write(sys.stderr.fileno(), (message + "\n").encode())  # one write: no native log line inside it
@@ -199,27 +215,62 @@ def _end(e: BaseException, hint: Callable[[], str]) -> None:
 @contextlib.contextmanager
 def exit_on_failure(hint: Callable[[], str]):
     """In a worker of a multi-process run: an exception, in the main thread or any other (e.g.
-    a checkpoint's background save), ends the process at once with ``os._exit`` (JAX's normal
-    exit would wait for a lost process at its shutdown barrier and abort). A failed computation
-    (``JaxRuntimeError``) whose message says a peer is gone gives ``lost_line`` and
-    ``EXIT_RESUMABLE``; any other error its traceback, a line, and status 1. In a
-    single-process run errors propagate as usual."""
+    a checkpoint's background save), and Ctrl-C end the process at once with ``os._exit`` (JAX's
+    normal exit would wait for a lost process at its shutdown barrier and abort). A failed
+    computation (``JaxRuntimeError``) whose message says a peer is gone gives ``lost_line`` and
+    ``EXIT_RESUMABLE``; any other error its traceback, a line, and status 1. In a single-process
+    run errors propagate as usual."""
     previous = threading.excepthook
 
     def thread_failed(args):
-        if jax.process_count() > 1 and isinstance(args.exc_value, Exception):
+        if isinstance(args.exc_value, Exception) and _multi_process():
             _end(args.exc_value, hint)
         previous(args)
 
     threading.excepthook = thread_failed
     try:
         yield
-    except Exception as e:  # noqa: BLE001 - every failure of a distributed worker must end it now
-        if jax.process_count() == 1:
+    except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - every failure of a distributed worker ends it now
+        if not _multi_process():
             raise
         _end(e, hint)
     finally:
         threading.excepthook = previous
+
+
+_SYNCS = itertools.count()
+SYNC_TIMEOUT_SECONDS = 3600
+
+
+def _coordination_client():
+    """JAX's client of the coordination service (``None`` outside a ``jax.distributed`` run), as
+    orbax uses it for its barriers."""
+    from jax._src import distributed
+
+    return getattr(distributed.global_state, "client", None) if jax.process_count() > 1 else None
+
+
+def sync(label: str) -> None:
+    """Waits until every process of a multi-process run arrives here, at a barrier of JAX's
+    coordination service (no device collective; nothing in a single-process run). Called right
+    before a run's first collectives: on CPU, Gloo gives processes only 30 s to meet at their
+    first collective, less than a loaded machine may need to compile for some processes and
+    not others (a lost process still ends the wait, through the heartbeat timeout)."""
+    client = _coordination_client()
+    if client is not None:
+        client.wait_at_barrier(f"fljax-{next(_SYNCS)}-{label}", timeout_in_ms=SYNC_TIMEOUT_SECONDS * 1000)
+
+
+def gather(label: str, value: str) -> list[str]:
+    """Every process's ``value``, in process order, through the coordination service's
+    key-value store (no device collective, nothing to compile); every process must call it
+    with the same ``label`` in the same order. ``[value]`` in a single-process run."""
+    client = _coordination_client()
+    if client is None:
+        return [value]
+    key = f"fljax-{next(_SYNCS)}-{label}"
+    client.key_value_set(f"{key}/{jax.process_index()}", value)
+    return [client.blocking_key_value_get(f"{key}/{i}", SYNC_TIMEOUT_SECONDS * 1000) for i in range(jax.process_count())]
 
 
 def preemption_point(step: int) -> bool:

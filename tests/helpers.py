@@ -90,15 +90,33 @@ def free_port() -> int:
     raise RuntimeError("free_port: no free port found")
 
 
+_STARTED: list = []
+
+
+def popen(command: list, **kwargs) -> subprocess.Popen:
+    """``subprocess.Popen`` with text pipes for stdout and stderr, remembered for ``kill_leftovers``."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    _STARTED.append(proc)
+    return proc
+
+
+def kill_leftovers() -> None:
+    """SIGKILLs every process ``popen`` started that still runs (a failed test's), and forgets them."""
+    for proc in _STARTED:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    _STARTED.clear()
+
+
 def start_processes(command: list, num_processes: int, devices: int, *, port=None, extra=lambda i: [], env=None):
     """Starts ``command`` (e.g. ``[python, -m, experiments.run, ...flags]``) as process 0..n-1 of
     one ``--distributed`` run over 127.0.0.1, each with ``devices`` CPU devices; returns the
     ``Popen`` objects (stdout and stderr as text pipes)."""
     port = port or free_port()
     dist = ["--distributed", f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={num_processes}"]
-    return [subprocess.Popen(command + dist + [f"--process_id={i}"] + list(extra(i)), cwd=ROOT,
-                             env=subprocess_env(devices, **(env or {})), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True) for i in range(num_processes)]
+    env = subprocess_env(devices, **(env or {}))
+    return [popen(command + dist + [f"--process_id={i}"] + list(extra(i)), cwd=ROOT, env=env) for i in range(num_processes)]
 
 
 def finish(procs, timeout: float = 300) -> list:

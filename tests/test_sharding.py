@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fljax import sharding
-from tests.helpers import ROOT, finish, start_processes
+from tests.helpers import ROOT, finish, kill_leftovers, start_processes
 from tests.helpers import subprocess_env as _subprocess_env
 
 
@@ -143,7 +143,10 @@ def test_two_process_run_equals_single_process_run(tmp_path):
     args = [sys.executable, "-m", "experiments.run", "--dataset=digits", "--model=logreg", "--num_clients=16",
             "--clients_per_round=8", "--num_malicious=4", "--rounds=3", "--eval_every=2", "--local_steps=2", "--quiet"]
     procs = start_processes(args, 2, 2, extra=lambda i: [f"--output={tmp_path / f'p{i}.json'}"])
-    outs = finish(procs, timeout=900)
+    try:
+        outs = finish(procs, timeout=900)
+    finally:
+        kill_leftovers()
     assert [rc for rc, _, _ in outs] == [0, 0], [err[-2000:] for _, _, err in outs]
     assert not (tmp_path / "p1.json").exists()  # only process 0 writes --output
     single = subprocess.run(args + [f"--output={tmp_path / 's.json'}"], cwd=ROOT, env=_subprocess_env(1),
