@@ -30,8 +30,7 @@ from absl import app, flags, logging
 from experiments.configs import base_config, load_config_file, presets, replace_fields
 from fljax import aggregators as aggregators_lib
 from fljax import checkpoint as checkpoint_lib
-from fljax import flat_settings
-from fljax import multihost
+from fljax import flat_settings, multihost
 from fljax import sharding as sharding_lib
 from fljax.attacks import DATA_ATTACKS, MODEL_ATTACKS
 from fljax.client import use_cpu_cores as use_cores

@@ -22,9 +22,16 @@ ends the run everywhere within the heartbeat timeout, and here it ends it with o
   catches in distributed runs) into a checkpoint at a step every process agrees on, then a
   clean exit with ``EXIT_RESUMABLE``.
 
+In a single process every helper is trivial, so code written for many processes runs on one.
+
 Examples:
-  >>> if jax.process_count() > 1 and multihost.preemption_point(step):
-  ...     save(); raise multihost.Preempted(...)
+  >>> from fljax import multihost
+  >>> multihost.preemption_point(1)  # every process reached a step to stop at after a SIGTERM?
+  False
+  >>> multihost.gather("answer", "42")  # every process's value, in process order
+  ['42']
+  >>> multihost.lost_line("process 1 stopped sending heartbeats", "process 0 of 2", "restart to resume")
+  'error: the run lost a process: process 1 stopped sending heartbeats (seen by process 0 of 2); restart to resume'
 """
 
 from __future__ import annotations

@@ -8,7 +8,6 @@ import os
 import random
 import socket
 import subprocess
-import sys
 
 import jax.numpy as jnp
 import numpy as np

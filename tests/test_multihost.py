@@ -248,8 +248,8 @@ def test_preempted_run_checkpoints_there_and_resumes_exactly_on_another_topology
     resumed = run_experiment(exp, said.append, workdir=workdir, checkpoint_every=3)
     assert resumed["checkpoint"]["resumed_after_blocks"] == 2
     notice = [m for m in said if m.startswith("notice:")]
-    assert notice == [f"notice: the checkpoint was written on 2 process(es) with 4 cpu device(s) in all, this run has "
-                      f"1 process(es) with 1 cpu device(s) in all: the remaining rounds split the cohort over these "
+    assert notice == ["notice: the checkpoint was written on 2 process(es) with 4 cpu device(s) in all, this run has "
+                      "1 process(es) with 1 cpu device(s) in all: the remaining rounds split the cohort over these "
                       "devices, so sums over devices may round differently from an uninterrupted run in the last bits"]
     assert comparable(resumed) == reference
     assert checkpoint_lib.newest_round(workdir) == 5
