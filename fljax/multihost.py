@@ -20,7 +20,10 @@ ends the run everywhere within the heartbeat timeout, and here it ends it with o
   wait for the lost process at JAX's shutdown barrier and abort there;
 * ``preemption_point`` turns a preemption notice (SIGTERM, which JAX's preemption service
   catches in distributed runs) into a checkpoint at a step every process agrees on, then a
-  clean exit with ``EXIT_RESUMABLE``.
+  clean exit with ``EXIT_RESUMABLE``;
+* ``sync`` and ``gather`` meet the other processes at the coordination service (a barrier, a
+  key-value exchange) rather than in a device collective: on CPU, Gloo's first collective
+  fails when the processes arrive more than 30 s apart, as they may while some compile.
 
 In a single process every helper is trivial, so code written for many processes runs on one.
 
@@ -197,6 +200,11 @@ def _multi_process() -> bool:
         return False
 
 
+def _peer_gone(e: BaseException) -> bool:
+    """Whether ``e`` is JAX's report of a failed collective or barrier: another process is gone."""
+    return isinstance(e, jax.errors.JaxRuntimeError) and bool(_PEER_GONE.search(str(e)))
+
+
 def _end(e: BaseException, hint: Callable[[], str]) -> None:
     """Ends a worker of a multi-process run on ``e``: one line (a lost peer: ``EXIT_RESUMABLE``;
     Ctrl-C: 130) or the traceback and a line (anything else: 1), then ``os._exit`` at once (the
@@ -205,7 +213,7 @@ def _end(e: BaseException, hint: Callable[[], str]) -> None:
     status = 1
     try:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        if isinstance(e, jax.errors.JaxRuntimeError) and _PEER_GONE.search(str(e)):
+        if _peer_gone(e):
             message = lost_line(f"lost contact with another process ({first})", process_label(), hint())
             status = EXIT_RESUMABLE
         elif isinstance(e, KeyboardInterrupt):
@@ -221,16 +229,16 @@ def _end(e: BaseException, hint: Callable[[], str]) -> None:
 
 @contextlib.contextmanager
 def exit_on_failure(hint: Callable[[], str]):
-    """In a worker of a multi-process run: an exception, in the main thread or any other (e.g.
-    a checkpoint's background save), and Ctrl-C end the process at once with ``os._exit`` (JAX's
-    normal exit would wait for a lost process at its shutdown barrier and abort). A failed
-    computation (``JaxRuntimeError``) whose message says a peer is gone gives ``lost_line`` and
-    ``EXIT_RESUMABLE``; any other error its traceback, a line, and status 1. In a single-process
-    run errors propagate as usual."""
+    """In a worker of a multi-process run: an exception and Ctrl-C end the process at once with
+    ``os._exit`` (JAX's normal exit would wait for a lost process at its shutdown barrier and
+    abort), and so does a lost process seen by another thread (e.g. a checkpoint's background
+    save). A failed collective or barrier (``JaxRuntimeError``) whose message says a peer is
+    gone gives ``lost_line`` and ``EXIT_RESUMABLE``; any other error its traceback, a line, and
+    status 1. In a single-process run errors propagate as usual."""
     previous = threading.excepthook
 
     def thread_failed(args):
-        if isinstance(args.exc_value, Exception) and _multi_process():
+        if _peer_gone(args.exc_value) and _multi_process():
             _end(args.exc_value, hint)
         previous(args)
 
