@@ -116,8 +116,8 @@ def auror(alpha: float = 0.002, detection_rounds: int = 10, num_iterations: int 
       Learning Systems", ACSAC 2016.
 
     Examples:
-      >>> agg = auror(alpha=0.01, detection_rounds=5)
-      >>> state = agg.init(flat_params)  # AurorState(indicative=zeros(d, bool), round=0)
+      >>> agg = auror(alpha=0.01, detection_rounds=5)  # doctest: +SKIP
+      >>> state = agg.init(flat_params)  # AurorState(indicative=zeros(d, bool), round=0)  # doctest: +SKIP
     """
     rule = "auror"
     _common.check_positive(rule, "alpha", alpha)

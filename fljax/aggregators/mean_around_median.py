@@ -74,7 +74,8 @@ def meamed(num_byzantine: int) -> Aggregator:
       Xie, Koyejo, Gupta, "Generalized Byzantine-tolerant SGD", arXiv:1802.10116, 2018.
 
     Examples:
-      >>> fljax.aggregate(meamed(num_byzantine=1), jnp.array([[0.0], [1.0], [2.0], [9.0]]))  # [1.]
+      >>> fljax.aggregate(meamed(num_byzantine=1), jnp.array([[0.0], [1.0], [2.0], [9.0]]))  # mean of 0, 1, 2
+      Array([1.], dtype=float32)
     """
     rule = "meamed"
     f = _common.check_num_byzantine(rule, num_byzantine)

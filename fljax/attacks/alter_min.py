@@ -55,7 +55,7 @@ def alter_min(boost: float = 5.0, rho: float = 0.1, stealth_steps: int = 2, conf
       Lens", ICML 2019 (Section 4, alternating minimization).
 
     Examples:
-      >>> make_round(..., data_attack=label_flip(10, 5, 3), model_attack=alter_min(),
+      >>> make_round(..., data_attack=label_flip(10, 5, 3), model_attack=alter_min(),  # doctest: +SKIP
       ...            malicious_client_update=alter_min_training(loss_fn, optax.sgd(0.1), boost=5.0, local_steps=10))
     """
     _check(boost, rho, stealth_steps, confidence)
@@ -133,7 +133,7 @@ def alter_min_training(loss_fn: LossFn, optimizer: optax.GradientTransformation,
       Lens", ICML 2019 (Section 4: explicit boosting, stealth, alternating minimization).
 
     Examples:
-      >>> mal = alter_min_training(loss_fn, optax.sgd(0.1), boost=5.0, rho=0.1, local_steps=10)
+      >>> mal = alter_min_training(loss_fn, optax.sgd(0.1), boost=5.0, rho=0.1, local_steps=10)  # doctest: +SKIP
     """
     _check(boost, rho, stealth_steps, confidence)
     local = _local("alter_min", protocol, local_steps, local_epochs)

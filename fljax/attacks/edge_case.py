@@ -80,7 +80,7 @@ def edge_case(target_label: int = 1, source_digit: int = 7, source: str = "auto"
       Tails: Yes, You Really Can Backdoor Federated Learning", NeurIPS 2020.
 
     Examples:
-      >>> attack = edge_case(target_label=1, source_digit=7, input_shape=(28, 28, 1))
+      >>> attack = edge_case(target_label=1, source_digit=7, input_shape=(28, 28, 1))  # doctest: +SKIP
       $ python -m experiments.run --attack='edge_case+pgd(norm_bound=2.0)' --aggregator='norm_clipping(max_norm=2.0)'
     """
     if num_classes is not None:

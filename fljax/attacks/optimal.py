@@ -182,7 +182,7 @@ def optimal_ipm(tau_max: float = 10.0, grid_points: int = 33, refine_steps: int 
       follows ByzFL's optimal IPM (github.com/LPD-EPFL/byzfl, ``LineMaximize``).
 
     Examples:
-      >>> fljax.apply_attack(optimal_ipm(), updates, malicious, aggregator=fljax.aggregators.median())
+      >>> fljax.apply_attack(optimal_ipm(), updates, malicious, aggregator=fljax.aggregators.median())  # doctest: +SKIP
     """
     return _optimal("optimal_ipm", ipm_row, tau_max, grid_points, refine_steps, rule)
 
@@ -205,6 +205,6 @@ def optimal_alie(tau_max: float = 10.0, grid_points: int = 33, refine_steps: int
       (github.com/LPD-EPFL/byzfl, ``LineMaximize``).
 
     Examples:
-      >>> fljax.apply_attack(optimal_alie(tau_max=5.0), updates, malicious, aggregator=fljax.aggregators.krum(2))
+      >>> fljax.apply_attack(optimal_alie(tau_max=5.0), updates, malicious, aggregator=fljax.aggregators.krum(2))  # doctest: +SKIP
     """
     return _optimal("optimal_alie", alie_row, tau_max, grid_points, refine_steps, rule)
