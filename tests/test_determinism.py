@@ -81,7 +81,7 @@ def test_execution_strategies_agree(exp):
     key = jax.random.PRNGKey(5)
     ref_state, ref_hist = exp.train(key)
     for execution in ("vmap", "chunked"):
-        state, hist = experiment(execution=execution, chunk_size=4).train(key)
+        state, hist = experiment(execution=execution, **({"chunk_size": 4} if execution == "chunked" else {})).train(key)
         np.testing.assert_allclose(flat(state.server.params), flat(ref_state.server.params), rtol=1e-4, atol=1e-5,
                                    err_msg=execution)
         for name in ("accuracy", "loss"):

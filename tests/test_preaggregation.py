@@ -140,4 +140,4 @@ def test_runner_builds_the_pre_aggregation_chain():
     with pytest.raises(ValueError, match="--pre_aggregation: unknown pre-aggregation 'shuffle'"):
         build_aggregator(dataclasses.replace(config, pre_aggregation="shuffle"))
     with pytest.raises(ValueError, match="clip has no default for max_norm: give clip\\(max_norm=...\\)"):
-        build_aggregator(dataclasses.replace(config, pre_aggregation="clip"))
+        build_aggregator(dataclasses.replace(config, pre_aggregation="clip", bucket_size=None))
