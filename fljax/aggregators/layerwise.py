@@ -101,7 +101,7 @@ def lasa(sparsity: float = 0.3, lambda_n: float = 1.0, lambda_s: float = 1.0,
       Sparsified Model Aggregation", WACV 2025.
 
     Examples:
-      >>> agg = lasa(layer_shapes=[p.shape for p in jax.tree.leaves(params)])
+      >>> agg = lasa(layer_shapes=[(784, 200), (200,), (200, 10), (10,)])  # an MLP's kernels and biases
     """
     rule = "lasa"
     if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:

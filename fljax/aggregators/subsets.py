@@ -138,7 +138,8 @@ def mda(num_byzantine: int, max_subsets: int = MAX_SUBSETS) -> Aggregator:
       Learning", PODC 2020.
 
     Examples:
-      >>> fljax.aggregate(mda(num_byzantine=1), jnp.array([[0.0], [1.0], [9.0]]))  # [0.5]
+      >>> fljax.aggregate(mda(num_byzantine=1), jnp.array([[0.0], [1.0], [9.0]]))  # {0, 1}: diameter 1
+      Array([0.5], dtype=float32)
     """
     rule = "mda"
     f = _common.check_num_byzantine(rule, num_byzantine)
@@ -191,7 +192,9 @@ def smea(num_byzantine: int, max_subsets: int = MAX_SUBSETS) -> Aggregator:
       Distributed Learning", ICML 2023.
 
     Examples:
-      >>> fljax.aggregate(smea(num_byzantine=1), jnp.array([[0.0], [1.0], [9.0]]))  # [0.5]
+      >>> updates = jnp.array([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [1.0, 2.5]])
+      >>> fljax.aggregate(smea(num_byzantine=1), updates)  # top eigenvalue 2/3; with (1, 2.5): >= 25/18
+      Array([1., 0.], dtype=float32)
     """
     rule = "smea"
     f = _common.check_num_byzantine(rule, num_byzantine)
