@@ -11,6 +11,7 @@ import itertools
 import math
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -220,12 +221,12 @@ def test_smea_top_eigenvalue_is_exact_for_near_degenerate_spectra():
     """The repeated squaring's Rayleigh quotient against LAPACK's float64 eigenvalue, on Gram
     matrices whose two top eigenvalues are 1e-4 apart (the worst case for a power iteration)."""
     rng = np.random.default_rng(0)
+    top = jax.jit(lambda g: fljax.aggregators._common.top_eigenpair(g, subsets._SQUARINGS)[0])
     for _ in range(5):
         q, _ = np.linalg.qr(rng.normal(size=(12, 12)))
         spectrum = np.r_[1.0, 1.0 - 1e-4, rng.uniform(0, 0.9, 10)]
         g = (q * spectrum) @ q.T
-        top = float(fljax.aggregators._common.top_eigenpair(jnp.asarray(g, jnp.float32), subsets._SQUARINGS)[0])
-        np.testing.assert_allclose(top, np.linalg.eigvalsh(g)[-1], rtol=2e-6)
+        np.testing.assert_allclose(float(top(jnp.asarray(g, jnp.float32))), np.linalg.eigvalsh(g)[-1], rtol=2e-6)
 
 
 def test_caf_by_hand():
@@ -333,6 +334,24 @@ def test_lasa_matches_its_steps_per_layer():
     np.testing.assert_allclose(info["weights"], weights, rtol=1e-5)
     with pytest.raises(ValueError, match=r"lasa: layer_shapes add up to 25 parameters, the updates have d=26"):
         run(agg.lasa(layer_shapes=shapes[:-1] + [(1,)]), x)  # refused while tracing, before compiling
+
+
+def test_lasa_reads_the_layers_from_the_rounds_model():
+    """Without layer_shapes, LASA reads the model's parameter arrays from ``context.model`` (the
+    round supplies it: ``needs_model``), in the flat vector's order: the same as giving them."""
+    model = fljax.models.get("mlp", (3,), 2)
+    params = model.init(jax.random.PRNGKey(0))
+    shapes = [p.shape for p in jax.tree.leaves(params)]
+    d = sum(math.prod(s) for s in shapes)
+    x = np.random.default_rng(8).normal(size=(7, d)).astype(np.float32)
+    x[0] *= -4
+    rule = agg.lasa(sparsity=0.3)
+    assert rule.needs_model and not agg.lasa(layer_shapes=shapes).needs_model
+    access = fljax.types.ModelAccess(unravel=jax.flatten_util.ravel_pytree(params)[1], apply=model.apply,
+                                     inputs=jax.ShapeDtypeStruct((3,), jnp.float32))
+    out = fljax.aggregate(rule, jnp.asarray(x), model=access)
+    expected, _ = lasa_reference(x.astype(np.float64), 0.3, 1.0, 1.0, shapes)
+    np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_kth_largest_per_row_is_exact():

@@ -52,7 +52,8 @@ def caf(num_byzantine: int) -> Aggregator:
       Participants", ICML 2025.
 
     Examples:
-      >>> agg = caf(num_byzantine=2)
+      >>> fljax.aggregate(caf(num_byzantine=1), jnp.array([[0.0], [1.0], [2.0], [10.0]]))  # two passes
+      Array([1.07531], dtype=float32)
     """
     rule = "caf"
     f = _common.check_num_byzantine(rule, num_byzantine)

@@ -116,8 +116,9 @@ def auror(alpha: float = 0.002, detection_rounds: int = 10, num_iterations: int 
       Learning Systems", ACSAC 2016.
 
     Examples:
-      >>> agg = auror(alpha=0.01, detection_rounds=5)  # doctest: +SKIP
-      >>> state = agg.init(flat_params)  # AurorState(indicative=zeros(d, bool), round=0)  # doctest: +SKIP
+      >>> agg = auror(alpha=0.01, detection_rounds=5)
+      >>> agg.init(jnp.zeros(3))
+      AurorState(indicative=Array([False, False, False], dtype=bool), round=Array(0, dtype=int32))
     """
     rule = "auror"
     _common.check_positive(rule, "alpha", alpha)

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fljax.aggregators import _common
-from fljax.types import Aggregator, Array
+from fljax.types import Aggregator, Array, ModelAccess
 
 _HI = jax.lax.Precision.HIGHEST
 
@@ -45,6 +45,7 @@ def median_z_scores(values: Array, valid: Array) -> Array:
 
 
 def _layers(rule: str, layer_shapes) -> Optional[list[tuple[int, bool]]]:
+    """``[(size, is_matrix)]`` of the given shapes (checked), or None."""
     if layer_shapes is None:
         return None
     try:
@@ -56,6 +57,13 @@ def _layers(rule: str, layer_shapes) -> Optional[list[tuple[int, bool]]]:
         raise ValueError(f"{rule}: layer_shapes must be a non-empty sequence of shapes (sequences of positive "
                          f"integers), got {layer_shapes!r}")
     return [(math.prod(shape), len(shape) >= 2) for shape in shapes]
+
+
+def model_layers(model: ModelAccess, d: int) -> list[tuple[int, bool]]:
+    """``[(size, is_matrix)]`` of the model's parameter arrays in the flat vector's order (the
+    leaves of ``model.unravel``'s pytree, which ``ravel_pytree`` concatenates in that order)."""
+    leaves = jax.tree.leaves(jax.eval_shape(model.unravel, jax.ShapeDtypeStruct((d,), jnp.float32)))
+    return [(math.prod(leaf.shape), len(leaf.shape) >= 2) for leaf in leaves]
 
 
 def lasa(sparsity: float = 0.3, lambda_n: float = 1.0, lambda_s: float = 1.0,
@@ -82,10 +90,13 @@ def lasa(sparsity: float = 0.3, lambda_n: float = 1.0, lambda_s: float = 1.0,
     an Inf update makes their std NaN and every client fail the checks); a finite update whose
     norm overflows float32 is clipped to zero.
 
-    The rule needs the model's layers: ``layer_shapes`` lists the shapes of the parameter arrays
-    in ``jax.tree.leaves`` order (``ravel_pytree``'s), e.g. ``[p.shape for p in
-    jax.tree.leaves(params)]``; their sizes must add up to d. Without it the whole update is
-    one layer of weights.
+    The rule needs the model's layers. By default it reads them from the model the round
+    supplies (``needs_model``: ``make_round``'s ``model_apply``, which the runner always gives;
+    ``context.model``'s parameter arrays in the flat vector's order). ``layer_shapes`` gives them
+    instead: the shapes of the parameter arrays in ``jax.tree.leaves`` order (``ravel_pytree``'s),
+    e.g. ``[p.shape for p in jax.tree.leaves(params)]``, their sizes adding up to d; then no model
+    is needed. A context with neither (``fljax.aggregate`` without ``model=``, a context built by
+    hand) makes the whole update one layer of weights.
 
     ``info["weights"][i]`` is client i's coefficient averaged over the coordinates
     (``sum_l |l| / d * kept_il / |kept_l|``), so a client rejected in most layers is flagged.
@@ -94,14 +105,14 @@ def lasa(sparsity: float = 0.3, lambda_n: float = 1.0, lambda_s: float = 1.0,
       sparsity: s in [0, 1), the share of weight entries zeroed (the paper's default 0.3).
       lambda_n: the norm check's z-score bound (> 0; the authors' default 1.0).
       lambda_s: the sign check's z-score bound (> 0; the authors' default 1.0).
-      layer_shapes: the model's parameter shapes (see above), or None.
+      layer_shapes: the model's parameter shapes (see above), or None: the round's model.
 
     References:
       Xu, Zhang, Li, Hu, "Achieving Byzantine-Resilient Federated Learning via Layer-Adaptive
       Sparsified Model Aggregation", WACV 2025.
 
     Examples:
-      >>> agg = lasa(layer_shapes=[p.shape for p in jax.tree.leaves(params)])  # doctest: +SKIP
+      >>> agg = lasa(layer_shapes=[(784, 200), (200,), (200, 10), (10,)])  # an MLP's kernels and biases
     """
     rule = "lasa"
     if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
@@ -112,7 +123,7 @@ def lasa(sparsity: float = 0.3, lambda_n: float = 1.0, lambda_s: float = 1.0,
 
     def aggregate(updates, context):
         n, d = updates.shape
-        parts = [(d, True)] if layers is None else layers
+        parts = layers or (model_layers(context.model, d) if context.model is not None else [(d, True)])
         if sum(size for size, _ in parts) != d:
             raise ValueError(f"{rule}: layer_shapes add up to {sum(s for s, _ in parts)} parameters, the updates "
                              f"have d={d}; they must match (the model's parameter shapes in jax.tree.leaves order)")
@@ -148,4 +159,4 @@ def lasa(sparsity: float = 0.3, lambda_n: float = 1.0, lambda_s: float = 1.0,
             weights = weights + share * (size / d)
         return jnp.concatenate(pieces), _common.info(weights, clip_factors=factors)
 
-    return _common.stateless(aggregate)
+    return _common.stateless(aggregate, needs_model=layers is None)

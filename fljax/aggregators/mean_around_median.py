@@ -74,8 +74,10 @@ def meamed(num_byzantine: int) -> Aggregator:
       Xie, Koyejo, Gupta, "Generalized Byzantine-tolerant SGD", arXiv:1802.10116, 2018.
 
     Examples:
-      >>> fljax.aggregate(meamed(num_byzantine=1), jnp.array([[0.0], [1.0], [2.0], [9.0]]))  # mean of 0, 1, 2
+      >>> fljax.aggregate(meamed(num_byzantine=1), jnp.array([[0.0], [1.0], [2.0], [9.0]]))  # median 1.5
       Array([1.], dtype=float32)
+      >>> fljax.aggregate(meamed(num_byzantine=2), jnp.array([[0.0], [2.0], [4.0], [2.0], [50.0]]))  # 0, 4 tie
+      Array([2.], dtype=float32)
     """
     rule = "meamed"
     f = _common.check_num_byzantine(rule, num_byzantine)

@@ -53,7 +53,7 @@ def _binomials(n: int, f: int) -> np.ndarray:
 def removed_sets(ranks: Array, n: int, f: int) -> Array:
     """``int32 [B, f]``: the f removed clients of each subset rank (``0 <= rank < C(n, f)``),
     by the combinatorial number system: ``rank = sum_k C(c_k, k)`` with ``c_f > ... > c_1``,
-    ``c_k`` the largest c with ``C(c, k)`` at most what is left of the rank."""
+    ``c_k`` the largest c with ``C(c, k) <= `` what is left of the rank."""
     table = jnp.asarray(_binomials(n, f))
     out, rest = [], ranks
     for k in range(f, 0, -1):
@@ -192,8 +192,9 @@ def smea(num_byzantine: int, max_subsets: int = MAX_SUBSETS) -> Aggregator:
       Distributed Learning", ICML 2023.
 
     Examples:
-      >>> fljax.aggregate(smea(num_byzantine=1), jnp.array([[0.0], [1.0], [9.0]]))  # {0, 1}: variance 0.25
-      Array([0.5], dtype=float32)
+      >>> updates = jnp.array([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [1.0, 2.5]])
+      >>> fljax.aggregate(smea(num_byzantine=1), updates)  # top eigenvalue 2/3; with (1, 2.5): >= 25/18
+      Array([1., 0.], dtype=float32)
     """
     rule = "smea"
     f = _common.check_num_byzantine(rule, num_byzantine)
