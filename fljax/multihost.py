@@ -111,14 +111,18 @@ def die_with_supervisor() -> None:
         os._exit(EXIT_RESUMABLE)
 
 
-def _what_jax_reported(report: str) -> str:
-    """A readable cause from JAX's fatal report (the survivor's view)."""
+def _cause(report: str) -> Optional[str]:
+    """What JAX's report of a failure says happened to the other processes, in a few words;
+    ``None`` when it names no cause."""
     if re.search(r"(?i)failed to send rpc to coordination service|socket closed|leader task", report):
         return "process 0, which runs the coordination service, is gone"
     gone = re.search(r"Task (\d+) heartbeat timeout", report) or re.search(r"stopped sending heartbeats\):\s*(\d+)", report)
     if gone:
         return f"process {gone.group(1)} stopped sending heartbeats"
-    return "JAX's distributed service reported a failed process"
+    closed = re.search(r"(Gloo [\w ]+? failed).*?(Connection (?:reset|closed) by peer)", report)
+    if closed:
+        return f"another process closed its connections ({closed.group(1)}: {closed.group(2)})"
+    return None
 
 
 def supervise(hint: Callable[[], str], process: Optional[int] = None, command: Optional[list] = None) -> int:
@@ -182,7 +186,8 @@ def supervise(hint: Callable[[], str], process: Optional[int] = None, command: O
     who = f"process {process}" if process is not None else f"the process on {os.uname().nodename}"
     if report:  # JAX aborted the worker (it may have ended itself first, seeing the same loss)
         if not reported:
-            print(lost_line(_what_jax_reported("".join(report)), who, hint()), file=sys.stderr, flush=True)
+            what = _cause("".join(report)) or "JAX's distributed service reported a failed process"
+            print(lost_line(what, who, hint()), file=sys.stderr, flush=True)
         return EXIT_RESUMABLE
     if not reported:
         print(f"error: {who}: the worker was killed by {signal.Signals(-status).name}; {hint()}", file=sys.stderr,
@@ -214,7 +219,8 @@ def _end(e: BaseException, hint: Callable[[], str]) -> None:
     try:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         if _peer_gone(e):
-            message = lost_line(f"lost contact with another process ({first})", process_label(), hint())
+            what = _cause(str(e)) or f"lost contact with another process ({first[:200]})"
+            message = lost_line(what, process_label(), hint())
             status = EXIT_RESUMABLE
         elif isinstance(e, KeyboardInterrupt):
             message, status = f"{INTERRUPTED}Ctrl-C (SIGINT) on {process_label()}; {hint()}", 130

@@ -102,7 +102,9 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     said = messages(err0)
     assert len(said) == 1 and said[0].startswith(multihost.LOST), err0
     # Gloo's "Connection reset by peer" at once in a collective; in a save's barrier, the heartbeat timeout.
-    assert said[0].startswith(f"{multihost.LOST}: lost contact with another process (") and "(seen by process 0 of 2)" in said[0]
+    assert said[0].startswith((f"{multihost.LOST}: another process closed its connections (Gloo ",
+                               f"{multihost.LOST}: process 1 stopped sending heartbeats (")), said[0]
+    assert "(seen by process 0 of 2)" in said[0]
     done = max(steps(workdir))  # one round per block
     assert f"restart every process with the same command to resume from {workdir} after round {done}" in said[0]
     assert seconds < 10 + 10, seconds  # --heartbeat_timeout=10 bounds it
@@ -178,7 +180,7 @@ def ready(folder):
 @pytest.mark.parametrize("victim, said, bound", [
     (0, "process 0, which runs the coordination service, is gone (seen by process 1)", 10),
     (1, "process 1 stopped sending heartbeats (seen by process 0)", 5 + 10),
-])
+], ids=["coordinator_lost", "heartbeat_timeout"])
 def test_jax_abort_of_a_survivor_becomes_one_line(tmp_path, victim, said, bound):
     """JAX aborts a survivor itself (SIGABRT, a native stack trace, Python's fault dump): at once
     when process 0, which runs the coordination service, is lost; after the heartbeat timeout
@@ -265,3 +267,32 @@ def test_resume_hint_names_the_newest_committed_checkpoint(tmp_path):
     os.makedirs(tmp_path / "checkpoints" / "4.orbax-checkpoint-tmp-1")  # uncommitted: ignored
     os.makedirs(tmp_path / "checkpoints" / "5")  # unreadable: the one before counts
     assert checkpoint_lib.resume_hint(str(tmp_path)).endswith(f"resume from {tmp_path} after round 6")
+
+
+# ---- the supervisor's relay, with stand-in workers (no JAX in them) --------------------------
+
+NATIVE_E = "E1128 07:26:02.160665   25650 coordination_service_agent.cc:289] Polled an error from coordination service"
+FATAL = ("F1128 07:26:02.161322   25661 client.h:80] Terminating process because the JAX distributed service detected "
+         "fatal errors. absl::Status: UNAVAILABLE: Task 1 heartbeat timeout.\n*** Check failure stack trace: ***\n"
+         "    @     0x7f9042440634  absl::log_internal::LogMessage::SendToLog()\nFatal Python error: Aborted\n")
+
+
+@pytest.mark.parametrize("script, status, said", [
+    # JAX's abort: the native lines before it and its dump are dropped, one line says what happened
+    (f"say('working'); say({NATIVE_E!r}); say({FATAL!r}); os.abort()", multihost.EXIT_RESUMABLE,
+     ["working", f"{multihost.LOST}: process 1 stopped sending heartbeats (seen by process 3); HINT"]),
+    # the worker said it first (then JAX aborted it): no second line
+    (f"say({multihost.LOST + ': x'!r}); say({FATAL!r}); os.abort()", multihost.EXIT_RESUMABLE, [f"{multihost.LOST}: x"]),
+    (f"say({multihost.LOST + ': x'!r}); os._exit(75)", multihost.EXIT_RESUMABLE, [f"{multihost.LOST}: x"]),
+    # killed by another signal: said so, status 128 + signal
+    ("say('working'); os.kill(os.getpid(), signal.SIGKILL)", 128 + 9,
+     ["working", "error: process 3: the worker was killed by SIGKILL; HINT"]),
+    # anything else is relayed as it is, native lines included, and the status passed on
+    (f"say({NATIVE_E!r}); say('done'); sys.exit(2)", 2, [NATIVE_E, "done"]),
+], ids=["jax_abort", "said_then_aborted", "said_then_exited", "killed", "relayed"])
+def test_supervisor_relays_output_and_summarizes_an_abort(capfd, script, status, said):
+    worker = [sys.executable, "-c", "import os, signal, sys\n"
+              "def say(text): sys.stderr.write(text + '\\n'); sys.stderr.flush()\n" + script]
+    assert multihost.supervise(lambda: "HINT", 3, command=worker) == status
+    out, err = capfd.readouterr()
+    assert err.splitlines() == said
