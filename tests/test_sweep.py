@@ -283,6 +283,21 @@ def test_catalogue_tabular_and_text_presets_run_every_registered_attack():
     assert "feature_trigger" in attacks["tabular_backdoor"] and "phrase_backdoor" in attacks["shakespeare"]
 
 
+def test_catalogue_runs_the_new_rules_and_says_why_it_leaves_any_out():
+    from experiments.configs import catalogue
+    from fljax.aggregators import subsets
+    cells = sweep.make_cells(load_config_file(os.path.join(ROOT, "experiments", "configs", "catalogue.py")))
+    names = {s.name for c in cells for s in spec_lib.parse(c.config.aggregator)}
+    issue15 = {"mda", "smea", "caf", "meamed", "monna", "fldetector", "lasa", "deepsight", "crfl", "auror", "arc"}
+    assert issue15 <= names | set(catalogue.EXCLUDED) and not names & set(catalogue.EXCLUDED)
+    n, f = cells[0].config.clients_per_round, 20
+    for rule in catalogue.EXCLUDED:  # the reason holds: the exact search is refused at this n, f
+        with pytest.raises(ValueError, match=rule):
+            subsets.check_subsets(rule, n, f, subsets.MAX_SUBSETS)
+    monna = [c.config for c in cells if c.config.aggregator.startswith("monna")]
+    assert monna and all(c.num_malicious <= 99 < c.num_clients for c in monna)  # the pivot is an honest id
+
+
 def test_run_and_sweep_take_a_preset_with_flags_on_top():
     from experiments import run
     preset = os.path.join(ROOT, "experiments", "configs", "baruch2019.py")

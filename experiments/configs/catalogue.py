@@ -1,4 +1,4 @@
-"""Every registered attack against mean, median, trimmed mean and Krum at the runner's default
+"""Every registered attack against the first catalogue's rules and issue 15's at the runner's default
 setting: mnist5k, MLP, 100 clients (all per round), 20% malicious, 30 rounds of FedAvg.
 
     python -m experiments.sweep --config=experiments/configs/catalogue.py --output_dir=results/catalogue
@@ -11,13 +11,24 @@ the paper's ``n / eta`` does for one attacker. The strength attacks run at 10 (s
 scale, gaussian's std, ipm's epsilon). ``adaptive`` runs 10 ascent steps a round (50 is its
 default; at 100 clients on 2 CPU cores the steps through median / trimmed mean dominate the
 run); with ``objective='targeted'`` after the backdoor it ascends the attackers' backdoor loss
-after the server step through the rule.
+after the server step through the rule. ``edge_case`` plants the upsampled scikit-learn 7s as
+"1" (its defaults), ``alter_min`` pairs with the 5 -> 3 label flip (its success rate is the
+flip's).
+
+Rules: the first catalogue's four (``CLASSIC``) and issue 15's (``NEWER``, ``arc`` in front of
+the median) but ``mda`` and ``smea``, which search all C(n, f) subsets exactly and refuse
+C(100, 20) ~ 5.4e20 at build time (their parity tests run them where the search is small).
+``monna`` pivots on client 99, an honest one (``pivot=0``, its default, is an attacker here:
+ids ``0..num_malicious-1`` are the malicious clients).
 """
 
 from experiments.configs import SweepSpec
 from fljax.experiment import ExperimentConfig
 
 BACKDOOR = "backdoor(target_label=0)"
+CLASSIC = ["mean", "median", "trimmed_mean", "krum"]
+NEWER = ["caf", "meamed", "monna(pivot=99)", "lasa", "auror", "fldetector", "deepsight", "crfl", "arc+median"]
+EXCLUDED = {"mda": "C(100, 20) subsets, refused at build time", "smea": "C(100, 20) subsets, refused at build time"}
 
 
 def get_config() -> SweepSpec:
@@ -29,9 +40,10 @@ def get_config() -> SweepSpec:
                  "mimic", "fang_krum", "fang_trim", "min_max", "min_sum", "adaptive(attack_steps=10)",
                  f"{BACKDOOR}+adaptive(objective='targeted', attack_steps=10)",
                  f"{BACKDOOR}+model_replacement(gamma=5.0)", f"{BACKDOOR}+constrain_and_scale(gamma=5.0)",
-                 f"{BACKDOOR}+pgd", f"{BACKDOOR}+neurotoxin"],
-        aggregators=["mean", "median", "trimmed_mean", "krum"],
+                 f"{BACKDOOR}+pgd", f"{BACKDOOR}+neurotoxin", "optimal_ipm", "optimal_alie", "edge_case",
+                 "label_flip(source=5, target=3)+alter_min"],
+        aggregators=CLASSIC + NEWER,
         malicious_fractions=[0.2],
         partitions=["iid"],
         seeds=[0],
-        description="The attack catalogue (issue 4): every attack vs mean / median / trimmed mean / Krum, 20% malicious.")
+        description="The attack catalogue (issues 4, 15): every attack vs every rule that runs at n = 100, f = 20.")
