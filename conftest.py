@@ -11,8 +11,11 @@ import pytest
 
 import fljax
 
-collect_ignore = [path for module, path in (("torch", "fljax/interop/torch.py"), ("flwr", "fljax/interop/flower.py"))
-                  if importlib.util.find_spec(module) is None]
+collect_ignore = [
+    path
+    for module, path in (("torch", "fljax/interop/torch.py"), ("flwr", "fljax/interop/flower.py"))
+    if importlib.util.find_spec(module) is None
+]
 
 
 @pytest.fixture(autouse=True)

@@ -59,29 +59,53 @@ from experiments.timing import (
 from fljax.aggregators import REGISTRY
 
 WORKLOADS = {  # model -> (input shape of one example, classes): the datasets each model is used on
-    "logreg": ((28, 28, 1), 10), "mlp": ((28, 28, 1), 10), "cnn": ((28, 28, 1), 10), "lenet5": ((28, 28, 1), 10),
-    "resnet18": ((32, 32, 3), 10), "resnet20": ((32, 32, 3), 10), "vgg11": ((32, 32, 3), 10),
+    "logreg": ((28, 28, 1), 10),
+    "mlp": ((28, 28, 1), 10),
+    "cnn": ((28, 28, 1), 10),
+    "lenet5": ((28, 28, 1), 10),
+    "resnet18": ((32, 32, 3), 10),
+    "resnet20": ((32, 32, 3), 10),
+    "vgg11": ((32, 32, 3), 10),
     "char_lstm": ((80,), 80),
 }
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("model", "mlp", list(WORKLOADS), "the workload's model (fljax.models.get)")
-flags.DEFINE_list("conv_impl", ["auto"], "how convolutions are computed (fljax.layers: auto, xla, patches); "
-                  "several: one table row per execution and implementation")
+flags.DEFINE_list(
+    "conv_impl",
+    ["auto"],
+    "how convolutions are computed (fljax.layers: auto, xla, patches); "
+    "several: one table row per execution and implementation",
+)
 flags.DEFINE_list("clients_per_round", ["100"], "cohort sizes n to measure (the scale table)")
 flags.DEFINE_integer("local_steps", 18, "local SGD steps per client per round")
 flags.DEFINE_integer("batch_size", 32, "examples per local step")
 flags.DEFINE_integer("examples_per_client", 600, "examples each synthetic client holds (MNIST / 100)")
 flags.DEFINE_integer("repeats", 5, "timed runs per measurement (after one compile run)")
-flags.DEFINE_list("executions", ["vmap", "chunked:10", "sequential", "parallel"],
-                  "client execution strategies: vmap, sequential, parallel, auto, chunked:<clients per chunk>")
-flags.DEFINE_integer("cpu_cores", 0, "CPU cores exposed as JAX devices for --executions=parallel "
-                     "(fljax.use_cpu_cores); 0: every core this process may use", lower_bound=0)
-flags.DEFINE_list("aggregators", ["mean", "median", "trimmed_mean", "krum"],
-                  "REGISTRY names to time on the round's updates, or 'all' (empty: no aggregator table)")
+flags.DEFINE_list(
+    "executions",
+    ["vmap", "chunked:10", "sequential", "parallel"],
+    "client execution strategies: vmap, sequential, parallel, auto, chunked:<clients per chunk>",
+)
+flags.DEFINE_integer(
+    "cpu_cores",
+    0,
+    "CPU cores exposed as JAX devices for --executions=parallel "
+    "(fljax.use_cpu_cores); 0: every core this process may use",
+    lower_bound=0,
+)
+flags.DEFINE_list(
+    "aggregators",
+    ["mean", "median", "trimmed_mean", "krum"],
+    "REGISTRY names to time on the round's updates, or 'all' (empty: no aggregator table)",
+)
 flags.DEFINE_bool("torch", True, "also time the round as a plain PyTorch per-client loop, and torch.median")
-flags.DEFINE_integer("torch_threads", 1, "torch.set_num_threads for the PyTorch round (0: torch's default); on a "
-                     "small shared CPU multi-threaded torch steps of this size can stall for tens of ms each")
+flags.DEFINE_integer(
+    "torch_threads",
+    1,
+    "torch.set_num_threads for the PyTorch round (0: torch's default); on a "
+    "small shared CPU multi-threaded torch steps of this size can stall for tens of ms each",
+)
 flags.DEFINE_bool("large", False, "also time the aggregators on random [1000, 1000000] updates")
 flags.DEFINE_float("client_lr", 0.05, "local SGD learning rate")
 
@@ -90,16 +114,25 @@ def benchmark_cohort(n: int, models: dict, peak: float) -> None:
     """All three tables for one cohort size n; ``models``: conv implementation -> (model, params)."""
     repeats = FLAGS.repeats
     input_shape, num_classes = WORKLOADS[FLAGS.model]
-    data = synthetic_data(n, FLAGS.examples_per_client, input_shape=input_shape, num_classes=num_classes,
-                          tokens=FLAGS.model == "char_lstm")
+    data = synthetic_data(
+        n,
+        FLAGS.examples_per_client,
+        input_shape=input_shape,
+        num_classes=num_classes,
+        tokens=FLAGS.model == "char_lstm",
+    )
     model, params = next(iter(models.values()))
     num_params = fljax.models.num_params(params)
     examples = n * FLAGS.local_steps * FLAGS.batch_size
     flops = 3 * forward_flops(model.apply, params, data.x[:1]) * examples
 
     def make_update(model):
-        return fljax.fedavg(fljax.classification_loss(model.apply), optax.sgd(FLAGS.client_lr),
-                            local_steps=FLAGS.local_steps, batch_size=FLAGS.batch_size)
+        return fljax.fedavg(
+            fljax.classification_loss(model.apply),
+            optax.sgd(FLAGS.client_lr),
+            local_steps=FLAGS.local_steps,
+            batch_size=FLAGS.batch_size,
+        )
 
     # 1. Rounds per client execution strategy (and convolution implementation).
     rows, round_seconds, round_cpu = [], {}, {}
@@ -108,8 +141,9 @@ def benchmark_cohort(n: int, models: dict, peak: float) -> None:
         for impl, (model, params) in models.items():
             label = spec if len(models) == 1 else f"{spec}, conv {impl}"
             try:
-                rnd = fljax.make_round(make_update(model), REGISTRY["mean"](), clients_per_round=n,
-                                       execution=execution, chunk_size=chunk)
+                rnd = fljax.make_round(
+                    make_update(model), REGISTRY["mean"](), clients_per_round=n, execution=execution, chunk_size=chunk
+                )
             except ValueError as e:
                 rows.append([label, f"skipped: {e}"] + [""] * 7)
                 continue
@@ -128,19 +162,41 @@ def benchmark_cohort(n: int, models: dict, peak: float) -> None:
             _, seconds = timed(run, repeats)
             cpu_ms = 1e3 * float(np.median(cpu[-repeats:]))
             round_seconds[label], round_cpu[label] = seconds, cpu_ms
-            rows.append([label, f"{first:.1f}", f"{seconds * 1e3:.0f}", f"{cpu_ms:.0f}", f"{1 / seconds:.2f}",
-                         f"{n / seconds:.0f}", f"{flops / seconds / 1e12:.4f}", f"{100 * flops / seconds / peak:.1f}%"])
-    print(table(f"Rounds: {FLAGS.model} ({num_params:,} params, input {input_shape}), {n} clients x "
-                f"{FLAGS.local_steps} steps x batch {FLAGS.batch_size} ({examples:,} examples, {flops / 1e9:.1f} GFLOP "
-                "at 3 x forward matmul FLOPs), FedAvg + mean; CPU ms: the process's CPU time (all threads) per round",
-                ["execution", "compile+1st s", "round ms", "CPU ms", "rounds/s", "clients/s", "TFLOP/s", "of peak"],
-                rows))
+            rows.append(
+                [
+                    label,
+                    f"{first:.1f}",
+                    f"{seconds * 1e3:.0f}",
+                    f"{cpu_ms:.0f}",
+                    f"{1 / seconds:.2f}",
+                    f"{n / seconds:.0f}",
+                    f"{flops / seconds / 1e12:.4f}",
+                    f"{100 * flops / seconds / peak:.1f}%",
+                ]
+            )
+    print(
+        table(
+            f"Rounds: {FLAGS.model} ({num_params:,} params, input {input_shape}), {n} clients x "
+            f"{FLAGS.local_steps} steps x batch {FLAGS.batch_size} ({examples:,} examples, {flops / 1e9:.1f} GFLOP "
+            "at 3 x forward matmul FLOPs), FedAvg + mean; CPU ms: the process's CPU time (all threads) per round",
+            ["execution", "compile+1st s", "round ms", "CPU ms", "rounds/s", "clients/s", "TFLOP/s", "of peak"],
+            rows,
+        )
+    )
     best = min(round_seconds, key=round_seconds.get) if round_seconds else None
 
     # 2. The same round in plain PyTorch.
     if FLAGS.torch:
-        one_round = torch_round(FLAGS.model, data, params, local_steps=FLAGS.local_steps, batch_size=FLAGS.batch_size,
-                                lr=FLAGS.client_lr, num_classes=num_classes, threads=FLAGS.torch_threads)
+        one_round = torch_round(
+            FLAGS.model,
+            data,
+            params,
+            local_steps=FLAGS.local_steps,
+            batch_size=FLAGS.batch_size,
+            lr=FLAGS.client_lr,
+            num_classes=num_classes,
+            threads=FLAGS.torch_threads,
+        )
         if one_round is None:
             print("\nPyTorch round: skipped (torch is not importable)")
         else:
@@ -152,20 +208,46 @@ def benchmark_cohort(n: int, models: dict, peak: float) -> None:
                 cpus.append(time.process_time() - start)
             seconds, cpu_ms = float(np.median(walls)), 1e3 * float(np.median(cpus))
             version = torch_version(FLAGS.torch_threads)
-            rows = [["torch per-client loop", f"{seconds * 1e3:.0f}", f"{cpu_ms:.0f}", f"{flops / seconds / 1e12:.4f}",
-                     "1.00", "1.00"]]
-            rows += [[f"fljax {label}", f"{s * 1e3:.0f}", f"{round_cpu[label]:.0f}", f"{flops / s / 1e12:.4f}",
-                      f"{s / seconds:.2f}", f"{seconds / s:.2f}"] for label, s in round_seconds.items()]
-            print(table(f"PyTorch round ({version}) vs fljax, {FLAGS.model}",
-                        ["implementation", "round ms", "CPU ms", "TFLOP/s", "time / torch", "speed-up"], rows))
+            rows = [
+                [
+                    "torch per-client loop",
+                    f"{seconds * 1e3:.0f}",
+                    f"{cpu_ms:.0f}",
+                    f"{flops / seconds / 1e12:.4f}",
+                    "1.00",
+                    "1.00",
+                ]
+            ]
+            rows += [
+                [
+                    f"fljax {label}",
+                    f"{s * 1e3:.0f}",
+                    f"{round_cpu[label]:.0f}",
+                    f"{flops / s / 1e12:.4f}",
+                    f"{s / seconds:.2f}",
+                    f"{seconds / s:.2f}",
+                ]
+                for label, s in round_seconds.items()
+            ]
+            print(
+                table(
+                    f"PyTorch round ({version}) vs fljax, {FLAGS.model}",
+                    ["implementation", "round ms", "CPU ms", "TFLOP/s", "time / torch", "speed-up"],
+                    rows,
+                )
+            )
 
     # 3. Aggregators on this round's updates.
     if FLAGS.aggregators:
         updates = round_updates(make_update(model), params, data, n)
         train_seconds = round_seconds.get(best, float("nan"))
-        time_aggregators(f"Aggregators on this round's updates [{n}, {updates.shape[1]:,}]; local training (the "
-                         f"{best} round) takes {train_seconds * 1e3:.0f} ms", updates, train_seconds,
-                         model_access(model.apply, params, data.x.shape[1:], data.x.dtype))
+        time_aggregators(
+            f"Aggregators on this round's updates [{n}, {updates.shape[1]:,}]; local training (the "
+            f"{best} round) takes {train_seconds * 1e3:.0f} ms",
+            updates,
+            train_seconds,
+            model_access(model.apply, params, data.x.shape[1:], data.x.dtype),
+        )
 
 
 def time_aggregators(title: str, updates: jax.Array, train_seconds: float, model=None) -> None:
@@ -202,8 +284,10 @@ def main(argv) -> None:
     del argv
     fljax.use_cpu_cores(FLAGS.cpu_cores or None)
     device = jax.devices()[0]
-    print(f"jax {jax.__version__}, backend {jax.default_backend()}, device {device.device_kind} "
-          f"({jax.device_count()} device(s)); {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
+    print(
+        f"jax {jax.__version__}, backend {jax.default_backend()}, device {device.device_kind} "
+        f"({jax.device_count()} device(s)); {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+    )
     peak = matmul_peak(FLAGS.repeats)
     print(f"fp32 matmul peak (jnp.dot, Precision.HIGHEST): {peak / 1e12:.3f} TFLOP/s")
     input_shape, num_classes = WORKLOADS[FLAGS.model]
@@ -213,7 +297,9 @@ def main(argv) -> None:
         kwargs = {"impl": impl} if FLAGS.model in fljax.models.CONV_MODELS else {}
         model = fljax.models.get(FLAGS.model, input_shape, num_classes, **kwargs)
         models[f"{impl} ({fljax.layers.resolve_impl(impl)})" if impl == "auto" else impl] = (
-            model, model.init(jax.random.PRNGKey(0)))
+            model,
+            model.init(jax.random.PRNGKey(0)),
+        )
     for n in [int(c) for c in FLAGS.clients_per_round]:
         benchmark_cohort(n, models, peak)
     if FLAGS.large:

@@ -80,10 +80,16 @@ def define_flags() -> None:
     flags.DEFINE_integer("local_steps", None, "local SGD steps per client (default 18; small 2)")
     flags.DEFINE_integer("batch_size", 32, "examples per local step", lower_bound=1)
     flags.DEFINE_integer("run_rounds", None, "rounds of the whole-run section (default 30; small 3)")
-    flags.DEFINE_list("executions", ["vmap", "chunked", "sequential"], "client executions of the rounds section "
-                      "(chunked runs 10 chunks per round)")
-    flags.DEFINE_bool("precision_variants", True, "also time the default execution at --rule_scale with "
-                      "--precision=fp32 and with --mixed_precision")
+    flags.DEFINE_list(
+        "executions",
+        ["vmap", "chunked", "sequential"],
+        "client executions of the rounds section (chunked runs 10 chunks per round)",
+    )
+    flags.DEFINE_bool(
+        "precision_variants",
+        True,
+        "also time the default execution at --rule_scale with --precision=fp32 and with --mixed_precision",
+    )
     flags.DEFINE_float("max_round_s", 3.0, "skip a strategy whose projected round time exceeds this", lower_bound=0)
     flags.DEFINE_float("budget_s", 420.0, "stop starting new items after this many seconds", lower_bound=1)
 
@@ -92,9 +98,11 @@ SECTIONS = ("device", "rounds", "torch", "kernels", "rules", "run", "flute")
 SMALL_SHRINK = 1000  # --small: FLUTE's populations and rounds / 1000 (10 clients, 2 rounds)
 SMALL_FLUTE_SKIPS = {  # --small runs on CPUs, in CI: what would take minutes there
     "resnet18_gn_cifar100": "--small: ResNet-18 (11M parameters) trains for minutes on a CPU; run without --small",
-    "rnn_shakespeare": "--small: a 2x256 LSTM over 80 characters takes ~0.5 s a step on a CPU; run without --small"}
+    "rnn_shakespeare": "--small: a 2x256 LSTM over 80 characters takes ~0.5 s a step on a CPU; run without --small",
+}
 EXAMPLES_PER_CLIENT = 600
 CLIENT_LR = 0.05
+
 
 class Check:
     """The check's results and its time budget; ``save`` writes both files."""
@@ -120,8 +128,10 @@ class Check:
 
     def save(self) -> None:
         self.results["elapsed_s"] = round(now() - self.start, 1)
-        for name, text in (("device_check.json", json.dumps(self.results, indent=1, default=float)),
-                           ("device_check.md", self.render())):
+        for name, text in (
+            ("device_check.json", json.dumps(self.results, indent=1, default=float)),
+            ("device_check.md", self.render()),
+        ):
             path = os.path.join(self.output_dir, name)
             with open(path + ".tmp", "w") as f:
                 f.write(text + "\n")
@@ -129,8 +139,12 @@ class Check:
 
     def render(self) -> str:
         info = self.results.get("device", {})
-        head = [f"# fljax device check: {info.get('device_kind', '?')} ({info.get('backend', '?')})", "",
-                f"Command: `{self.results.get('command', '')}`; {self.results['elapsed_s']} s in all.", "```"]
+        head = [
+            f"# fljax device check: {info.get('device_kind', '?')} ({info.get('backend', '?')})",
+            "",
+            f"Command: `{self.results.get('command', '')}`; {self.results['elapsed_s']} s in all.",
+            "```",
+        ]
         tail = ["```"]
         if self.results["skipped"]:
             tail += ["", "Skipped:", *[f"- {s}" for s in self.results["skipped"]]]
@@ -187,8 +201,12 @@ class Workload:
 
     def client_update(self, precision: str = "default", mixed: bool = False):
         apply = fljax.precision.mixed_precision(self.apply) if mixed else self.apply
-        update = fljax.fedavg(fljax.classification_loss(apply), optax.sgd(CLIENT_LR), local_steps=self.local_steps,
-                              batch_size=self.batch_size)
+        update = fljax.fedavg(
+            fljax.classification_loss(apply),
+            optax.sgd(CLIENT_LR),
+            local_steps=self.local_steps,
+            batch_size=self.batch_size,
+        )
         return fljax.precision.with_matmul_precision(update, precision)
 
 
@@ -210,8 +228,12 @@ def measure_round(client_update, params, data, n: int, execution: str, chunk: in
     jax.block_until_ready(run())
     first_s = now() - start
     seconds = repeat_timing(run, first_s)
-    return {"compile_s": round(compile_s, 2), "round_s": seconds, "program_bytes": program_bytes(compiled),
-            "device_peak_bytes": device_peak_bytes()}
+    return {
+        "compile_s": round(compile_s, 2),
+        "round_s": seconds,
+        "program_bytes": program_bytes(compiled),
+        "device_peak_bytes": device_peak_bytes(),
+    }
 
 
 def section_device(check: Check, small: bool) -> None:
@@ -220,18 +242,30 @@ def section_device(check: Check, small: bool) -> None:
     import jaxlib
 
     device = jax.devices()[0]
-    info = {"backend": jax.default_backend(), "device_kind": device.device_kind, "device_count": jax.device_count(),
-            "platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0],
-            "jax": jax.__version__, "jaxlib": jaxlib.__version__,
-            "flax": flax.__version__, "optax": optax.__version__, "chex": chex.__version__, "numpy": np.__version__,
-            "torch": torch_version() or "not importable", "fljax": fljax.__version__}
+    info = {
+        "backend": jax.default_backend(),
+        "device_kind": device.device_kind,
+        "device_count": jax.device_count(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        "chex": chex.__version__,
+        "numpy": np.__version__,
+        "torch": torch_version() or "not importable",
+        "fljax": fljax.__version__,
+    }
     repeats = 3 if small else 5
     info["fp32_peak_tflops"] = matmul_peak(repeats) / 1e12
     info["default_precision_peak_tflops"] = matmul_peak(repeats, jax.lax.Precision.DEFAULT) / 1e12
     check.results["device"] = info
     rows = [[k, str(v if not isinstance(v, float) else round(v, 3))] for k, v in info.items()]
-    check.add("device", info, table("Device and versions (peaks: best square jnp.dot of float32 inputs)",
-                                    ["", "value"], rows))
+    check.add(
+        "device", info, table("Device and versions (peaks: best square jnp.dot of float32 inputs)", ["", "value"], rows)
+    )
 
 
 def section_rounds(check: Check, work: Workload, scales: list[int], rule_scale: int, small: bool) -> None:
@@ -240,17 +274,28 @@ def section_rounds(check: Check, work: Workload, scales: list[int], rule_scale: 
     for n in scales:
         data = synthetic_data(n, EXAMPLES_PER_CLIENT)
         chunk = max(1, n // 10)
-        specs = [(f"chunked:{chunk}" if e == "chunked" else e, e, chunk if e == "chunked" else 8, "default", False)
-                 for e in FLAGS.executions]
+        specs = [
+            (f"chunked:{chunk}" if e == "chunked" else e, e, chunk if e == "chunked" else 8, "default", False)
+            for e in FLAGS.executions
+        ]
         if n == rule_scale and FLAGS.precision_variants:
-            specs += [(f"{default} --precision=fp32", default, 8, "fp32", False),
-                      (f"{default} --mixed_precision", default, 8, "default", True)]
+            specs += [
+                (f"{default} --precision=fp32", default, 8, "fp32", False),
+                (f"{default} --mixed_precision", default, 8, "default", True),
+            ]
         for label, execution, chunk, precision, mixed in specs:
             base = {"clients": n, "execution": label}
             projected = last.get(execution, 0.0) * n
             if projected > FLAGS.max_round_s and precision == "default" and not mixed:
-                out.append({**base, **check.skip(f"rounds {label} at {n}", f"projected {projected:.1f} s per round "
-                                                 f"> --max_round_s={FLAGS.max_round_s}")})
+                out.append(
+                    {
+                        **base,
+                        **check.skip(
+                            f"rounds {label} at {n}",
+                            f"projected {projected:.1f} s per round > --max_round_s={FLAGS.max_round_s}",
+                        ),
+                    }
+                )
                 rows.append([str(n), label, "skipped", f"projected {projected:.1f} s/round", "", "", "", "", ""])
                 continue
             if check.left() < 10 + 3 * projected:
@@ -268,13 +313,43 @@ def section_rounds(check: Check, work: Workload, scales: list[int], rule_scale: 
             tflops = n * work.flops_per_client / s / 1e12
             r.update(base, rounds_per_s=1 / s, clients_per_s=n / s, tflops=tflops)
             out.append(r)
-            rows.append([str(n), label, f"{r['compile_s']:.1f}", f"{s * 1e3:.1f}", f"{1 / s:.2f}", f"{n / s:.0f}",
-                         f"{tflops:.3f}", fmt_bytes(r["program_bytes"]), fmt_bytes(r["device_peak_bytes"])])
+            rows.append(
+                [
+                    str(n),
+                    label,
+                    f"{r['compile_s']:.1f}",
+                    f"{s * 1e3:.1f}",
+                    f"{1 / s:.2f}",
+                    f"{n / s:.0f}",
+                    f"{tflops:.3f}",
+                    fmt_bytes(r["program_bytes"]),
+                    fmt_bytes(r["device_peak_bytes"]),
+                ]
+            )
         del data
-    title = (f"Rounds: mlp ({work.num_params:,} params), clients x {work.local_steps} steps x batch "
-             f"{work.batch_size}, FedAvg + mean; TFLOP/s at 6 x params x examples; default execution: {default}")
-    check.add("rounds", out, table(title, ["clients", "execution", "compile s", "round ms", "rounds/s", "clients/s",
-                                           "TFLOP/s", "program mem", "device peak"], rows))
+    title = (
+        f"Rounds: mlp ({work.num_params:,} params), clients x {work.local_steps} steps x batch "
+        f"{work.batch_size}, FedAvg + mean; TFLOP/s at 6 x params x examples; default execution: {default}"
+    )
+    check.add(
+        "rounds",
+        out,
+        table(
+            title,
+            [
+                "clients",
+                "execution",
+                "compile s",
+                "round ms",
+                "rounds/s",
+                "clients/s",
+                "TFLOP/s",
+                "program mem",
+                "device peak",
+            ],
+            rows,
+        ),
+    )
 
 
 def default_round(check: Check, n: int) -> Optional[dict]:
@@ -295,8 +370,15 @@ def section_torch(check: Check, work: Workload, scales: list[int]) -> None:
 
     device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
     data = synthetic_data(max(scales), EXAMPLES_PER_CLIENT)
-    one_round = torch_mlp_round(data, work.params, local_steps=work.local_steps, batch_size=work.batch_size,
-                                lr=CLIENT_LR, device=device, threads=0 if device != "cpu" else 1)
+    one_round = torch_mlp_round(
+        data,
+        work.params,
+        local_steps=work.local_steps,
+        batch_size=work.batch_size,
+        lr=CLIENT_LR,
+        device=device,
+        threads=0 if device != "cpu" else 1,
+    )
     one_round(min(scales))  # warm-up (CUDA context, kernels)
     out, rows = [], []
     for n in scales:
@@ -307,13 +389,34 @@ def section_torch(check: Check, work: Workload, scales: list[int]) -> None:
         seconds = first if first > 2.0 else float(np.median([first] + [one_round(n) for _ in range(2)]))
         fl = default_round(check, n)
         ratio = seconds / fl["round_s"] if fl else None
-        out.append({"clients": n, "device": device, "torch_round_s": seconds, "fljax_round_s": fl and fl["round_s"],
-                    "fljax_execution": fl and fl["execution"], "speedup": ratio})
-        rows.append([str(n), f"{seconds * 1e3:.1f}", f"{fl['round_s'] * 1e3:.1f}" if fl else "not measured",
-                     f"{ratio:.1f}x" if ratio else ""])
-    check.add("torch", out, table(f"PyTorch per-client loop on {device} ({torch_version(0 if device != 'cpu' else 1)}; "
-                                  "fp32 matmuls, no TF32) vs fljax's default execution",
-                                  ["clients", "torch round ms", "fljax round ms", "fljax speed-up"], rows))
+        out.append(
+            {
+                "clients": n,
+                "device": device,
+                "torch_round_s": seconds,
+                "fljax_round_s": fl and fl["round_s"],
+                "fljax_execution": fl and fl["execution"],
+                "speedup": ratio,
+            }
+        )
+        rows.append(
+            [
+                str(n),
+                f"{seconds * 1e3:.1f}",
+                f"{fl['round_s'] * 1e3:.1f}" if fl else "not measured",
+                f"{ratio:.1f}x" if ratio else "",
+            ]
+        )
+    check.add(
+        "torch",
+        out,
+        table(
+            f"PyTorch per-client loop on {device} ({torch_version(0 if device != 'cpu' else 1)}; "
+            "fp32 matmuls, no TF32) vs fljax's default execution",
+            ["clients", "torch round ms", "fljax round ms", "fljax speed-up"],
+            rows,
+        ),
+    )
 
 
 def cohort_updates(check: Check, work: Workload, n: int) -> jax.Array:
@@ -339,8 +442,9 @@ def section_kernels(check: Check, work: Workload, n: int) -> None:
     kth = jax.jit(lambda x: order_statistics.kth_smallest_and_largest(x, k_med))
     trimmed = jax.jit(lambda x: order_statistics.trimmed_mean_with_shares(x, k_trim)[0])
     for label, fn, reference in (
-            ("median ranks (kth_smallest_and_largest)", lambda: kth(x), lambda: (s[k_med], s[n - 1 - k_med])),
-            ("trimmed mean, k = n/5", lambda: trimmed(x), lambda: jnp.mean(s[k_trim:n - k_trim], axis=0))):
+        ("median ranks (kth_smallest_and_largest)", lambda: kth(x), lambda: (s[k_med], s[n - 1 - k_med])),
+        ("trimmed mean, k = n/5", lambda: trimmed(x), lambda: jnp.mean(s[k_trim : n - k_trim], axis=0)),
+    ):
         error = max(float(jnp.max(jnp.abs(g - w))) for g, w in zip(jax.tree.leaves(fn()), jax.tree.leaves(reference())))
         seconds = timed_s(fn)
         out.append({"kernel": label, "seconds": seconds, "max_abs_error_vs_sort": error})
@@ -354,8 +458,12 @@ def section_kernels(check: Check, work: Workload, n: int) -> None:
     off = ~np.eye(n, dtype=bool)
     chosen = _common._gram_precision(jax.default_backend())
     presets = jax.lax.DotAlgorithmPreset
-    variants = {"HIGHEST": jax.lax.Precision.HIGHEST, "BF16_BF16_F32_X3": presets.BF16_BF16_F32_X3,
-                "TF32_TF32_F32_X3": presets.TF32_TF32_F32_X3, "DEFAULT (one pass)": jax.lax.Precision.DEFAULT}
+    variants = {
+        "HIGHEST": jax.lax.Precision.HIGHEST,
+        "BF16_BF16_F32_X3": presets.BF16_BF16_F32_X3,
+        "TF32_TF32_F32_X3": presets.TF32_TF32_F32_X3,
+        "DEFAULT (one pass)": jax.lax.Precision.DEFAULT,
+    }
     for name, precision in variants.items():
         label = f"gram {name}" + (" (fljax's choice)" if precision == chosen else "")
         try:
@@ -369,11 +477,20 @@ def section_kernels(check: Check, work: Workload, n: int) -> None:
         dist = d[:, None] + d[None, :] - 2 * g
         error = float(np.max(np.abs(dist - ref_dist)[off] / np.maximum(ref_dist[off], 1e-30)))
         seconds = timed_s(lambda: dot(centered))  # noqa: B023
-        out.append({"kernel": label, "seconds": seconds, "max_rel_distance_error": error, "chosen": precision == chosen})
+        out.append(
+            {"kernel": label, "seconds": seconds, "max_rel_distance_error": error, "chosen": precision == chosen}
+        )
         rows.append([label, f"{seconds * 1e3:.2f}", f"{error:.2e} (distances)"])
-    check.add("kernels", out, table(f"Kernels of the rules on a {n}-client round's updates [{n}, {x.shape[1]:,}] "
-                                    "(errors: order statistics vs a full sort; Gram distances vs float64)",
-                                    ["kernel", "ms", "max error"], rows))
+    check.add(
+        "kernels",
+        out,
+        table(
+            f"Kernels of the rules on a {n}-client round's updates [{n}, {x.shape[1]:,}] "
+            "(errors: order statistics vs a full sort; Gram distances vs float64)",
+            ["kernel", "ms", "max error"],
+            rows,
+        ),
+    )
 
 
 def timed_s(fn: Callable[[], object]) -> float:
@@ -403,18 +520,39 @@ def section_rules(check: Check, work: Workload, n: int) -> None:
             continue
         mean_s = seconds if name == "mean" else mean_s
         share = seconds / (round_s + seconds)
-        out.append({"rule": name, "compile_first_s": first, "seconds": seconds, "x_mean": seconds / mean_s,
-                    "share_of_round": share})
+        out.append(
+            {
+                "rule": name,
+                "compile_first_s": first,
+                "seconds": seconds,
+                "x_mean": seconds / mean_s,
+                "share_of_round": share,
+            }
+        )
         rows.append([name, f"{first:.1f}", f"{seconds * 1e3:.2f}", f"{seconds / mean_s:.1f}", f"{100 * share:.1f}%"])
     torch_device = "cuda" if jax.default_backend() == "gpu" else "cpu"
     seconds = torch_median_seconds(np.asarray(updates), 3, torch_device) if torch_version() else None
     if seconds is not None:
         out.append({"rule": f"torch.median(dim=0) on {torch_device}", "seconds": seconds})
-        rows.append([f"torch.median(dim=0), {torch_device}", "", f"{seconds * 1e3:.2f}",
-                     f"{seconds / mean_s:.1f}" if mean_s else "", ""])
-    check.add("rules", out, table(f"Rules on a {n}-client round's updates [{n}, {work.num_params:,}]; the round's "
-                                  f"local training takes {round_s * 1e3:.1f} ms; share = rule / (round + rule)",
-                                  ["rule", "compile+1st s", "ms", "x mean", "share"], rows))
+        rows.append(
+            [
+                f"torch.median(dim=0), {torch_device}",
+                "",
+                f"{seconds * 1e3:.2f}",
+                f"{seconds / mean_s:.1f}" if mean_s else "",
+                "",
+            ]
+        )
+    check.add(
+        "rules",
+        out,
+        table(
+            f"Rules on a {n}-client round's updates [{n}, {work.num_params:,}]; the round's "
+            f"local training takes {round_s * 1e3:.1f} ms; share = rule / (round + rule)",
+            ["rule", "compile+1st s", "ms", "x mean", "share"],
+            rows,
+        ),
+    )
 
 
 def section_run(check: Check, work: Workload, n: int, rounds: int) -> None:
@@ -427,17 +565,41 @@ def section_run(check: Check, work: Workload, n: int, rounds: int) -> None:
             out.append({"rule": name, **check.skip(f"run {name}", "time budget")})
             continue
         try:
-            r = whole_run(work.client_update(), work.apply, init, data, per_round=n, rounds=rounds,
-                          aggregator=REGISTRY[name](), eval_every=min(10, rounds), num_malicious=population // 5)
+            r = whole_run(
+                work.client_update(),
+                work.apply,
+                init,
+                data,
+                per_round=n,
+                rounds=rounds,
+                aggregator=REGISTRY[name](),
+                eval_every=min(10, rounds),
+                num_malicious=population // 5,
+            )
         except Exception as e:
             out.append({"rule": name, "error": error_line(e)})
             continue
         out.append({"rule": name, "population": population, "clients_per_round": n, "rounds": rounds, **r})
-        rows.append([name, f"{r['compile_s']:.1f}", f"{r['run_s']:.2f}", f"{r['total_s']:.1f}",
-                     f"{r['rounds_per_s']:.2f}", f"{r['final_accuracy']:.3f}"])
-    check.add("run", out, table(f"Whole runs: {rounds} rounds x {n} of {population} clients (20% label flippers), "
-                                "evaluated every 10 rounds, one XLA program; random labels, so accuracy ~0.1",
-                                ["rule", "compile s", "run s", "total s", "rounds/s", "accuracy"], rows))
+        rows.append(
+            [
+                name,
+                f"{r['compile_s']:.1f}",
+                f"{r['run_s']:.2f}",
+                f"{r['total_s']:.1f}",
+                f"{r['rounds_per_s']:.2f}",
+                f"{r['final_accuracy']:.3f}",
+            ]
+        )
+    check.add(
+        "run",
+        out,
+        table(
+            f"Whole runs: {rounds} rounds x {n} of {population} clients (20% label flippers), "
+            "evaluated every 10 rounds, one XLA program; random labels, so accuracy ~0.1",
+            ["rule", "compile s", "run s", "total s", "rounds/s", "accuracy"],
+            rows,
+        ),
+    )
 
 
 def section_flute(check: Check, small: bool) -> None:
@@ -469,27 +631,48 @@ def evaluate_targets(check: Check, rule_scale: int) -> None:
     big = [r for r in sections.get("rounds", []) if r.get("clients", 0) >= 1000 and "tflops" in r]
     if big:
         best = max(big, key=lambda r: r["tflops"])
-        targets.append(("MLP round >= 25 TFLOP/s at >= 1,000 clients", f"{best['tflops']:.1f} "
-                        f"({best['execution']}, {best['clients']})", best["tflops"] >= 25))
+        targets.append(
+            (
+                "MLP round >= 25 TFLOP/s at >= 1,000 clients",
+                f"{best['tflops']:.1f} ({best['execution']}, {best['clients']})",
+                best["tflops"] >= 25,
+            )
+        )
     for r in sections.get("torch", []):
         if r.get("clients") == 1000 and r.get("speedup"):
-            targets.append(("fljax >= 1000x the PyTorch loop at 1,000 clients", f"{r['speedup']:.0f}x",
-                            r["speedup"] >= 1000))
+            targets.append(
+                ("fljax >= 1000x the PyTorch loop at 1,000 clients", f"{r['speedup']:.0f}x", r["speedup"] >= 1000)
+            )
     shares = [r for r in sections.get("rules", []) if "share_of_round" in r]
     if shares:
         worst = max(shares, key=lambda r: r["share_of_round"])
         over = [r["rule"] for r in shares if r["share_of_round"] > 0.2]
-        targets.append((f"each rule <= 20% of the round at {rule_scale} clients",
-                        f"worst {worst['rule']} {100 * worst['share_of_round']:.0f}%; over: {', '.join(over) or 'none'}",
-                        not over))
+        targets.append(
+            (
+                f"each rule <= 20% of the round at {rule_scale} clients",
+                f"worst {worst['rule']} {100 * worst['share_of_round']:.0f}%; over: {', '.join(over) or 'none'}",
+                not over,
+            )
+        )
     tenk = [r for r in sections.get("rounds", []) if r.get("clients") == 10000 and r["execution"].startswith("chunked")]
     if tenk:
-        targets.append(("10,000 clients per round fit with chunked execution",
-                        "ran" if "round_s" in tenk[0] else tenk[0].get("error", tenk[0].get("skipped", "")),
-                        "round_s" in tenk[0]))
+        targets.append(
+            (
+                "10,000 clients per round fit with chunked execution",
+                "ran" if "round_s" in tenk[0] else tenk[0].get("error", tenk[0].get("skipped", "")),
+                "round_s" in tenk[0],
+            )
+        )
     check.results["targets"] = [{"target": t, "measured": m, "met": ok} for t, m, ok in targets]
-    check.add("targets", check.results["targets"], table("Targets (speed issue)", ["target", "measured", "met"],
-                                                         [[t, m, "yes" if ok else "NO"] for t, m, ok in targets]))
+    check.add(
+        "targets",
+        check.results["targets"],
+        table(
+            "Targets (speed issue)",
+            ["target", "measured", "met"],
+            [[t, m, "yes" if ok else "NO"] for t, m, ok in targets],
+        ),
+    )
 
 
 def main(argv) -> None:
@@ -501,8 +684,9 @@ def main(argv) -> None:
     torch_scales = [int(s) for s in pick(FLAGS.torch_scales, ["100", "1000"], ["4"])]
     bad = set(FLAGS.executions) - {"vmap", "chunked", "sequential", "parallel", "auto"}
     if bad:
-        raise app.UsageError(f"--executions: unknown {', '.join(sorted(bad))}; valid: vmap, chunked, sequential, "
-                             "parallel, auto")
+        raise app.UsageError(
+            f"--executions: unknown {', '.join(sorted(bad))}; valid: vmap, chunked, sequential, parallel, auto"
+        )
     unknown = set(FLAGS.sections) - set(SECTIONS)
     if unknown:
         raise app.UsageError(f"--sections: unknown {', '.join(sorted(unknown))}; valid: {', '.join(SECTIONS)}")
@@ -511,24 +695,35 @@ def main(argv) -> None:
     check = Check(FLAGS.output_dir, FLAGS.budget_s)
     check.results["command"] = " ".join(["python -m experiments.device_check"] + sys.argv[1:])
     work = Workload(small, pick(FLAGS.local_steps, 18, 2), FLAGS.batch_size)
-    check.results["config"] = {"small": small, "scales": scales, "rule_scale": rule_scale,
-                               "torch_scales": torch_scales, "local_steps": work.local_steps,
-                               "batch_size": work.batch_size, "examples_per_client": EXAMPLES_PER_CLIENT,
-                               "mlp_params": work.num_params, "flops_per_client": work.flops_per_client}
-    steps = {"device": lambda: section_device(check, small),
-             "rounds": lambda: section_rounds(check, work, scales, rule_scale, small),
-             "torch": lambda: section_torch(check, work, torch_scales),
-             "kernels": lambda: section_kernels(check, work, rule_scale),
-             "rules": lambda: section_rules(check, work, rule_scale),
-             "run": lambda: section_run(check, work, rule_scale, pick(FLAGS.run_rounds, 30, 3)),
-             "flute": lambda: section_flute(check, small)}
+    check.results["config"] = {
+        "small": small,
+        "scales": scales,
+        "rule_scale": rule_scale,
+        "torch_scales": torch_scales,
+        "local_steps": work.local_steps,
+        "batch_size": work.batch_size,
+        "examples_per_client": EXAMPLES_PER_CLIENT,
+        "mlp_params": work.num_params,
+        "flops_per_client": work.flops_per_client,
+    }
+    steps = {
+        "device": lambda: section_device(check, small),
+        "rounds": lambda: section_rounds(check, work, scales, rule_scale, small),
+        "torch": lambda: section_torch(check, work, torch_scales),
+        "kernels": lambda: section_kernels(check, work, rule_scale),
+        "rules": lambda: section_rules(check, work, rule_scale),
+        "run": lambda: section_run(check, work, rule_scale, pick(FLAGS.run_rounds, 30, 3)),
+        "flute": lambda: section_flute(check, small),
+    }
     for name in SECTIONS:
         if name in FLAGS.sections:
             steps[name]()
     evaluate_targets(check, rule_scale)
     check.save()
-    print(f"\nwrote {os.path.join(FLAGS.output_dir, 'device_check.json')} and device_check.md "
-          f"({check.results['elapsed_s']} s)")
+    print(
+        f"\nwrote {os.path.join(FLAGS.output_dir, 'device_check.json')} and device_check.md "
+        f"({check.results['elapsed_s']} s)"
+    )
 
 
 if __name__ == "__main__":

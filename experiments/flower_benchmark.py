@@ -75,16 +75,30 @@ def replies_factory(strategy, model, n, rng):
     """Sends ``model`` with the strategy's ``configure_train`` to n nodes, returns a function
     building fresh replies (the model plus a random update, a random example count)."""
     from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
     node_ids = [int(x) for x in rng.integers(1, 2**62, size=n)]
-    sent = {m.metadata.dst_node_id: m for m in strategy.configure_train(
-        1, ArrayRecord({k: Array(v) for k, v in model.items()}), ConfigRecord(), _Nodes(node_ids))}
+    sent = {
+        m.metadata.dst_node_id: m
+        for m in strategy.configure_train(
+            1, ArrayRecord({k: Array(v) for k, v in model.items()}), ConfigRecord(), _Nodes(node_ids)
+        )
+    }
     updates = [{k: (0.01 * rng.normal(size=v.shape)).astype(np.float32) for k, v in model.items()} for _ in node_ids]
     counts = rng.integers(10, 1000, size=n)
 
     def replies():
-        return [Message(RecordDict({"arrays": ArrayRecord({k: Array(model[k] + u[k]) for k in model}),
-                                    "metrics": MetricRecord({"num-examples": int(c)})}), reply_to=sent[node])
-                for node, u, c in zip(node_ids, updates, counts)]
+        return [
+            Message(
+                RecordDict(
+                    {
+                        "arrays": ArrayRecord({k: Array(model[k] + u[k]) for k in model}),
+                        "metrics": MetricRecord({"num-examples": int(c)}),
+                    }
+                ),
+                reply_to=sent[node],
+            )
+            for node, u, c in zip(node_ids, updates, counts)
+        ]
 
     return replies
 
@@ -106,6 +120,7 @@ def time_rule_alone(strategy, model, n, seed):
     """Median seconds of the jitted rule on the packed ``[n, d]`` updates (the Session call)."""
     from fljax.interop import numpy as fnp
     from fljax.interop.layout import Layout
+
     rng = np.random.default_rng(seed)
     layout = Layout.of(model)
     x = fnp.pack([{k: 0.01 * rng.normal(size=v.shape) for k, v in model.items()} for _ in range(n)], layout)
@@ -124,8 +139,10 @@ def first_update() -> fljax.Aggregator:
     """A rule that costs nothing: the first client's update. Through ``FljaxStrategy`` it times
     the adapter alone (deserializing and packing the replies, the jitted call, unpacking and
     serializing the new model)."""
+
     def update(x, state, context):
         return x[0], state, {"weights": jax.nn.one_hot(0, x.shape[0], dtype=x.dtype)}
+
     return fljax.Aggregator(init=lambda params: (), update=update)
 
 
@@ -141,20 +158,24 @@ def main(argv):
     widths = [int(w) for w in FLAGS.layers]
     model = mlp_model(widths, np.random.default_rng(FLAGS.seed))
     d = sum(v.size for v in model.values())
-    print(f"flwr {flwr.__version__}, fljax {fljax.__version__}, jax {jax.__version__} on {jax.default_backend()}, "
-          f"{platform.machine()}, {os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f}); "
-          f"model {'-'.join(FLAGS.layers)}: {d:,} parameters in {len(model)} arrays")
+    print(
+        f"flwr {flwr.__version__}, fljax {fljax.__version__}, jax {jax.__version__} on {jax.default_backend()}, "
+        f"{platform.machine()}, {os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f}); "
+        f"model {'-'.join(FLAGS.layers)}: {d:,} parameters in {len(model)} arrays"
+    )
     kw = dict(fraction_evaluate=0.0, min_available_nodes=1, min_train_nodes=1)
     for n in (int(c) for c in FLAGS.clients):
         f = max(1, n // 5)
-        pairs = [("mean / FedAvg", FedAvg(**kw), mean()),
-                 ("median / FedMedian", FedMedian(**kw), median()),
-                 ("trimmed_mean(beta=0.2) / FedTrimmedAvg", FedTrimmedAvg(beta=0.2, **kw), trimmed_mean(beta=0.2)),
-                 (f"krum(f={f}) / Krum", Krum(num_malicious_nodes=f, **kw), krum(num_byzantine=f)),
-                 ("foolsgold", None, foolsgold(num_clients=n)),
-                 ("flame", None, flame()),
-                 (f"nnm(f={f}) + krum", None, with_preaggregation(krum(num_byzantine=f), nnm(num_byzantine=f))),
-                 ("(adapter alone: first update)", None, first_update())]
+        pairs = [
+            ("mean / FedAvg", FedAvg(**kw), mean()),
+            ("median / FedMedian", FedMedian(**kw), median()),
+            ("trimmed_mean(beta=0.2) / FedTrimmedAvg", FedTrimmedAvg(beta=0.2, **kw), trimmed_mean(beta=0.2)),
+            (f"krum(f={f}) / Krum", Krum(num_malicious_nodes=f, **kw), krum(num_byzantine=f)),
+            ("foolsgold", None, foolsgold(num_clients=n)),
+            ("flame", None, flame()),
+            (f"nnm(f={f}) + krum", None, with_preaggregation(krum(num_byzantine=f), nnm(num_byzantine=f))),
+            ("(adapter alone: first update)", None, first_update()),
+        ]
         fedavg_s, rows = None, []
         for name, flower_strategy, rule in pairs:
             flower_s, same, agree = "-", "-", "-"
@@ -169,11 +190,34 @@ def main(argv):
                 same = f"{seconds / flower_s:.2f}"
                 agree = f"{max(np.max(np.abs(fljax_model[k] - flower_model[k])) for k in model):.1e}"
                 flower_s = f"{flower_s * 1e3:.1f}"
-            rows.append([name, flower_s, f"{seconds * 1e3:.1f}", f"{rule_s * 1e3:.1f}", f"{first:.2f}", same,
-                         f"{seconds / fedavg_s:.2f}", agree])
-        print(table(f"aggregate_train per round, n={n} clients, d={d:,} (ms, medians of {FLAGS.repeats} rounds)",
-                    ["rule / Flower's", "Flower ms", "fljax ms", "rule alone ms", "fljax 1st s", "x Flower same",
-                     "x FedAvg", "max |diff|"], rows))
+            rows.append(
+                [
+                    name,
+                    flower_s,
+                    f"{seconds * 1e3:.1f}",
+                    f"{rule_s * 1e3:.1f}",
+                    f"{first:.2f}",
+                    same,
+                    f"{seconds / fedavg_s:.2f}",
+                    agree,
+                ]
+            )
+        print(
+            table(
+                f"aggregate_train per round, n={n} clients, d={d:,} (ms, medians of {FLAGS.repeats} rounds)",
+                [
+                    "rule / Flower's",
+                    "Flower ms",
+                    "fljax ms",
+                    "rule alone ms",
+                    "fljax 1st s",
+                    "x Flower same",
+                    "x FedAvg",
+                    "max |diff|",
+                ],
+                rows,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -54,14 +54,20 @@ FLAGS = flags.FLAGS
 DEPRECATED_FLAGS = "fljax.flat_settings: the flat component flags of the previous release (they work for one more)"
 """The module the deprecated flags are listed under (by --helpfull; --help shows this module's)."""
 
-_COMPONENTS = {"aggregator": "'bucketing(bucket_size=2)+krum(num_byzantine=2)'",
-               "attack": "'backdoor(target_label=0)+model_replacement(gamma=5.0)'"}
-_LEGEND = {"aggregator": "<f>: the run's f, --num_byzantine; <required>: no default",
-           "attack": "<f>: the run's f; <required>: no default; [targeted]: pursues a target, a targeted model "
-                     "attack boosts the training on the data attack before it"}
-_EXAMPLES = {"data_attack": "--attack='backdoor(target_label=0)+model_replacement'",
-             "pre_aggregation": "--aggregator='bucketing(bucket_size=2)+krum'",
-             "attack_scale": "--attack='sign_flip(scale=10.0)'"}
+_COMPONENTS = {
+    "aggregator": "'bucketing(bucket_size=2)+krum(num_byzantine=2)'",
+    "attack": "'backdoor(target_label=0)+model_replacement(gamma=5.0)'",
+}
+_LEGEND = {
+    "aggregator": "<f>: the run's f, --num_byzantine; <required>: no default",
+    "attack": "<f>: the run's f; <required>: no default; [targeted]: pursues a target, a targeted model "
+    "attack boosts the training on the data attack before it",
+}
+_EXAMPLES = {
+    "data_attack": "--attack='backdoor(target_label=0)+model_replacement'",
+    "pre_aggregation": "--aggregator='bucketing(bucket_size=2)+krum'",
+    "attack_scale": "--attack='sign_flip(scale=10.0)'",
+}
 
 
 def _example(field) -> str:
@@ -69,8 +75,11 @@ def _example(field) -> str:
     if field.name in _EXAMPLES:
         return _EXAMPLES[field.name]
     on = field.metadata["flat"]
-    registries = ((aggregators_lib.REGISTRY, aggregators_lib.PREAGGREGATORS) if on == "aggregator" else
-                  (MODEL_ATTACKS, DATA_ATTACKS))
+    registries = (
+        (aggregators_lib.REGISTRY, aggregators_lib.PREAGGREGATORS)
+        if on == "aggregator"
+        else (MODEL_ATTACKS, DATA_ATTACKS)
+    )
     for registry in registries:
         for name in registry.names():
             params = registry[name].parameters()
@@ -94,8 +103,10 @@ def define_config_flags(config_cls=ExperimentConfig) -> None:
         else:
             help_text = field.metadata.get("help", field.name)
             if field.metadata.get("component"):
-                help_text += (f"; e.g. --{field.name}={_COMPONENTS[field.name]}. The registered ones, with their "
-                              f"factories' defaults ({_LEGEND[field.name]}):\n{catalogue(field.name)}")
+                help_text += (
+                    f"; e.g. --{field.name}={_COMPONENTS[field.name]}. The registered ones, with their "
+                    f"factories' defaults ({_LEGEND[field.name]}):\n{catalogue(field.name)}"
+                )
         if base is bool:
             flag = flags.BooleanFlag(field.name, field.default, help_text)
         else:
@@ -109,26 +120,54 @@ def config_from_flags(config_cls=ExperimentConfig):
 
 
 define_config_flags()
-flags.DEFINE_string("config", None, "a preset's name (experiments/configs/<name>.py: "
-                    f"{', '.join(presets())}) or a config file, whose get_config() returns an "
-                    "ExperimentConfig or a SweepSpec (the runner runs its base experiment); flags given explicitly override it")
+flags.DEFINE_string(
+    "config",
+    None,
+    "a preset's name (experiments/configs/<name>.py: "
+    f"{', '.join(presets())}) or a config file, whose get_config() returns an "
+    "ExperimentConfig or a SweepSpec (the runner runs its base experiment); flags given explicitly override it",
+)
 flags.DEFINE_string("output", None, "write the results JSON here")
 flags.DEFINE_bool("quiet", False, "print only the final table")
-flags.DEFINE_string("workdir", None, "checkpoint the run here (config, full run state, history); re-running the same "
-                    "command with the same --workdir resumes from the newest checkpoint")
-flags.DEFINE_integer("checkpoint_every", 1, "with --workdir: checkpoint after every k evaluation blocks "
-                     "(of --eval_every rounds) and after the last", lower_bound=1)
-flags.DEFINE_integer("cpu_cores", 0, "on CPU, expose this many cores as JAX devices so --execution=parallel "
-                     "trains one stream of clients per core; 0: every core this process may use", lower_bound=0)
-flags.DEFINE_bool("distributed", False, "join a multi-process run (jax.distributed.initialize, before anything else) "
-                  "and shard each round's cohort over every process's devices (implies --shard_clients); on TPU pod "
-                  "slices, Slurm and Open MPI the next three flags may be left unset (auto-detected)")
-flags.DEFINE_string("coordinator_address", None, "with --distributed: 'host:port' of process 0, the same on every process")
+flags.DEFINE_string(
+    "workdir",
+    None,
+    "checkpoint the run here (config, full run state, history); re-running the same "
+    "command with the same --workdir resumes from the newest checkpoint",
+)
+flags.DEFINE_integer(
+    "checkpoint_every",
+    1,
+    "with --workdir: checkpoint after every k evaluation blocks (of --eval_every rounds) and after the last",
+    lower_bound=1,
+)
+flags.DEFINE_integer(
+    "cpu_cores",
+    0,
+    "on CPU, expose this many cores as JAX devices so --execution=parallel "
+    "trains one stream of clients per core; 0: every core this process may use",
+    lower_bound=0,
+)
+flags.DEFINE_bool(
+    "distributed",
+    False,
+    "join a multi-process run (jax.distributed.initialize, before anything else) "
+    "and shard each round's cohort over every process's devices (implies --shard_clients); on TPU pod "
+    "slices, Slurm and Open MPI the next three flags may be left unset (auto-detected)",
+)
+flags.DEFINE_string(
+    "coordinator_address", None, "with --distributed: 'host:port' of process 0, the same on every process"
+)
 flags.DEFINE_integer("num_processes", None, "with --distributed: how many processes take part")
 flags.DEFINE_integer("process_id", None, "with --distributed: this process's id, 0..num_processes-1")
-flags.DEFINE_integer("heartbeat_timeout", 100, "with --distributed: seconds after which a silent process counts as "
-                     "lost (jax.distributed's heartbeat timeout): a lost process ends the run on every process within "
-                     "about this time, with one line saying how to resume", lower_bound=1)
+flags.DEFINE_integer(
+    "heartbeat_timeout",
+    100,
+    "with --distributed: seconds after which a silent process counts as "
+    "lost (jax.distributed's heartbeat timeout): a lost process ends the run on every process within "
+    "about this time, with one line saying how to resume",
+    lower_bound=1,
+)
 
 # Writes JSON through a temporary file and os.replace (a crash never leaves a half-written file).
 write_json_atomic = checkpoint_lib.write_json_atomic
@@ -185,19 +224,26 @@ def run_experiment(exp: Experiment, log=print, *, workdir=None, checkpoint_every
         if meta.get("blocks") != blocks or not 0 < restored.step <= len(blocks):
             raise checkpoint_lib.CheckpointError(
                 f"--workdir {ckpt.workdir}: checkpoint {restored.step} was written for blocks {meta.get('blocks')}, "
-                f"this run has {blocks}; use a fresh --workdir")
+                f"this run has {blocks}; use a fresh --workdir"
+            )
         state, first_block = restored.state, restored.step
         history, eval_history = dict(restored.history["rounds"]), dict(restored.history["evals"])
         eval_rounds = [int(r) for r in restored.history["eval_rounds"]]
         seconds_before, compile_before = float(meta["seconds"]), float(meta["compile_seconds"])
-        log(f"resumed from {ckpt.workdir} after round {int(state.server.round)} ({first_block}/{len(blocks)} blocks done)")
+        log(
+            f"resumed from {ckpt.workdir} after round {int(state.server.round)} ({first_block}/{len(blocks)} blocks done)"
+        )
         recorded, here = meta.get("topology"), checkpoint_lib.topology()
         if recorded is not None and recorded != here:
-            log(f"notice: the checkpoint was written on {checkpoint_lib.topology_text(recorded)}, this run has "
+            log(
+                f"notice: the checkpoint was written on {checkpoint_lib.topology_text(recorded)}, this run has "
                 f"{checkpoint_lib.topology_text(here)}: the remaining rounds split the cohort over these devices, so "
-                "sums over devices may round differently from an uninterrupted run in the last bits")
+                "sums over devices may round differently from an uninterrupted run in the last bits"
+            )
     t0 = time.perf_counter()
-    compiled = {n: train.run_block.lower(state, exp.data, num_rounds=n).compile() for n in sorted(set(blocks[first_block:]))}
+    compiled = {
+        n: train.run_block.lower(state, exp.data, num_rounds=n).compile() for n in sorted(set(blocks[first_block:]))
+    }
     compile_seconds = compile_before + time.perf_counter() - t0
     multihost.sync("compiled")  # --distributed: every process compiled before the first block's collectives
     start = time.perf_counter()
@@ -214,17 +260,28 @@ def run_experiment(exp: Experiment, log=print, *, workdir=None, checkpoint_every
         asr = f"  attack success {float(e['attack_success_rate']):.3f}" if "attack_success_rate" in e else ""
         stopped = int(state.diverged_round)
         stopped = f"  (model non-finite after round {stopped}: rounds skipped)" if stopped >= 0 else ""
-        log(f"round {done:4d}/{exp.config.rounds}  accuracy {float(e['accuracy']):.4f}  loss {float(e['loss']):.4f}{asr}"
-            f"  [{time.perf_counter() - start:.1f}s]{stopped}")
+        log(
+            f"round {done:4d}/{exp.config.rounds}  accuracy {float(e['accuracy']):.4f}  loss {float(e['loss']):.4f}{asr}"
+            f"  [{time.perf_counter() - start:.1f}s]{stopped}"
+        )
         preempted = index + 1 < len(blocks) and multihost.preemption_point(index + 1)
         if ckpt is not None and ((index + 1) % checkpoint_every == 0 or index + 1 == len(blocks) or preempted):
-            ckpt.save(index + 1, state,
-                      {"rounds": history, "evals": eval_history, "eval_rounds": np.asarray(eval_rounds, np.int64)},
-                      {"round": done, "blocks": blocks, "seconds": seconds_before + time.perf_counter() - start,
-                       "compile_seconds": compile_seconds})
+            ckpt.save(
+                index + 1,
+                state,
+                {"rounds": history, "evals": eval_history, "eval_rounds": np.asarray(eval_rounds, np.int64)},
+                {
+                    "round": done,
+                    "blocks": blocks,
+                    "seconds": seconds_before + time.perf_counter() - start,
+                    "compile_seconds": compile_seconds,
+                },
+            )
         if preempted:
-            raise multihost.Preempted(f"a preemption notice (SIGTERM) reached a process; every process stopped after "
-                                      f"round {done}; {checkpoint_lib.resume_hint(ckpt and ckpt.workdir)}")
+            raise multihost.Preempted(
+                f"a preemption notice (SIGTERM) reached a process; every process stopped after "
+                f"round {done}; {checkpoint_lib.resume_hint(ckpt and ckpt.workdir)}"
+            )
     jax.block_until_ready(state)
     seconds = seconds_before + time.perf_counter() - start
     diverged = int(state.diverged_round)
@@ -251,12 +308,16 @@ def run_experiment(exp: Experiment, log=print, *, workdir=None, checkpoint_every
         "final": final,
     }
     if ckpt is not None:
-        results["checkpoint"] = {"workdir": ckpt.workdir, "resumed_after_blocks": first_block,
-                                 "checkpoint_every": checkpoint_every}
+        results["checkpoint"] = {
+            "workdir": ckpt.workdir,
+            "resumed_after_blocks": first_block,
+            "checkpoint_every": checkpoint_every,
+        }
         written = ckpt.results_path
         if jax.process_index() == 0:  # a multi-process run's files are written once
-            written = checkpoint_lib.write_json_or_fallback(ckpt.results_path, results,
-                                                            lambda msg: print(f"warning: {msg}", file=sys.stderr))
+            written = checkpoint_lib.write_json_or_fallback(
+                ckpt.results_path, results, lambda msg: print(f"warning: {msg}", file=sys.stderr)
+            )
         results["checkpoint"]["results"] = written
     return results
 
@@ -295,8 +356,11 @@ def describe(config) -> dict:
     config = config if isinstance(config, ExperimentConfig) else ExperimentConfig(**config)
     c = scoped(config, notice=lambda message: None)
     parts = components(c)
-    part = {"dirichlet": f"dirichlet, alpha={c.dirichlet_alpha}", "bias": f"bias, p={c.bias}",
-            "shards": f"shards, {c.shards_per_client} per client"}.get(c.partition, c.partition)
+    part = {
+        "dirichlet": f"dirichlet, alpha={c.dirichlet_alpha}",
+        "bias": f"bias, p={c.bias}",
+        "shards": f"shards, {c.shards_per_client} per client",
+    }.get(c.partition, c.partition)
     attack, extra = [], []
     for spec, registry in ((parts.model_attack, MODEL_ATTACKS), (parts.data_attack, DATA_ATTACKS)):
         if spec is not None:
@@ -313,8 +377,15 @@ def describe(config) -> dict:
     rule = f"{type(parts.rule)(parts.rule.name, tuple(rule_args.items()))} (f = {rule_num_byzantine(c)})"
     if parts.pre_aggregations:
         rule += f" after {' -> '.join(str(p) for p in parts.pre_aggregations)}"
-    local = (f"fedavg, {c.local_steps} local steps" if c.local_steps is not None else
-             f"fedavg, {c.local_epochs} local epochs") if c.protocol == "fedavg" else "fedsgd"
+    local = (
+        (
+            f"fedavg, {c.local_steps} local steps"
+            if c.local_steps is not None
+            else f"fedavg, {c.local_epochs} local epochs"
+        )
+        if c.protocol == "fedavg"
+        else "fedsgd"
+    )
     return {
         "dataset / model": f"{c.dataset} / {c.model} ({part})",
         "clients": f"{c.num_clients} ({c.clients_per_round} per round, {c.num_malicious} malicious)",
@@ -336,19 +407,36 @@ def summary_table(results: dict) -> str:
     if "source_recall" in f:  # the attack's test examples classified as their true label
         data_attack = components(ExperimentConfig(**c)).data_attack
         triggered = data_attack is not None and data_attack.name in _TRIGGER_ATTACKS
-        rows.append(("accuracy on triggered inputs" if triggered else "source-class recall", f"{f['source_recall']:.4f}"))
+        rows.append(
+            ("accuracy on triggered inputs" if triggered else "source-class recall", f"{f['source_recall']:.4f}")
+        )
     if "smoothed_accuracy" in f:  # a rule that predicts by a vote of noisy models (CRFL)
-        rows.append(("smoothed accuracy", f"{f['smoothed_accuracy']:.4f} (certified {f['certified_accuracy']:.4f}, "
-                                          f"mean certified radius {f['certified_radius']:.4g})"))
+        rows.append(
+            (
+                "smoothed accuracy",
+                f"{f['smoothed_accuracy']:.4f} (certified {f['certified_accuracy']:.4f}, "
+                f"mean certified radius {f['certified_radius']:.4g})",
+            )
+        )
     rows += [
-        ("detection TPR / FPR", " / ".join("n/a" if math.isnan(f[k]) else f"{f[k]:.3f}"
-                                           for k in ("detection_tpr", "detection_fpr"))),
-        ("time", f"{f['seconds']:.1f} s ({f['rounds_per_second']:.2f} rounds/s) + {f['compile_seconds']:.1f} s compile"),
+        (
+            "detection TPR / FPR",
+            " / ".join("n/a" if math.isnan(f[k]) else f"{f[k]:.3f}" for k in ("detection_tpr", "detection_fpr")),
+        ),
+        (
+            "time",
+            f"{f['seconds']:.1f} s ({f['rounds_per_second']:.2f} rounds/s) + {f['compile_seconds']:.1f} s compile",
+        ),
     ]
     if f.get("rounds_beyond_f"):
-        rows.append(("rounds beyond f", f"{f['rounds_beyond_f']} of {c['rounds']} had more attacking clients than f "
-                                        f"(TPR {f['detection_tpr_beyond_f']:.3f} there, {f['detection_tpr_within_f']:.3f} "
-                                        "in the others)"))
+        rows.append(
+            (
+                "rounds beyond f",
+                f"{f['rounds_beyond_f']} of {c['rounds']} had more attacking clients than f "
+                f"(TPR {f['detection_tpr_beyond_f']:.3f} there, {f['detection_tpr_within_f']:.3f} "
+                "in the others)",
+            )
+        )
     if f["diverged"]:
         rows.append(("DIVERGED", f"global model non-finite after round {f['diverged_round']}; training stopped there"))
     width = max(len(k) for k, _ in rows)
@@ -381,7 +469,9 @@ def _writable_location(flag: str, path: str, kind: str) -> None:
 def check_runner_flags(argv) -> None:
     """The runner's own flags (the config's are checked by ``fljax.experiment.validate``)."""
     if len(argv) > 1:
-        raise ValueError(f"unexpected positional argument(s) {' '.join(argv[1:])!r}; settings are flags, e.g. --rounds=10")
+        raise ValueError(
+            f"unexpected positional argument(s) {' '.join(argv[1:])!r}; settings are flags, e.g. --rounds=10"
+        )
     if FLAGS.output is not None:
         _writable_location("output", FLAGS.output, "file")
     if FLAGS.workdir is None and FLAGS["checkpoint_every"].present:
@@ -406,7 +496,9 @@ def config_with_preset(path):
     does not apply (``--dirichlet_alpha`` with ``--partition=iid``, even at its default value)
     raises ``ValueError`` (``fljax.experiment.check_applicable``)."""
     given = {f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(ExperimentConfig) if FLAGS[f.name].present}
-    config = config_from_flags() if path is None else replace_fields(base_config(load_config_file(path)), given, "flags")
+    config = (
+        config_from_flags() if path is None else replace_fields(base_config(load_config_file(path)), given, "flags")
+    )
     check_applicable(config, given)
     return config
 
@@ -422,10 +514,13 @@ def start_distributed(config):
             raise ValueError(f"--{given[0]} applies only with --distributed")
         return config
     if not config.shard_clients and FLAGS["shard_clients"].present:
-        raise ValueError("--distributed shards the cohort over every process's devices: it needs --shard_clients "
-                         "(on by default with --distributed), got --shard_clients=false")
-    sharding_lib.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
-                                        heartbeat_timeout=FLAGS.heartbeat_timeout)
+        raise ValueError(
+            "--distributed shards the cohort over every process's devices: it needs --shard_clients "
+            "(on by default with --distributed), got --shard_clients=false"
+        )
+    sharding_lib.initialize_distributed(
+        FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, heartbeat_timeout=FLAGS.heartbeat_timeout
+    )
     return dataclasses.replace(config, shard_clients=True)
 
 
@@ -453,7 +548,7 @@ def main(argv) -> int:
     try:
         check_runner_flags(argv)
         with warnings.catch_warnings(record=True) as caught:  # build reads the config again: its notices are
-            warnings.simplefilter("ignore", FutureWarning)     # the ones above; it adds the settings it adjusts
+            warnings.simplefilter("ignore", FutureWarning)  # the ones above; it adds the settings it adjusts
             warnings.simplefilter("always", SettingNotice)
             exp = build(config)
         for w in caught:
@@ -469,8 +564,10 @@ def main(argv) -> int:
         return 2
     for message in notices if primary else ():
         print(f"notice: {message}", file=sys.stderr)
-    log(f"fljax: {config.attack} vs {config.aggregator} on {config.dataset}, {config.rounds} rounds "
-        f"({jax.default_backend()}); compiling...")
+    log(
+        f"fljax: {config.attack} vs {config.aggregator} on {config.dataset}, {config.rounds} rounds "
+        f"({jax.default_backend()}); compiling..."
+    )
     try:
         results = run_experiment(exp, log, workdir=ckpt, checkpoint_every=FLAGS.checkpoint_every)
     except checkpoint_lib.CheckpointError as e:  # an incompatible checkpoint, found before compiling
@@ -482,8 +579,9 @@ def main(argv) -> int:
     if primary:
         print(summary_table(results))
     if FLAGS.output and primary:
-        written = checkpoint_lib.write_json_or_fallback(FLAGS.output, results,
-                                                        lambda msg: print(f"error: {msg}", file=sys.stderr))
+        written = checkpoint_lib.write_json_or_fallback(
+            FLAGS.output, results, lambda msg: print(f"error: {msg}", file=sys.stderr)
+        )
         if written != FLAGS.output:
             return 1
         log(f"results written to {FLAGS.output}")

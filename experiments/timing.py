@@ -44,7 +44,9 @@ def timed(fn: Callable[[], object], repeats: int, best: bool = False) -> tuple[f
 def table(title: str, header: list[str], rows: list[list[str]]) -> str:
     """A plain text table (first column left-aligned, the others right-aligned)."""
     widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
-    line = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    line = lambda cells: "  ".join(
+        str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
+    )
     return "\n".join([f"\n{title}", line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
@@ -56,12 +58,19 @@ def matmul_peak(repeats: int, precision=jax.lax.Precision.HIGHEST) -> float:
     a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
     dot = jax.jit(lambda a: jnp.dot(a, a, precision=precision))
     _, seconds = timed(lambda: dot(a), repeats, best=True)
-    return 2 * size ** 3 / seconds
+    return 2 * size**3 / seconds
 
 
-def synthetic_data(num_clients: int, examples_per_client: int, *, input_shape: Sequence[int] = INPUT_SHAPE,
-                   num_classes: int = NUM_CLASSES, pool: int = 10_000, seed: int = 0,
-                   tokens: bool = False) -> fljax.FederatedData:
+def synthetic_data(
+    num_clients: int,
+    examples_per_client: int,
+    *,
+    input_shape: Sequence[int] = INPUT_SHAPE,
+    num_classes: int = NUM_CLASSES,
+    pool: int = 10_000,
+    seed: int = 0,
+    tokens: bool = False,
+) -> fljax.FederatedData:
     """Random examples of ``input_shape`` in a shared pool of ``pool``; each client holds
     ``examples_per_client`` random indices into it (the real shapes, no real data needed).
     ``tokens``: sequences of ``input_shape = (T,)`` token ids in ``[0, num_classes)`` with
@@ -77,8 +86,14 @@ def synthetic_data(num_clients: int, examples_per_client: int, *, input_shape: S
     indices = rng.integers(0, pool, (num_clients, examples_per_client)).astype(np.int32)
     counts = np.full(num_clients, examples_per_client, np.int32)
     test = min(pool, 1000)
-    return fljax.FederatedData(jnp.asarray(x), jnp.asarray(y), jnp.asarray(indices), jnp.asarray(counts),
-                               jnp.asarray(x[:test]), jnp.asarray(y[:test]))
+    return fljax.FederatedData(
+        jnp.asarray(x),
+        jnp.asarray(y),
+        jnp.asarray(indices),
+        jnp.asarray(counts),
+        jnp.asarray(x[:test]),
+        jnp.asarray(y[:test]),
+    )
 
 
 def forward_flops(apply_fn: Callable, params, x) -> float:
@@ -117,16 +132,27 @@ def build_aggregator(name: str, n: int):
     """``(aggregator, None)`` or ``(None, reason)``: the REGISTRY factory called with the
     arguments it takes among ``num_byzantine`` (20% of n) and benchmark values of the others."""
     f = n // 5
-    known = {"num_byzantine": f, "num_clients": n, "max_norm": 1.0, "noise_std": 1e-3, "clip_radius": 1.0,
-             "learning_threshold": f + 1}
+    known = {
+        "num_byzantine": f,
+        "num_clients": n,
+        "max_norm": 1.0,
+        "noise_std": 1e-3,
+        "clip_radius": 1.0,
+        "learning_threshold": f + 1,
+    }
     factory = REGISTRY.get(name)
     if factory is None:
         return None, f"not in REGISTRY ({', '.join(sorted(REGISTRY))})"
     try:
         params = inspect.signature(factory).parameters
         kwargs = {k: v for k, v in known.items() if k in params}
-        missing = [k for k, p in params.items() if p.default is inspect.Parameter.empty and k not in kwargs
-                   and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        missing = [
+            k
+            for k, p in params.items()
+            if p.default is inspect.Parameter.empty
+            and k not in kwargs
+            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        ]
         if missing:
             return None, f"needs {', '.join(missing)}"
         aggregator = factory(**kwargs)
@@ -141,20 +167,27 @@ def model_access(apply_fn: Callable, params, input_shape: Sequence[int], dtype=j
     params' unravel, ``apply_fn`` and one input's shape and dtype."""
     from jax.flatten_util import ravel_pytree
 
-    return fljax.types.ModelAccess(unravel=ravel_pytree(params)[1], apply=apply_fn,
-                                   inputs=jax.ShapeDtypeStruct(tuple(input_shape), dtype))
+    return fljax.types.ModelAccess(
+        unravel=ravel_pytree(params)[1], apply=apply_fn, inputs=jax.ShapeDtypeStruct(tuple(input_shape), dtype)
+    )
 
 
-def time_aggregator(aggregator, updates: jax.Array, repeats: int,
-                    model: Optional[fljax.types.ModelAccess] = None) -> tuple[float, float]:
+def time_aggregator(
+    aggregator, updates: jax.Array, repeats: int, model: Optional[fljax.types.ModelAccess] = None
+) -> tuple[float, float]:
     """``aggregator.update`` on ``updates [n, d]`` under jit, as a round calls it:
     ``(compile + first call seconds, median seconds)``. ``model`` (``model_access``): the model
     the updates belong to, for a rule that reads it (DeepSight); without it such a rule raises."""
     n, d = updates.shape
     flat_params = jnp.zeros(d, updates.dtype)
-    context = fljax.AggregationContext(weights=jnp.full(n, 600.0, updates.dtype), key=jax.random.PRNGKey(0),
-                                       client_ids=jnp.arange(n), params=flat_params,
-                                       reference=jnp.mean(updates[: max(1, n // 10)], axis=0), model=model)
+    context = fljax.AggregationContext(
+        weights=jnp.full(n, 600.0, updates.dtype),
+        key=jax.random.PRNGKey(0),
+        client_ids=jnp.arange(n),
+        params=flat_params,
+        reference=jnp.mean(updates[: max(1, n // 10)], axis=0),
+        model=model,
+    )
     state = aggregator.init(flat_params)
     step = jax.jit(lambda u, s: (lambda out: (out[0], out[2]["weights"]))(aggregator.update(u, s, context)))
     return timed(lambda: step(updates, state), repeats)
@@ -172,7 +205,8 @@ def round_updates(client_update, params, data: fljax.FederatedData, n: int, exec
         return ravel_pytree(client_update(params, client_data, key))[0]
 
     return jax.jit(lambda c, k: fljax.client.map_clients(lambda a: one_client(*a), (c, k), execution))(
-        jnp.arange(n), keys)
+        jnp.arange(n), keys
+    )
 
 
 def torch_version(threads: int = 0) -> Optional[str]:
@@ -209,8 +243,13 @@ def _torch_zoo(torch, name: str, input_shape: Sequence[int], num_classes: int):
     class Block(nn.Module):
         def __init__(self, cin, cout, stride, shortcut):
             super().__init__()
-            self.body = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.GroupNorm(2, cout), nn.ReLU(),
-                                      nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.GroupNorm(2, cout))
+            self.body = nn.Sequential(
+                nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+                nn.GroupNorm(2, cout),
+                nn.ReLU(),
+                nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+                nn.GroupNorm(2, cout),
+            )
             self.stride, self.extra, self.project = stride, cout - cin, None
             if (stride != 1 or cin != cout) and shortcut == "projection":
                 self.project = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.GroupNorm(2, cout))
@@ -220,13 +259,15 @@ def _torch_zoo(torch, name: str, input_shape: Sequence[int], num_classes: int):
             if self.project is not None:
                 x = self.project(x)
             elif self.stride != 1 or self.extra:
-                x = x[:, :, ::self.stride, ::self.stride]
+                x = x[:, :, :: self.stride, :: self.stride]
                 x = torch.nn.functional.pad(x, (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
             return torch.relu(x + y)
 
     def resnet(stages, widths, shortcut):
-        layers, cin = [nn.Conv2d(input_shape[-1], widths[0], 3, 1, 1, bias=False), nn.GroupNorm(2, widths[0]),
-                       nn.ReLU()], widths[0]
+        layers, cin = (
+            [nn.Conv2d(input_shape[-1], widths[0], 3, 1, 1, bias=False), nn.GroupNorm(2, widths[0]), nn.ReLU()],
+            widths[0],
+        )
         for stage, (blocks, width) in enumerate(zip(stages, widths)):
             for block in range(blocks):
                 layers.append(Block(cin, width, 2 if stage > 0 and block == 0 else 1, shortcut))
@@ -247,10 +288,21 @@ def _torch_zoo(torch, name: str, input_shape: Sequence[int], num_classes: int):
         h, w, c = input_shape
         pads = [(max(0, (32 - n) // 2), max(0, 32 - n - (32 - n) // 2)) for n in (h, w)]
         side = lambda n, p: ((n + sum(p) - 4) // 2 - 4) // 2
-        return nn.Sequential(nn.ZeroPad2d((*pads[1], *pads[0])), nn.Conv2d(c, 6, 5), nn.ReLU(), nn.MaxPool2d(2),
-                             nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                             nn.Linear(16 * side(h, pads[0]) * side(w, pads[1]), 120), nn.ReLU(), nn.Linear(120, 84),
-                             nn.ReLU(), nn.Linear(84, num_classes))
+        return nn.Sequential(
+            nn.ZeroPad2d((*pads[1], *pads[0])),
+            nn.Conv2d(c, 6, 5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(16 * side(h, pads[0]) * side(w, pads[1]), 120),
+            nn.ReLU(),
+            nn.Linear(120, 84),
+            nn.ReLU(),
+            nn.Linear(84, num_classes),
+        )
     if name == "resnet18":
         return resnet((2, 2, 2, 2), (64, 128, 256, 512), "projection")
     if name == "resnet20":
@@ -278,16 +330,26 @@ def _torch_model(torch, name: str, input_shape: Sequence[int], num_classes: int,
     copy_weights, conv_out = name in ("mlp", "cnn"), None
     if name == "mlp":
         widths = [np.asarray(init_params[f"Dense_{i}"]["kernel"]).shape for i in range(3)]
-        model = nn.Sequential(nn.Flatten(), nn.Linear(*widths[0]), nn.ReLU(), nn.Linear(*widths[1]), nn.ReLU(),
-                              nn.Linear(*widths[2]))
+        model = nn.Sequential(
+            nn.Flatten(), nn.Linear(*widths[0]), nn.ReLU(), nn.Linear(*widths[1]), nn.ReLU(), nn.Linear(*widths[2])
+        )
         dense, convs = [model[1], model[3], model[5]], []
     elif name == "cnn":
         h, w, c = input_shape
         side = lambda n: ((n - 2) // 2 - 2) // 2  # conv 3x3 VALID, pool 2, conv 3x3 VALID, pool 2
         conv_out = (side(h), side(w), 50)
-        model = nn.Sequential(nn.Conv2d(c, 30, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(30, 50, 3), nn.ReLU(),
-                              nn.MaxPool2d(2), nn.Flatten(), nn.Linear(int(np.prod(conv_out)), 200), nn.ReLU(),
-                              nn.Linear(200, num_classes))
+        model = nn.Sequential(
+            nn.Conv2d(c, 30, 3),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(30, 50, 3),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(int(np.prod(conv_out)), 200),
+            nn.ReLU(),
+            nn.Linear(200, num_classes),
+        )
         dense, convs = [model[7], model[9]], [model[0], model[3]]
     else:
         model = _torch_zoo(torch, name, input_shape, num_classes)
@@ -307,9 +369,18 @@ def _torch_model(torch, name: str, input_shape: Sequence[int], num_classes: int,
     return model
 
 
-def torch_round(model_name: str, data: fljax.FederatedData, init_params, *, local_steps: int, batch_size: int,
-                lr: float, num_classes: int = NUM_CLASSES, device: str = "cpu",
-                threads: int = 1) -> Optional[Callable[[int], float]]:
+def torch_round(
+    model_name: str,
+    data: fljax.FederatedData,
+    init_params,
+    *,
+    local_steps: int,
+    batch_size: int,
+    lr: float,
+    num_classes: int = NUM_CLASSES,
+    device: str = "cpu",
+    threads: int = 1,
+) -> Optional[Callable[[int], float]]:
     """A FedAvg round of ``model_name`` as a plain PyTorch loop: per client, copy the global
     model, run ``local_steps`` SGD steps of ``batch_size`` on its batches, keep the delta;
     average; apply.
@@ -336,7 +407,8 @@ def torch_round(model_name: str, data: fljax.FederatedData, init_params, *, loca
     loss_fn = torch.nn.CrossEntropyLoss()
     if model_name == "char_lstm":  # per-token loss: logits [B, T, V] against labels [B, T]
         loss_fn = (lambda ce: lambda logits, labels: ce(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)))(
-            torch.nn.CrossEntropyLoss())
+            torch.nn.CrossEntropyLoss()
+        )
     generator = torch.Generator(device=device).manual_seed(0)
     sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
 
@@ -356,7 +428,7 @@ def torch_round(model_name: str, data: fljax.FederatedData, init_params, *, loca
             mine = indices[client]
             order = mine[torch.randperm(len(mine), generator=generator, device=device)]
             for t in range(local_steps):
-                idx = order[(t * batch_size) % len(order):][:batch_size]
+                idx = order[(t * batch_size) % len(order) :][:batch_size]
                 optimizer.zero_grad()
                 loss_fn(local(x[idx]), y[idx]).backward()
                 optimizer.step()

@@ -19,13 +19,43 @@ __version__ = "0.1.0"
 def __getattr__(name):
     if name == "interop":  # imported on first use: its bridges need PyTorch or Flower
         import importlib
+
         return importlib.import_module("fljax.interop")
     raise AttributeError(f"module 'fljax' has no attribute {name!r}")
 
 
 __all__ = [
-    "AggregationContext", "Aggregator", "AttackContext", "Batch", "ClientData", "DataAttack", "FederatedData",
-    "History", "ModelAttack", "Round", "ServerState", "Train", "TrainState", "aggregate", "aggregators",
-    "apply_attack", "attacks", "classification_loss", "client", "data", "fedavg", "federate", "fedsgd", "interop",
-    "make_evaluate", "make_round", "make_train", "metrics", "models", "momentum", "precision", "sharding", "use_cpu_cores",
+    "AggregationContext",
+    "Aggregator",
+    "AttackContext",
+    "Batch",
+    "ClientData",
+    "DataAttack",
+    "FederatedData",
+    "History",
+    "ModelAttack",
+    "Round",
+    "ServerState",
+    "Train",
+    "TrainState",
+    "aggregate",
+    "aggregators",
+    "apply_attack",
+    "attacks",
+    "classification_loss",
+    "client",
+    "data",
+    "fedavg",
+    "federate",
+    "fedsgd",
+    "interop",
+    "make_evaluate",
+    "make_round",
+    "make_train",
+    "metrics",
+    "models",
+    "momentum",
+    "precision",
+    "sharding",
+    "use_cpu_cores",
 ]

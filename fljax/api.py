@@ -19,9 +19,15 @@ def _as_matrix(updates: PyTree):
     return jax.vmap(lambda u: ravel_pytree(u)[0])(updates), unravel
 
 
-def aggregate(aggregator: Aggregator, updates: PyTree, weights: Optional[Array] = None,
-              key: Optional[Array] = None, params: Optional[PyTree] = None, reference: Optional[Array] = None,
-              model: Optional[ModelAccess] = None):
+def aggregate(
+    aggregator: Aggregator,
+    updates: PyTree,
+    weights: Optional[Array] = None,
+    key: Optional[Array] = None,
+    params: Optional[PyTree] = None,
+    reference: Optional[Array] = None,
+    model: Optional[ModelAccess] = None,
+):
     """Aggregates ``updates`` (``[n, d]`` or a pytree with a leading client axis) in one stateless call.
 
     ``weights`` are the example counts (default: all ones), ``key`` feeds randomized rules,
@@ -49,19 +55,33 @@ def aggregate(aggregator: Aggregator, updates: PyTree, weights: Optional[Array] 
     return out if unravel is None else unravel(out)
 
 
-def apply_attack(attack: ModelAttack, updates: PyTree, malicious: Array, key: Optional[Array] = None,
-                 aggregator: Optional[Aggregator] = None, weights: Optional[Array] = None,
-                 params: Optional[PyTree] = None):
+def apply_attack(
+    attack: ModelAttack,
+    updates: PyTree,
+    malicious: Array,
+    key: Optional[Array] = None,
+    aggregator: Optional[Aggregator] = None,
+    weights: Optional[Array] = None,
+    params: Optional[PyTree] = None,
+):
     """Applies a model attack once to ``updates`` (``[n, d]`` or stacked pytree) with the
     ``bool[n]`` ``malicious`` mask; returns the poisoned updates in the same structure."""
     matrix, unravel = _as_matrix(updates)
     n, d = matrix.shape
     flat_params = jnp.zeros(d, matrix.dtype) if params is None else ravel_pytree(params)[0]
-    ctx = AttackContext(params=flat_params,
-                        weights=jnp.ones(n, matrix.dtype) if weights is None else jnp.asarray(weights, matrix.dtype),
-                        round=jnp.zeros((), jnp.int32), aggregator=aggregator,
-                        agg_state=None if aggregator is None else aggregator.init(flat_params),
-                        client_ids=jnp.arange(n))
-    out, _ = attack.update(matrix, jnp.asarray(malicious, bool), attack.init(flat_params),
-                           jax.random.PRNGKey(0) if key is None else key, ctx)
+    ctx = AttackContext(
+        params=flat_params,
+        weights=jnp.ones(n, matrix.dtype) if weights is None else jnp.asarray(weights, matrix.dtype),
+        round=jnp.zeros((), jnp.int32),
+        aggregator=aggregator,
+        agg_state=None if aggregator is None else aggregator.init(flat_params),
+        client_ids=jnp.arange(n),
+    )
+    out, _ = attack.update(
+        matrix,
+        jnp.asarray(malicious, bool),
+        attack.init(flat_params),
+        jax.random.PRNGKey(0) if key is None else key,
+        ctx,
+    )
     return out if unravel is None else jax.vmap(unravel)(out)

@@ -36,7 +36,9 @@ Examples:
   >>> restored = RunCheckpointer(workdir, {"rounds": 10, "seed": 0}).restore(state)
   >>> restored.step, int(restored.state["round"]), restored.meta["round"]
   (1, 5, 5)
-  >>> import shutil; shutil.rmtree(workdir)
+  >>> import shutil
+  ...
+  ... shutil.rmtree(workdir)
 """
 
 from __future__ import annotations
@@ -183,7 +185,9 @@ def check_config(workdir: str, config: dict, defaults: Optional[dict] = None) ->
         with open(path) as f:
             recorded = json.load(f)
     except (OSError, ValueError) as e:
-        raise CheckpointError(f"--workdir: cannot read the recorded config {path} ({e}); use a fresh --workdir") from None
+        raise CheckpointError(
+            f"--workdir: cannot read the recorded config {path} ({e}); use a fresh --workdir"
+        ) from None
     if not isinstance(recorded, dict):
         raise CheckpointError(f"--workdir: the recorded config {path} is not a JSON object; use a fresh --workdir")
     diffs = []
@@ -194,8 +198,10 @@ def check_config(workdir: str, config: dict, defaults: Optional[dict] = None) ->
         if old != new:
             diffs.append(f"--{key}: recorded {old!r}, now {new!r}")
     if diffs:
-        raise CheckpointError(f"--workdir {workdir} holds a run with a different config ({'; '.join(diffs)}); "
-                              "re-run with the recorded settings to resume it, or use a fresh --workdir")
+        raise CheckpointError(
+            f"--workdir {workdir} holds a run with a different config ({'; '.join(diffs)}); "
+            "re-run with the recorded settings to resume it, or use a fresh --workdir"
+        )
     return True
 
 
@@ -225,7 +231,10 @@ def _record_config_everywhere(workdir: str, config: dict, defaults: Optional[dic
         with open(os.path.join(workdir, name), "w"):
             pass
     probe = os.path.join(workdir, multihost.gather("workdir-probe", name)[0])  # process 0's, once it exists
-    answer = {"sees": os.path.exists(probe), "config": zlib.crc32(json.dumps(_normalized(config), sort_keys=True).encode())}
+    answer = {
+        "sees": os.path.exists(probe),
+        "config": zlib.crc32(json.dumps(_normalized(config), sort_keys=True).encode()),
+    }
     try:
         answer["recorded"] = check_config(workdir, config, defaults)
     except CheckpointError as e:
@@ -237,17 +246,23 @@ def _record_config_everywhere(workdir: str, config: dict, defaults: Optional[dic
         os.unlink(probe)
     which = lambda test: ", ".join(str(i) for i, a in enumerate(answers) if test(a))
     if not all(a["sees"] for a in answers):
-        raise CheckpointError(f"--workdir {workdir} must be on storage every process sees (a shared file system: NFS, "
-                              f"Lustre, Filestore): process(es) {which(lambda a: not a['sees'])} cannot see the file "
-                              "process 0 wrote there")
+        raise CheckpointError(
+            f"--workdir {workdir} must be on storage every process sees (a shared file system: NFS, "
+            f"Lustre, Filestore): process(es) {which(lambda a: not a['sees'])} cannot see the file "
+            "process 0 wrote there"
+        )
     if any(a["config"] != answers[0]["config"] for a in answers):
-        raise CheckpointError(f"--workdir {workdir}: process(es) {which(lambda a: a['config'] != answers[0]['config'])} "
-                              "run another config than process 0; every process must run the same command")
+        raise CheckpointError(
+            f"--workdir {workdir}: process(es) {which(lambda a: a['config'] != answers[0]['config'])} "
+            "run another config than process 0; every process must run the same command"
+        )
     if error is not None:
         raise error
     if any(a["recorded"] is None for a in answers):
-        raise CheckpointError(f"--workdir {workdir}: process(es) {which(lambda a: a['recorded'] is None)} refused its "
-                              "recorded config (see their message); every process must run the same command")
+        raise CheckpointError(
+            f"--workdir {workdir}: process(es) {which(lambda a: a['recorded'] is None)} refused its "
+            "recorded config (see their message); every process must run the same command"
+        )
     if primary and not any(a["recorded"] for a in answers):
         write_json_atomic(os.path.join(workdir, CONFIG_FILE), _normalized(config))
 
@@ -275,14 +290,18 @@ def _leaf_from_numpy(saved: np.ndarray, template, index: int, where: str):
         data = jnp.asarray(saved)
         expected = jax.random.key_data(template)
         if data.shape != expected.shape or data.dtype != expected.dtype:
-            raise CheckpointError(f"{where}: PRNG key {index} has shape {data.shape} {data.dtype}, this run's has "
-                                  f"{expected.shape} {expected.dtype}; use a fresh --workdir")
+            raise CheckpointError(
+                f"{where}: PRNG key {index} has shape {data.shape} {data.dtype}, this run's has "
+                f"{expected.shape} {expected.dtype}; use a fresh --workdir"
+            )
         return jax.random.wrap_key_data(data, impl=jax.random.key_impl(template))
     saved = np.asarray(saved)
     shape, dtype = tuple(np.shape(template)), np.dtype(template.dtype)
     if saved.shape != shape or saved.dtype != dtype:
-        raise CheckpointError(f"{where}: state leaf {index} has shape {saved.shape} {saved.dtype}, this run's has "
-                              f"{shape} {dtype} (a different model, rule or code version?); use a fresh --workdir")
+        raise CheckpointError(
+            f"{where}: state leaf {index} has shape {saved.shape} {saved.dtype}, this run's has "
+            f"{shape} {dtype} (a different model, rule or code version?); use a fresh --workdir"
+        )
     return jnp.asarray(saved)
 
 
@@ -296,10 +315,13 @@ def state_from_numpy(leaves: list, template: PyTree, where: str = "checkpoint") 
     leaf's shape and dtype (a mismatch raises ``CheckpointError``)."""
     template_leaves, treedef = jax.tree.flatten(template)
     if len(leaves) != len(template_leaves):
-        raise CheckpointError(f"{where}: holds {len(leaves)} state arrays, this run has {len(template_leaves)} "
-                              "(a different model, rule, attack or code version?); use a fresh --workdir")
-    return jax.tree.unflatten(treedef, [_leaf_from_numpy(s, t, i, where) for i, (s, t) in
-                                        enumerate(zip(leaves, template_leaves))])
+        raise CheckpointError(
+            f"{where}: holds {len(leaves)} state arrays, this run has {len(template_leaves)} "
+            "(a different model, rule, attack or code version?); use a fresh --workdir"
+        )
+    return jax.tree.unflatten(
+        treedef, [_leaf_from_numpy(s, t, i, where) for i, (s, t) in enumerate(zip(leaves, template_leaves))]
+    )
 
 
 def canonical_state(state: PyTree) -> PyTree:
@@ -349,8 +371,13 @@ class RunCheckpointer:
         # Every process named: orbax then syncs them at the coordination service's barriers (timeouts
         # of its own) instead of with device collectives (on CPU, Gloo's first one times out after 30 s).
         processes = ocp.options.MultiprocessingOptions(active_processes=set(range(jax.process_count())))
-        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=False, cleanup_tmp_directories=True,
-                                               enable_async_checkpointing=False, multiprocessing_options=processes)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep,
+            create=False,
+            cleanup_tmp_directories=True,
+            enable_async_checkpointing=False,
+            multiprocessing_options=processes,
+        )
         self._manager = ocp.CheckpointManager(folder, options=options)
 
     @property
@@ -369,8 +396,9 @@ class RunCheckpointer:
         ocp = self._ocp
         tree = {"state": state_to_numpy(state), "history": jax.tree.map(np.asarray, history)}
         meta = dict(_json_safe(meta), format_version=FORMAT_VERSION, step=int(step), topology=topology())
-        self._manager.save(int(step), args=ocp.args.Composite(arrays=ocp.args.PyTreeSave(tree),
-                                                               meta=ocp.args.JsonSave(meta)))
+        self._manager.save(
+            int(step), args=ocp.args.Composite(arrays=ocp.args.PyTreeSave(tree), meta=ocp.args.JsonSave(meta))
+        )
         self._manager.wait_until_finished()
 
     def restore(self, template: PyTree) -> Optional[Restored]:
@@ -382,15 +410,20 @@ class RunCheckpointer:
         ocp = self._ocp
         where = f"checkpoint {os.path.join(self.workdir, CHECKPOINT_DIR, str(step))}"
         try:
-            restored = self._manager.restore(step, args=ocp.args.Composite(arrays=ocp.args.PyTreeRestore(),
-                                                                           meta=ocp.args.JsonRestore()))
+            restored = self._manager.restore(
+                step, args=ocp.args.Composite(arrays=ocp.args.PyTreeRestore(), meta=ocp.args.JsonRestore())
+            )
         except Exception as e:  # unreadable files: say which checkpoint and what to do
-            raise CheckpointError(f"{where} cannot be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                                  "delete that step folder to fall back to the previous one, or use a fresh --workdir") from None
+            raise CheckpointError(
+                f"{where} cannot be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                "delete that step folder to fall back to the previous one, or use a fresh --workdir"
+            ) from None
         meta = dict(restored["meta"])
         if meta.get("format_version") != FORMAT_VERSION:
-            raise CheckpointError(f"{where} has format version {meta.get('format_version')!r}, this fljax writes "
-                                  f"{FORMAT_VERSION}; use a fresh --workdir")
+            raise CheckpointError(
+                f"{where} has format version {meta.get('format_version')!r}, this fljax writes "
+                f"{FORMAT_VERSION}; use a fresh --workdir"
+            )
         arrays = restored["arrays"]
         state = state_from_numpy(list(arrays["state"]), template, where)
         history = jax.tree.map(np.asarray, arrays.get("history", {}))
@@ -431,8 +464,10 @@ def newest_round(workdir: str) -> Optional[int]:
 def resume_hint(workdir: Optional[str]) -> str:
     """What to do to resume a stopped run of ``workdir`` (``None``: a run without one)."""
     if workdir is None:
-        return ("without --workdir the run cannot resume: run every process's command again to start over "
-                "(with --workdir on shared storage it would resume)")
+        return (
+            "without --workdir the run cannot resume: run every process's command again to start over "
+            "(with --workdir on shared storage it would resume)"
+        )
     workdir = os.path.abspath(workdir)
     done = newest_round(workdir)
     if done is None:

@@ -97,8 +97,14 @@ def fedsgd(loss_fn: LossFn, optimizer: Optional[optax.GradientTransformation] = 
     return update
 
 
-def fedavg(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, local_steps: Optional[int] = None,
-           local_epochs: Optional[int] = None, batch_size: int = 32) -> ClientUpdate:
+def fedavg(
+    loss_fn: LossFn,
+    optimizer: optax.GradientTransformation,
+    *,
+    local_steps: Optional[int] = None,
+    local_epochs: Optional[int] = None,
+    batch_size: int = 32,
+) -> ClientUpdate:
     """FedAvg: ``local_steps`` steps (or ``local_epochs`` epochs) of minibatch training.
 
     Each epoch visits the client's examples in a fresh random order (a permutation of its real
@@ -190,8 +196,10 @@ def use_cpu_cores(count: Optional[int] = None) -> None:
     try:
         jax.config.update("jax_num_cpu_devices", count)
     except RuntimeError as e:  # JAX reads the setting once, when its backends start
-        raise RuntimeError("use_cpu_cores: call it before the first JAX computation of the process "
-                           f"(JAX's backends are already running with {jax.local_device_count()} device(s))") from e
+        raise RuntimeError(
+            "use_cpu_cores: call it before the first JAX computation of the process "
+            f"(JAX's backends are already running with {jax.local_device_count()} device(s))"
+        ) from e
 
 
 def pad_clients(xs, multiple: int):

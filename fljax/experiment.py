@@ -6,8 +6,10 @@ spec (``fljax.spec``): a registered name with its own keyword arguments. ``aggre
 rule after its pre-aggregations, ``attack`` the model attack after the data attack it pairs
 with, each chain joined by ``+``::
 
-    ExperimentConfig(aggregator="bucketing(bucket_size=2)+krum(num_byzantine=2)",
-                     attack="backdoor(target_label=0)+model_replacement(gamma=5.0)")
+    ExperimentConfig(
+        aggregator="bucketing(bucket_size=2)+krum(num_byzantine=2)",
+        attack="backdoor(target_label=0)+model_replacement(gamma=5.0)",
+    )
 
 The factories' signatures hold the defaults; the run fills the parameters it owns (``RUN_FIXED``:
 the population, the dataset's classes and inputs, the server's learning rate) and ``num_byzantine``
@@ -59,36 +61,63 @@ class ExperimentConfig(flat_settings.FlatSettings):
     The fields inherited from ``fljax.flat_settings.FlatSettings`` are the deprecated flat
     settings of the previous release, unset by default (see ``scoped``)."""
 
-    dataset: str = _field("mnist5k", "mnist5k, digits, breast_cancer (embedded); fashion_mnist, mnist (IDX files, else TFDS); "
-                                     "cifar10, cifar100, emnist or tfds:<name> (TFDS); femnist, shakespeare (LEAF JSON, "
-                                     "natural clients); synthetic:<name> (a random stand-in of that name's shapes)")
-    data_dir: Optional[str] = _field(None, "where the data is: TFDS's data directory (default ~/tensorflow_datasets), the "
-                                           "four IDX files (fashion_mnist default: /usr/share/datasets/fashion-mnist from "
-                                           "apt-get install dataset-fashion-mnist), or LEAF's data directory (train/, test/)")
+    dataset: str = _field(
+        "mnist5k",
+        "mnist5k, digits, breast_cancer (embedded); fashion_mnist, mnist (IDX files, else TFDS); "
+        "cifar10, cifar100, emnist or tfds:<name> (TFDS); femnist, shakespeare (LEAF JSON, "
+        "natural clients); synthetic:<name> (a random stand-in of that name's shapes)",
+    )
+    data_dir: Optional[str] = _field(
+        None,
+        "where the data is: TFDS's data directory (default ~/tensorflow_datasets), the "
+        "four IDX files (fashion_mnist default: /usr/share/datasets/fashion-mnist from "
+        "apt-get install dataset-fashion-mnist), or LEAF's data directory (train/, test/)",
+    )
     model: str = _field("mlp", f"one of {', '.join(models_lib.MODELS)}")
-    partition: str = _field("iid", f"one of {', '.join(METHODS)} (natural: the dataset's own writers / roles, for "
-                                   f"{', '.join(NATURAL_DATASETS)} and their synthetic stand-ins)")
+    partition: str = _field(
+        "iid",
+        f"one of {', '.join(METHODS)} (natural: the dataset's own writers / roles, for "
+        f"{', '.join(NATURAL_DATASETS)} and their synthetic stand-ins)",
+    )
     dirichlet_alpha: float = _field(0.5, "Dirichlet concentration for --partition=dirichlet (> 0)")
     bias: float = _field(0.5, "Fang et al.'s bias p for --partition=bias, in [0, 1]")
     shards_per_client: int = _field(2, "shards per client for --partition=shards")
     num_clients: int = _field(100, "clients in the population")
     clients_per_round: int = _field(100, "clients sampled each round (1..num_clients)")
     num_malicious: int = _field(20, "malicious clients in the population (ids 0..num_malicious-1)")
-    num_byzantine: Optional[int] = _field(None, "f the rule (and an attack that simulates one) assumes, unless its "
-                                                "spec sets num_byzantine (default: num_malicious scaled to clients_per_round)")
-    aggregator: str = _field("median", "the aggregation rule: a spec name(arg=value, ...), after the pre-aggregations "
-                                       "it takes, joined by '+' and applied left to right", component=True)
-    attack: str = _field("label_flip(source=5, target=3)",
-                         "what the malicious clients do: a model or a data attack, or a data attack then the model "
-                         "attack it pairs with, joined by '+'; none: no attack", component=True)
-    attack_start_round: int = _field(0, "the attack acts from this round index on (0-based: index 0 is what progress and "
-                                        "results call round 1); before, malicious clients behave honestly")
+    num_byzantine: Optional[int] = _field(
+        None,
+        "f the rule (and an attack that simulates one) assumes, unless its "
+        "spec sets num_byzantine (default: num_malicious scaled to clients_per_round)",
+    )
+    aggregator: str = _field(
+        "median",
+        "the aggregation rule: a spec name(arg=value, ...), after the pre-aggregations "
+        "it takes, joined by '+' and applied left to right",
+        component=True,
+    )
+    attack: str = _field(
+        "label_flip(source=5, target=3)",
+        "what the malicious clients do: a model or a data attack, or a data attack then the model "
+        "attack it pairs with, joined by '+'; none: no attack",
+        component=True,
+    )
+    attack_start_round: int = _field(
+        0,
+        "the attack acts from this round index on (0-based: index 0 is what progress and "
+        "results call round 1); before, malicious clients behave honestly",
+    )
     attack_every: int = _field(1, "the attack acts every k rounds from --attack_start_round")
-    attack_single_shot: bool = _field(False, "the attack acts in --attack_start_round only (Bagdasaryan et al.'s single shot)")
-    continuous_data_poisoning: bool = _field(False, "with an attack schedule and a data attack before the model attack: "
-                                                    "keep poisoning the malicious clients' data in every round (the "
-                                                    "schedule then gates the model attack and the attack's local "
-                                                    "training only)")
+    attack_single_shot: bool = _field(
+        False, "the attack acts in --attack_start_round only (Bagdasaryan et al.'s single shot)"
+    )
+    continuous_data_poisoning: bool = _field(
+        False,
+        "with an attack schedule and a data attack before the model attack: "
+        "keep poisoning the malicious clients' data in every round (the "
+        "schedule then gates the model attack and the attack's local "
+        "training only)",
+    )
     protocol: str = _field("fedavg", "fedavg (local steps) or fedsgd (one full-batch gradient)")
     rounds: int = _field(30, "federated rounds")
     local_steps: Optional[int] = _field(None, "fedavg local steps per round (overrides local_epochs when set)")
@@ -96,20 +125,33 @@ class ExperimentConfig(flat_settings.FlatSettings):
     batch_size: int = _field(32, "local batch size")
     client_lr: float = _field(0.3, "client SGD learning rate")
     client_momentum: float = _field(0.0, "client SGD momentum")
-    worker_momentum: float = _field(0.0, "worker momentum beta in [0, 1): each client keeps a momentum of its updates "
-                                    "across rounds and sends it (Karimireddy et al. 2021); 0 = off. Not --client_momentum")
-    worker_momentum_convention: str = _field("ema", "ema (m = beta m + (1 - beta) u, the papers' equations, ByzFL) or "
-                                             "heavy_ball (m = beta m + u, the authors' code): see fljax.momentum")
+    worker_momentum: float = _field(
+        0.0,
+        "worker momentum beta in [0, 1): each client keeps a momentum of its updates "
+        "across rounds and sends it (Karimireddy et al. 2021); 0 = off. Not --client_momentum",
+    )
+    worker_momentum_convention: str = _field(
+        "ema",
+        "ema (m = beta m + (1 - beta) u, the papers' equations, ByzFL) or "
+        "heavy_ball (m = beta m + u, the authors' code): see fljax.momentum",
+    )
     server_lr: float = _field(1.0, "server SGD learning rate (1 = FedAvg)")
     server_momentum: float = _field(0.0, "server SGD momentum (FedAvgM)")
     seed: int = _field(0, "PRNG seed of the partition, the model init and the run")
     eval_every: int = _field(5, "evaluate every k rounds (and after the last)")
     execution: str = _field("auto", f"client execution, one of {', '.join(EXECUTIONS)}")
     chunk_size: int = _field(8, "clients per chunk for --execution=chunked")
-    shard_clients: bool = _field(False, "split each round's cohort over all visible devices (every process's with "
-                                        "--distributed); a cohort that is not a multiple of the device count is padded")
-    precision: str = _field("default", f"matmul precision of client training, one of {', '.join(PRECISIONS)} (default: the backend's own)")
-    mixed_precision: bool = _field(False, "client forward/backward in bfloat16 with float32 master params and float32 updates")
+    shard_clients: bool = _field(
+        False,
+        "split each round's cohort over all visible devices (every process's with "
+        "--distributed); a cohort that is not a multiple of the device count is padded",
+    )
+    precision: str = _field(
+        "default", f"matmul precision of client training, one of {', '.join(PRECISIONS)} (default: the backend's own)"
+    )
+    mixed_precision: bool = _field(
+        False, "client forward/backward in bfloat16 with float32 master params and float32 updates"
+    )
 
 
 SETTINGS = tuple(f.name for f in dataclasses.fields(ExperimentConfig) if f.name not in flat_settings.FIELDS)
@@ -126,8 +168,12 @@ def config_dict(config: ExperimentConfig) -> dict:
 
 
 RUN_FIXED = {
-    "num_clients": "--num_clients", "num_classes": "the dataset's classes", "input_shape": "the dataset's inputs",
-    "x_train": "the dataset's training inputs", "server_lr": "--server_lr", "target_loss": "the run's model and data",
+    "num_clients": "--num_clients",
+    "num_classes": "the dataset's classes",
+    "input_shape": "the dataset's inputs",
+    "x_train": "the dataset's training inputs",
+    "server_lr": "--server_lr",
+    "target_loss": "the run's model and data",
 }
 """Factory parameters the run fills and a spec may not set."""
 
@@ -206,9 +252,13 @@ def _attack_registry(name: str, where: str = "--attack"):
         if name in registry:
             return registry
     import difflib
+
     close = difflib.get_close_matches(name, attack_names(), n=3)
-    raise ValueError(f"{where}: unknown attack {name!r}" + (f" (did you mean {' or '.join(close)}?)" if close else "")
-                     + f"; valid: {', '.join(attack_names())}")
+    raise ValueError(
+        f"{where}: unknown attack {name!r}"
+        + (f" (did you mean {' or '.join(close)}?)" if close else "")
+        + f"; valid: {', '.join(attack_names())}"
+    )
 
 
 def attack_chain(specs, where: str = "--attack") -> tuple[Optional[Spec], Optional[Spec]]:
@@ -217,11 +267,15 @@ def attack_chain(specs, where: str = "--attack") -> tuple[Optional[Spec], Option
     data = [s for s in specs if _attack_registry(s.name, where) is attacks_lib.DATA_ATTACKS]
     model = [s for s in specs if s not in data]
     text = chain_text(specs)
-    _check(len(data) <= 1 and len(model) <= 1,
-           f"{where}: {text!r} names {len(data)} data and {len(model)} model attacks; give at most one of each, the data "
-           "attack first (e.g. 'backdoor(target_label=0)+model_replacement')")
-    _check(not (data and model and model[0].name == "none"),
-           f"{where}: {text!r}: none is no attack; write the data attack alone ({data[0] if data else ''})")
+    _check(
+        len(data) <= 1 and len(model) <= 1,
+        f"{where}: {text!r} names {len(data)} data and {len(model)} model attacks; give at most one of each, the data "
+        "attack first (e.g. 'backdoor(target_label=0)+model_replacement')",
+    )
+    _check(
+        not (data and model and model[0].name == "none"),
+        f"{where}: {text!r}: none is no attack; write the data attack alone ({data[0] if data else ''})",
+    )
     return (data[0] if data else None), (model[0] if model else None)
 
 
@@ -231,12 +285,16 @@ def aggregator_chain(specs, where: str = "--aggregator") -> tuple[tuple, Spec]:
     *pre, rule = specs
     for p in pre:
         if p.name in aggregators_lib.REGISTRY:
-            raise ValueError(f"{where}: {text!r}: the rule {p.name} must come last, after the pre-aggregations it takes "
-                             f"(e.g. 'bucketing(bucket_size=2)+krum'); one rule per chain")
+            raise ValueError(
+                f"{where}: {text!r}: the rule {p.name} must come last, after the pre-aggregations it takes "
+                f"(e.g. 'bucketing(bucket_size=2)+krum'); one rule per chain"
+            )
         aggregators_lib.PREAGGREGATORS.lookup(p.name, where)
     if rule.name in aggregators_lib.PREAGGREGATORS:
-        raise ValueError(f"{where}: {text!r} ends with the pre-aggregation {rule.name}: a chain ends with the rule it "
-                         f"feeds (e.g. '{rule}+median')")
+        raise ValueError(
+            f"{where}: {text!r} ends with the pre-aggregation {rule.name}: a chain ends with the rule it "
+            f"feeds (e.g. '{rule}+median')"
+        )
     aggregators_lib.REGISTRY.lookup(rule.name, where)
     return tuple(pre), rule
 
@@ -282,23 +340,32 @@ def scoped(config: ExperimentConfig, notice=_notice, *, refuse_unused: bool = Tr
     check_types(config)
     flat = flat_settings.given(config)
     if flat:
-        attack, rule, moved = flat_settings.into_specs(config, list(parse(config.attack, "--attack")),
-                                                       list(parse(config.aggregator, "--aggregator")), notice,
-                                                       refuse_unused)
-        config = dataclasses.replace(config, attack=chain_text(attack), aggregator=chain_text(rule),
-                                     **dict.fromkeys(flat))
+        attack, rule, moved = flat_settings.into_specs(
+            config,
+            list(parse(config.attack, "--attack")),
+            list(parse(config.aggregator, "--aggregator")),
+            notice,
+            refuse_unused,
+        )
+        config = dataclasses.replace(
+            config, attack=chain_text(attack), aggregator=chain_text(rule), **dict.fromkeys(flat)
+        )
     config = _canonical(config)
     for name in flat if flat else ():
         if name in moved:
             where = flat_settings.on(name)
-            notice(f"--{name} is deprecated: write --{where}='{getattr(config, where)}' (the flat component flags go "
-                   "in the next release)")
+            notice(
+                f"--{name} is deprecated: write --{where}='{getattr(config, where)}' (the flat component flags go "
+                "in the next release)"
+            )
     model = components(config).model_attack
     strength = attacks_lib.MODEL_ATTACKS[model.name].strength if model is not None else None
     if strength is not None and strength not in model.kwargs:
         default = attacks_lib.MODEL_ATTACKS[model.name].parameters()[strength].default
-        notice(f"--attack={model.name}: {strength} is the factory's default {default!r}; until this release the runner's "
-               f"--attack_scale made it 10.0 by default: write {model.name}({strength}=10.0) for that")
+        notice(
+            f"--attack={model.name}: {strength} is the factory's default {default!r}; until this release the runner's "
+            f"--attack_scale made it 10.0 by default: write {model.name}({strength}=10.0) for that"
+        )
     return config
 
 
@@ -351,8 +418,11 @@ def inapplicable(config: ExperimentConfig, given=()) -> list[str]:
     their defaults, or named in ``given`` (the flags a command line gives, even at their
     default value), while the setting they go with has another value."""
     defaults = {f.name: f.default for f in dataclasses.fields(ExperimentConfig)}
-    return [name for name, (other, value) in APPLIES_WITH.items()
-            if getattr(config, other) != value and (name in given or getattr(config, name) != defaults[name])]
+    return [
+        name
+        for name, (other, value) in APPLIES_WITH.items()
+        if getattr(config, other) != value and (name in given or getattr(config, name) != defaults[name])
+    ]
 
 
 def check_applicable(config: ExperimentConfig, given=()) -> None:
@@ -362,8 +432,9 @@ def check_applicable(config: ExperimentConfig, given=()) -> None:
     --partition=dirichlet``."""
     for name in inapplicable(config, given):
         other, value = APPLIES_WITH[name]
-        raise ValueError(f"--{name} does not apply to --{other}={getattr(config, other)}: it applies only with "
-                         f"--{other}={value}")
+        raise ValueError(
+            f"--{name} does not apply to --{other}={getattr(config, other)}: it applies only with --{other}={value}"
+        )
 
 
 def validate(config: ExperimentConfig) -> None:
@@ -376,42 +447,62 @@ def _validate(c: ExperimentConfig) -> None:
     for name in ("num_clients", "clients_per_round", "rounds", "batch_size", "eval_every", "chunk_size"):
         v = getattr(c, name)
         _check(_is_int(v) and v >= 1, f"--{name} must be an integer >= 1, got {v!r}")
-    _check(_is_int(c.num_malicious) and 0 <= c.num_malicious <= c.num_clients,
-           f"--num_malicious must be an integer in 0..num_clients={c.num_clients}, got {c.num_malicious!r}")
-    _check(c.clients_per_round <= c.num_clients,
-           f"--clients_per_round must be in 1..num_clients={c.num_clients}, got {c.clients_per_round}")
+    _check(
+        _is_int(c.num_malicious) and 0 <= c.num_malicious <= c.num_clients,
+        f"--num_malicious must be an integer in 0..num_clients={c.num_clients}, got {c.num_malicious!r}",
+    )
+    _check(
+        c.clients_per_round <= c.num_clients,
+        f"--clients_per_round must be in 1..num_clients={c.num_clients}, got {c.clients_per_round}",
+    )
     for name in ("client_lr", "server_lr"):
         v = getattr(c, name)
         _check(isinstance(v, (int, float)) and v > 0, f"--{name} must be > 0, got {v!r}")
     for name in ("client_momentum", "server_momentum", "worker_momentum"):
         v = getattr(c, name)
         _check(isinstance(v, (int, float)) and 0 <= v < 1, f"--{name} must be in [0, 1), got {v!r}")
-    _check(c.worker_momentum_convention in momentum_lib.CONVENTIONS,
-           f"--worker_momentum_convention must be one of {', '.join(momentum_lib.CONVENTIONS)}, "
-           f"got {c.worker_momentum_convention!r}")
+    _check(
+        c.worker_momentum_convention in momentum_lib.CONVENTIONS,
+        f"--worker_momentum_convention must be one of {', '.join(momentum_lib.CONVENTIONS)}, "
+        f"got {c.worker_momentum_convention!r}",
+    )
     _check(c.dirichlet_alpha > 0, f"--dirichlet_alpha must be > 0, got {c.dirichlet_alpha!r}")
     _check(0 <= c.bias <= 1, f"--bias must be in [0, 1], got {c.bias!r}")
     _check(c.partition in METHODS, f"--partition: unknown partition {c.partition!r}; valid: {', '.join(METHODS)}")
     _check(c.model in models_lib.MODELS, f"--model: unknown model {c.model!r}; valid: {', '.join(models_lib.MODELS)}")
-    _check(c.execution in EXECUTIONS, f"--execution: unknown client execution {c.execution!r}; valid: {', '.join(EXECUTIONS)}")
-    _check(c.precision in PRECISIONS, f"--precision: unknown matmul precision {c.precision!r}; valid: {', '.join(PRECISIONS)}")
+    _check(
+        c.execution in EXECUTIONS,
+        f"--execution: unknown client execution {c.execution!r}; valid: {', '.join(EXECUTIONS)}",
+    )
+    _check(
+        c.precision in PRECISIONS,
+        f"--precision: unknown matmul precision {c.precision!r}; valid: {', '.join(PRECISIONS)}",
+    )
     _check(c.protocol in ("fedavg", "fedsgd"), f"--protocol must be fedavg or fedsgd, got {c.protocol!r}")
     if c.num_byzantine is not None:
-        _check(_is_int(c.num_byzantine) and 0 <= c.num_byzantine < c.clients_per_round,
-               f"--num_byzantine must be an integer in 0..clients_per_round-1={c.clients_per_round - 1}, got {c.num_byzantine!r}")
+        _check(
+            _is_int(c.num_byzantine) and 0 <= c.num_byzantine < c.clients_per_round,
+            f"--num_byzantine must be an integer in 0..clients_per_round-1={c.clients_per_round - 1}, got {c.num_byzantine!r}",
+        )
     if c.protocol == "fedavg":
-        _check(c.local_steps is not None or c.local_epochs is not None,
-               "--local_steps or --local_epochs: give one (local_steps wins when both are set)")
+        _check(
+            c.local_steps is not None or c.local_epochs is not None,
+            "--local_steps or --local_epochs: give one (local_steps wins when both are set)",
+        )
         for name in ("local_steps", "local_epochs"):
             v = getattr(c, name)
             _check(v is None or (_is_int(v) and v >= 1), f"--{name} must be an integer >= 1, got {v!r}")
     _check(0 <= c.seed < 2**32, f"--seed must be an integer in 0..2**32-1 (jax.random.PRNGKey's range), got {c.seed!r}")
     check_name(c.dataset, "--dataset")
     natural = tuple(NATURAL_DATASETS) + tuple(f"synthetic:{n}" for n in NATURAL_DATASETS)
-    _check(c.partition != "natural" or c.dataset in natural,
-           f"--partition=natural needs a dataset with natural clients ({', '.join(natural)}), got --dataset={c.dataset}")
-    _check(c.data_dir is None or os.path.isdir(c.data_dir),
-           f"--data_dir must be an existing directory (or unset for the default location), got {c.data_dir!r}")
+    _check(
+        c.partition != "natural" or c.dataset in natural,
+        f"--partition=natural needs a dataset with natural clients ({', '.join(natural)}), got --dataset={c.dataset}",
+    )
+    _check(
+        c.data_dir is None or os.path.isdir(c.data_dir),
+        f"--data_dir must be an existing directory (or unset for the default location), got {c.data_dir!r}",
+    )
     _check(c.shards_per_client >= 1, f"--shards_per_client must be an integer >= 1, got {c.shards_per_client!r}")
     check_applicable(c)
 
@@ -427,8 +518,10 @@ def build_aggregator(config: ExperimentConfig):
     c = components(config)
     fixed, defaults = dict(num_clients=config.num_clients), dict(num_byzantine=effective_num_byzantine(config))
     rule = aggregators_lib.REGISTRY.build(c.rule, fixed=fixed, defaults=defaults, where="--aggregator")
-    pre = [aggregators_lib.PREAGGREGATORS.build(p, fixed=fixed, defaults=defaults, where="--aggregator")
-           for p in c.pre_aggregations]
+    pre = [
+        aggregators_lib.PREAGGREGATORS.build(p, fixed=fixed, defaults=defaults, where="--aggregator")
+        for p in c.pre_aggregations
+    ]
     return aggregators_lib.with_preaggregation(rule, *pre)
 
 
@@ -456,8 +549,14 @@ def partition_in_program(config: ExperimentConfig) -> bool:
     return _targeted_adaptive(components(scoped(config, notice=lambda m: None)).model_attack)
 
 
-def build_attacks(config: ExperimentConfig, num_classes: int, x_train=None, *, model: Optional[Model] = None,
-                  data: Optional[FederatedData] = None):
+def build_attacks(
+    config: ExperimentConfig,
+    num_classes: int,
+    x_train=None,
+    *,
+    model: Optional[Model] = None,
+    data: Optional[FederatedData] = None,
+):
     """``(data_attack or None, model_attack or None)`` of ``--attack``; ``x_train`` (the training
     inputs) gives triggers the input shape to validate against. ``model`` and ``data`` give
     ``adaptive(objective='targeted')`` its loss (``attacks.triggered_loss`` on the malicious
@@ -465,31 +564,43 @@ def build_attacks(config: ExperimentConfig, num_classes: int, x_train=None, *, m
     config = scoped(config)
     c = components(config)
     schedule = (config.attack_start_round, config.attack_every, config.attack_single_shot)
-    _check(not config.continuous_data_poisoning or (c.data_attack is not None and c.model_attack is not None
-                                                    and schedule != (0, 1, False)),
-           "--continuous_data_poisoning applies only to a model attack paired with a data attack "
-           "(--attack='<data attack>+<model attack>') and scheduled with --attack_start_round / --attack_every / "
-           "--attack_single_shot")
-    data_fixed = dict(num_classes=num_classes, x_train=x_train,
-                      input_shape=None if x_train is None else tuple(x_train.shape[1:]))
-    data_attack = None if c.data_attack is None else attacks_lib.DATA_ATTACKS.build(
-        c.data_attack, fixed=data_fixed, where="--attack")
+    _check(
+        not config.continuous_data_poisoning
+        or (c.data_attack is not None and c.model_attack is not None and schedule != (0, 1, False)),
+        "--continuous_data_poisoning applies only to a model attack paired with a data attack "
+        "(--attack='<data attack>+<model attack>') and scheduled with --attack_start_round / --attack_every / "
+        "--attack_single_shot",
+    )
+    data_fixed = dict(
+        num_classes=num_classes, x_train=x_train, input_shape=None if x_train is None else tuple(x_train.shape[1:])
+    )
+    data_attack = (
+        None
+        if c.data_attack is None
+        else attacks_lib.DATA_ATTACKS.build(c.data_attack, fixed=data_fixed, where="--attack")
+    )
     if c.model_attack is None:  # a data attack alone: a schedule rides on a no-op model attack, which make_round reads
-        return data_attack, None if schedule == (0, 1, False) else attacks_lib.scheduled(attacks_lib.no_attack(), *schedule)
+        return data_attack, None if schedule == (0, 1, False) else attacks_lib.scheduled(
+            attacks_lib.no_attack(), *schedule
+        )
     fixed = dict(server_lr=config.server_lr)
     if _targeted_adaptive(c.model_attack):
-        _check(c.data_attack is not None and attacks_lib.DATA_ATTACKS[c.data_attack.name].targeted,
-               f"--attack={config.attack}: adaptive(objective='targeted') needs a targeted data attack before it "
-               f"({', '.join(n for n, e in attacks_lib.DATA_ATTACKS.items() if e.targeted)}; e.g. "
-               "--attack=\"backdoor(target_label=0)+adaptive(objective='targeted')\"), whose success test defines the "
-               "attacker's loss")
+        _check(
+            c.data_attack is not None and attacks_lib.DATA_ATTACKS[c.data_attack.name].targeted,
+            f"--attack={config.attack}: adaptive(objective='targeted') needs a targeted data attack before it "
+            f"({', '.join(n for n, e in attacks_lib.DATA_ATTACKS.items() if e.targeted)}; e.g. "
+            "--attack=\"backdoor(target_label=0)+adaptive(objective='targeted')\"), whose success test defines the "
+            "attacker's loss",
+        )
         fixed["target_loss"] = _zero_loss
         if model is not None and data is not None:
             _, unravel = ravel_pytree(model.init(jax.random.PRNGKey(0)))
-            fixed["target_loss"] = attacks_lib.triggered_loss(model.apply, unravel, data_attack,
-                                                              *attacker_examples(data, config.num_malicious))
-    attack = attacks_lib.MODEL_ATTACKS.build(c.model_attack, fixed=fixed, where="--attack",
-                                             defaults=dict(num_byzantine=effective_num_byzantine(config)))
+            fixed["target_loss"] = attacks_lib.triggered_loss(
+                model.apply, unravel, data_attack, *attacker_examples(data, config.num_malicious)
+            )
+    attack = attacks_lib.MODEL_ATTACKS.build(
+        c.model_attack, fixed=fixed, where="--attack", defaults=dict(num_byzantine=effective_num_byzantine(config))
+    )
     return data_attack, attack if schedule == (0, 1, False) else attacks_lib.scheduled(attack, *schedule)
 
 
@@ -506,8 +617,14 @@ def build_malicious_training(config: ExperimentConfig, loss_fn, optimizer):
     model = components(config).model_attack
     if model is None:
         return None
-    fixed = dict(loss_fn=loss_fn, optimizer=optimizer, local_steps=config.local_steps,
-                 local_epochs=config.local_epochs, batch_size=config.batch_size, protocol=config.protocol)
+    fixed = dict(
+        loss_fn=loss_fn,
+        optimizer=optimizer,
+        local_steps=config.local_steps,
+        local_epochs=config.local_epochs,
+        batch_size=config.batch_size,
+        protocol=config.protocol,
+    )
     return attacks_lib.MODEL_ATTACKS.build_local_training(model, fixed=fixed, where="--attack")
 
 
@@ -525,9 +642,12 @@ def clamp_batch_size(config: ExperimentConfig, data: FederatedData) -> Experimen
     largest = max(1, int(np.max(np.asarray(data.client_counts))))
     if config.protocol != "fedavg" or config.batch_size <= largest:
         return config
-    warnings.warn(f"--batch_size={config.batch_size} is larger than every client's data (at most {largest} examples): "
-                  f"each local step takes a client's whole data, run as --batch_size={largest} (no padded steps)",
-                  SettingNotice, stacklevel=3)
+    warnings.warn(
+        f"--batch_size={config.batch_size} is larger than every client's data (at most {largest} examples): "
+        f"each local step takes a client's whole data, run as --batch_size={largest} (no padded steps)",
+        SettingNotice,
+        stacklevel=3,
+    )
     return dataclasses.replace(config, batch_size=largest)
 
 
@@ -539,16 +659,27 @@ def build(config: ExperimentConfig) -> Experiment:
     aggregator = build_aggregator(config)  # fails on bad hyper-parameters before loading data
     aggregator.requirement(config.clients_per_round)
     dataset = load(config.dataset, seed=config.seed, data_dir=config.data_dir)
-    _check(config.num_clients <= len(dataset.y_train),
-           f"--num_clients must be at most the {len(dataset.y_train)} training examples of {config.dataset}, got {config.num_clients}")
+    _check(
+        config.num_clients <= len(dataset.y_train),
+        f"--num_clients must be at most the {len(dataset.y_train)} training examples of {config.dataset}, got {config.num_clients}",
+    )
     if config.partition == "shards":
-        _check(config.num_clients * config.shards_per_client <= len(dataset.y_train),
-               f"--shards_per_client: num_clients * shards_per_client must be at most the {len(dataset.y_train)} training "
-               f"examples of {config.dataset} (no empty shards), got {config.num_clients} * {config.shards_per_client}")
+        _check(
+            config.num_clients * config.shards_per_client <= len(dataset.y_train),
+            f"--shards_per_client: num_clients * shards_per_client must be at most the {len(dataset.y_train)} training "
+            f"examples of {config.dataset} (no empty shards), got {config.num_clients} * {config.shards_per_client}",
+        )
     key = jax.random.PRNGKey(config.seed)
     k_part, k_run = jax.random.split(key)
-    data = federate(dataset, config.num_clients, config.partition, key=k_part, alpha=config.dirichlet_alpha,
-                    p=config.bias, shards_per_client=config.shards_per_client)
+    data = federate(
+        dataset,
+        config.num_clients,
+        config.partition,
+        key=k_part,
+        alpha=config.dirichlet_alpha,
+        p=config.bias,
+        shards_per_client=config.shards_per_client,
+    )
     model = models_lib.get(config.model, dataset.x_train.shape[1:], dataset.num_classes)
     data_attack, model_attack = build_attacks(config, dataset.num_classes, dataset.x_train, model=model, data=data)
     if model_attack is not None:
@@ -560,26 +691,41 @@ def build(config: ExperimentConfig) -> Experiment:
         client_update = fedsgd(loss_fn, optax.sgd(config.client_lr))
     else:
         epochs = None if config.local_steps is not None else config.local_epochs
-        client_update = fedavg(loss_fn, client_opt, local_steps=config.local_steps,
-                               local_epochs=epochs, batch_size=training.batch_size)
+        client_update = fedavg(
+            loss_fn, client_opt, local_steps=config.local_steps, local_epochs=epochs, batch_size=training.batch_size
+        )
     malicious_update = build_malicious_training(training, loss_fn, client_opt)
     client_update = with_matmul_precision(client_update, config.precision)
     if malicious_update is not None:
         malicious_update = with_matmul_precision(malicious_update, config.precision)
     model_spec = components(config).model_attack
-    if model_spec is not None and model_spec.name == "none":  # the malicious clients behave honestly: no attack to score
+    if (
+        model_spec is not None and model_spec.name == "none"
+    ):  # the malicious clients behave honestly: no attack to score
         model_attack = None
-    round_ = make_round(client_update, aggregator, clients_per_round=config.clients_per_round,
-                        num_malicious=config.num_malicious, data_attack=data_attack, model_attack=model_attack,
-                        malicious_client_update=malicious_update,
-                        server_optimizer=optax.sgd(config.server_lr, momentum=config.server_momentum or None),
-                        execution=config.execution, chunk_size=config.chunk_size, jit=False,
-                        shard_clients=config.shard_clients, num_byzantine=rule_num_byzantine(config),
-                        continuous_data_poisoning=config.continuous_data_poisoning,
-                        worker_momentum=(momentum_lib.worker_momentum(config.worker_momentum,
-                                                                      config.worker_momentum_convention)
-                                         if config.worker_momentum else None),
-                        num_clients=config.num_clients, model_apply=model.apply)
+    round_ = make_round(
+        client_update,
+        aggregator,
+        clients_per_round=config.clients_per_round,
+        num_malicious=config.num_malicious,
+        data_attack=data_attack,
+        model_attack=model_attack,
+        malicious_client_update=malicious_update,
+        server_optimizer=optax.sgd(config.server_lr, momentum=config.server_momentum or None),
+        execution=config.execution,
+        chunk_size=config.chunk_size,
+        jit=False,
+        shard_clients=config.shard_clients,
+        num_byzantine=rule_num_byzantine(config),
+        continuous_data_poisoning=config.continuous_data_poisoning,
+        worker_momentum=(
+            momentum_lib.worker_momentum(config.worker_momentum, config.worker_momentum_convention)
+            if config.worker_momentum
+            else None
+        ),
+        num_clients=config.num_clients,
+        model_apply=model.apply,
+    )
     evaluate = with_rule_metrics(make_evaluate(model.apply, data_attack), aggregator, model.apply)
     train = make_train(round_, data, model.init, evaluate, num_rounds=config.rounds, eval_every=config.eval_every)
     return Experiment(config, data, model, round_, train, dataset.num_classes)

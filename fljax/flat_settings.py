@@ -38,8 +38,9 @@ class FlatSettings:
 
     data_attack: Optional[str] = _flat("attack", help="the data attack before the model attack in --attack")
     pre_aggregation: Optional[str] = _flat("aggregator", help="pre-aggregations before the rule in --aggregator")
-    attack_scale: Optional[float] = _flat("attack", help="the model attack's strength (sign_flip's scale, gaussian's "
-                                                         "std, ipm's epsilon)")
+    attack_scale: Optional[float] = _flat(
+        "attack", help="the model attack's strength (sign_flip's scale, gaussian's std, ipm's epsilon)"
+    )
     source_class: Optional[int] = _flat("attack", "source")
     target_class: Optional[int] = _flat("attack", "target", "target_label")
     trigger_size: Optional[int] = _flat("attack", "trigger_size")
@@ -112,8 +113,11 @@ def _check(condition: bool, message: str) -> None:
 
 def _entry(on: str, name: str):
     """The registry entry of a component of the ``on`` chain (None if unknown: reported later)."""
-    registries = ((aggregators_lib.PREAGGREGATORS, aggregators_lib.REGISTRY) if on == "aggregator" else
-                  (attacks_lib.DATA_ATTACKS, attacks_lib.MODEL_ATTACKS))
+    registries = (
+        (aggregators_lib.PREAGGREGATORS, aggregators_lib.REGISTRY)
+        if on == "aggregator"
+        else (attacks_lib.DATA_ATTACKS, attacks_lib.MODEL_ATTACKS)
+    )
     return next((r[name] for r in registries if name in r), None)
 
 
@@ -124,8 +128,10 @@ def check(config) -> None:
         v = getattr(c, name)
         _check(v is None or v >= 0, f"--{name} must be a class index >= 0, got {v!r}")
     _check(c.attack_scale is None or c.attack_scale > 0, f"--attack_scale must be > 0, got {c.attack_scale!r}")
-    _check(c.num_selected is None or 1 <= c.num_selected <= c.clients_per_round,
-           f"--num_selected must be in 1..clients_per_round={c.clients_per_round} (or unset), got {c.num_selected!r}")
+    _check(
+        c.num_selected is None or 1 <= c.num_selected <= c.clients_per_round,
+        f"--num_selected must be in 1..clients_per_round={c.clients_per_round} (or unset), got {c.num_selected!r}",
+    )
 
 
 def given(config) -> dict:
@@ -154,8 +160,9 @@ def not_taken(name: str, where: str) -> str:
     return f"--{name} does not apply to {where}: no component of it takes {what}"
 
 
-def into_specs(config, attack: list[Spec], rule: list[Spec], notice: Callable[[str], None],
-               refuse_unused: bool = True) -> tuple[list[Spec], list[Spec], list[str]]:
+def into_specs(
+    config, attack: list[Spec], rule: list[Spec], notice: Callable[[str], None], refuse_unused: bool = True
+) -> tuple[list[Spec], list[Spec], list[str]]:
     """Moves ``config``'s set flat settings into the ``attack`` and ``rule`` chains (as parsed
     from ``--attack`` and ``--aggregator``); returns the new chains and the settings moved (for
     the caller's notices, which name the final specs). A setting that no component takes raises
@@ -163,22 +170,32 @@ def into_specs(config, attack: list[Spec], rule: list[Spec], notice: Callable[[s
     through ``notice`` and ignored."""
     flat = given(config)
     check(config)
-    old = {"attack": f"--attack={config.attack}" + (f" --data_attack={config.data_attack}" if config.data_attack else ""),
-           "aggregator": f"--aggregator={config.aggregator}" + (
-               f" --pre_aggregation={config.pre_aggregation}" if config.pre_aggregation else "")}
+    old = {
+        "attack": f"--attack={config.attack}" + (f" --data_attack={config.data_attack}" if config.data_attack else ""),
+        "aggregator": f"--aggregator={config.aggregator}"
+        + (f" --pre_aggregation={config.pre_aggregation}" if config.pre_aggregation else ""),
+    }
     data_attacks, preaggregators = attacks_lib.DATA_ATTACKS, aggregators_lib.PREAGGREGATORS
     if "data_attack" in flat:
         name = flat["data_attack"]
-        _check(name in data_attacks, f"--data_attack: unknown data attack {name!r}; valid: {', '.join(data_attacks.names())}")
-        _check(not any(t.name in data_attacks for t in attack),
-               f"--data_attack: --attack={config.attack} is a data attack already; pair a data attack with a model "
-               "attack (e.g. --attack='backdoor(target_label=0)+model_replacement')")
+        _check(
+            name in data_attacks,
+            f"--data_attack: unknown data attack {name!r}; valid: {', '.join(data_attacks.names())}",
+        )
+        _check(
+            not any(t.name in data_attacks for t in attack),
+            f"--data_attack: --attack={config.attack} is a data attack already; pair a data attack with a model "
+            "attack (e.g. --attack='backdoor(target_label=0)+model_replacement')",
+        )
         attack = [Spec(name)] + [t for t in attack if t.name != "none"]
     if "pre_aggregation" in flat:
         names = [p.strip() for p in flat["pre_aggregation"].split(",") if p.strip()]
         for name in names:
-            _check(name in preaggregators, f"--pre_aggregation: unknown pre-aggregation {name!r}; valid: "
-                   f"{', '.join(preaggregators.names())} (comma list, applied in order)")
+            _check(
+                name in preaggregators,
+                f"--pre_aggregation: unknown pre-aggregation {name!r}; valid: "
+                f"{', '.join(preaggregators.names())} (comma list, applied in order)",
+            )
         rule = [Spec(n) for n in names] + rule
     chains = {"attack": list(attack), "aggregator": list(rule)}
     moved = [name for name in ("data_attack", "pre_aggregation") if name in flat]
@@ -191,8 +208,11 @@ def into_specs(config, attack: list[Spec], rule: list[Spec], notice: Callable[[s
             param = param_of(name, term)
             if param is None:
                 continue
-            _check(param not in term.kwargs, f"--{name}: {term.name}'s {param} is given twice, in --{meta['flat']} and by "
-                   f"the deprecated --{name}; keep the one in --{meta['flat']}")
+            _check(
+                param not in term.kwargs,
+                f"--{name}: {term.name}'s {param} is given twice, in --{meta['flat']} and by "
+                f"the deprecated --{name}; keep the one in --{meta['flat']}",
+            )
             terms[i] = term.with_args(**{param: value})
             applied = True
         if applied:

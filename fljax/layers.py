@@ -47,8 +47,9 @@ def resolve_impl(impl: str = "auto") -> str:
 def _channels_last(lhs_shape, rhs_shape, dimension_numbers) -> bool:
     """Whether ``dimension_numbers`` put channels last (NHWC input, HWIO kernel, NHWC output)."""
     n = len(lhs_shape)
-    expected = lax.ConvDimensionNumbers((0, n - 1, *range(1, n - 1)), (n - 1, n - 2, *range(n - 2)),
-                                        (0, n - 1, *range(1, n - 1)))
+    expected = lax.ConvDimensionNumbers(
+        (0, n - 1, *range(1, n - 1)), (n - 1, n - 2, *range(n - 2)), (0, n - 1, *range(1, n - 1))
+    )
     return lax.conv_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers) == expected
 
 
@@ -77,8 +78,9 @@ def _concat(cols: list) -> Array:
     return cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
 
 
-def image_patches(x: Array, window: Sequence[int], strides: Sequence[int], padding,
-                  dilation: Optional[Sequence[int]] = None) -> Array:
+def image_patches(
+    x: Array, window: Sequence[int], strides: Sequence[int], padding, dilation: Optional[Sequence[int]] = None
+) -> Array:
     """``[B, *out_spatial, prod(window) * C]`` patches of a channels-last ``x [B, *spatial, C]``.
 
     Patch features are ordered (window position row-major, then channel), the order of an HWIO
@@ -91,10 +93,21 @@ def image_patches(x: Array, window: Sequence[int], strides: Sequence[int], paddi
     return _concat(_window_slices(x, window, strides, dilation))
 
 
-def conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence[int], padding,
-                         lhs_dilation: Optional[Sequence[int]] = None, rhs_dilation: Optional[Sequence[int]] = None,
-                         dimension_numbers=None, feature_group_count: int = 1, batch_group_count: int = 1,
-                         precision=None, preferred_element_type=None, *, impl: str = "auto") -> Array:
+def conv_general_dilated(
+    lhs: Array,
+    rhs: Array,
+    window_strides: Sequence[int],
+    padding,
+    lhs_dilation: Optional[Sequence[int]] = None,
+    rhs_dilation: Optional[Sequence[int]] = None,
+    dimension_numbers=None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    precision=None,
+    preferred_element_type=None,
+    *,
+    impl: str = "auto",
+) -> Array:
     """``lax.conv_general_dilated`` computed as ``impl`` says (see ``resolve_impl``).
 
     ``"patches"`` takes channels-last operands (flax's layout: NHWC input, HWIO kernel) with no
@@ -102,16 +115,32 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence[int], 
     for anything else, an explicit ``"patches"`` raises.
     """
     resolved = resolve_impl(impl)
-    conv = functools.partial(lax.conv_general_dilated, lhs, rhs, window_strides, padding, lhs_dilation,
-                             rhs_dilation, dimension_numbers, feature_group_count, batch_group_count, precision,
-                             preferred_element_type)
+    conv = functools.partial(
+        lax.conv_general_dilated,
+        lhs,
+        rhs,
+        window_strides,
+        padding,
+        lhs_dilation,
+        rhs_dilation,
+        dimension_numbers,
+        feature_group_count,
+        batch_group_count,
+        precision,
+        preferred_element_type,
+    )
     if resolved == "xla":
         return conv()
-    unsupported = [name for name, bad in (
-        ("channels-last dimension_numbers", not _channels_last(lhs.shape, rhs.shape, dimension_numbers)),
-        ("lhs_dilation of 1", any(d != 1 for d in (lhs_dilation or ()))),
-        ("feature_group_count=1", feature_group_count != 1),
-        ("batch_group_count=1", batch_group_count != 1)) if bad]
+    unsupported = [
+        name
+        for name, bad in (
+            ("channels-last dimension_numbers", not _channels_last(lhs.shape, rhs.shape, dimension_numbers)),
+            ("lhs_dilation of 1", any(d != 1 for d in (lhs_dilation or ()))),
+            ("feature_group_count=1", feature_group_count != 1),
+            ("batch_group_count=1", batch_group_count != 1),
+        )
+        if bad
+    ]
     if unsupported and impl == "auto":
         return conv()
     if unsupported:
@@ -142,8 +171,13 @@ def _patch_conv(x: Array, kernel: Array, strides, dilation, precision, preferred
 def _patch_conv_fwd(x, kernel, strides, dilation, precision, preferred_element_type):
     window, cout = kernel.shape[:-2], kernel.shape[-1]
     patches = _concat(_window_slices(x, window, strides, dilation))
-    y = lax.dot_general(patches, kernel.reshape(-1, cout), (((patches.ndim - 1,), (0,)), ((), ())),
-                        precision=precision, preferred_element_type=preferred_element_type)
+    y = lax.dot_general(
+        patches,
+        kernel.reshape(-1, cout),
+        (((patches.ndim - 1,), (0,)), ((), ())),
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
     return y, (x, None if x.shape[-1] == 1 else patches, kernel)
 
 
@@ -262,8 +296,9 @@ def _window_max_bwd(axes, residual, g):
 _window_max.defvjp(_window_max_fwd, _window_max_bwd)
 
 
-def max_pool(x: Array, window_shape: Sequence[int], strides: Optional[Sequence[int]] = None, padding="VALID",
-             impl: str = "auto") -> Array:
+def max_pool(
+    x: Array, window_shape: Sequence[int], strides: Optional[Sequence[int]] = None, padding="VALID", impl: str = "auto"
+) -> Array:
     """``flax.linen.max_pool`` (channels-last ``x``), with the same values and gradients.
 
     On CPU (``impl`` ``"auto"`` or ``"patches"``), non-overlapping VALID windows (``strides``

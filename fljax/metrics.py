@@ -22,13 +22,16 @@ def _padded_batches(arrays, batch_size: int):
     n = arrays[0].shape[0]
     num_batches = max(1, -(-n // batch_size))
     pad = num_batches * batch_size - n
-    out = [jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)).reshape(num_batches, batch_size, *a.shape[1:]) for a in arrays]
+    out = [
+        jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)).reshape(num_batches, batch_size, *a.shape[1:]) for a in arrays
+    ]
     mask = (jnp.arange(num_batches * batch_size) < n).reshape(num_batches, batch_size)
     return out, mask
 
 
-def make_evaluate(apply_fn: Callable[[PyTree, Array], Array], data_attack: Optional[DataAttack] = None,
-                  batch_size: int = 1000) -> Callable[[PyTree, Array, Array], dict]:
+def make_evaluate(
+    apply_fn: Callable[[PyTree, Array], Array], data_attack: Optional[DataAttack] = None, batch_size: int = 1000
+) -> Callable[[PyTree, Array, Array], dict]:
     """Builds ``evaluate(params, x_test, y_test) -> {accuracy, loss[, attack_success_rate]}``.
 
     Accuracy and loss are per example, or per token for sequence labels ``y_test [N, T]``
@@ -76,8 +79,9 @@ def make_evaluate(apply_fn: Callable[[PyTree, Array], Array], data_attack: Optio
     return evaluate
 
 
-def with_rule_metrics(evaluate: Callable[[PyTree, Array, Array], dict], aggregator,
-                      apply_fn: Callable[[PyTree, Array], Array]) -> Callable[[PyTree, Array, Array], dict]:
+def with_rule_metrics(
+    evaluate: Callable[[PyTree, Array, Array], dict], aggregator, apply_fn: Callable[[PyTree, Array], Array]
+) -> Callable[[PyTree, Array, Array], dict]:
     """``evaluate`` plus the test metrics of a rule that changes how the server predicts
     (``Aggregator.evaluate``: CRFL's smoothed accuracy and certified radius); ``evaluate``
     itself for any other rule."""
@@ -111,7 +115,7 @@ def crfl_radius(p_a: Array, p_b: Array, sigma_train: float, contraction: Array =
       0.00610...
     """
     gap = (jnp.sqrt(jnp.clip(p_a, 0.0, 1.0)) - jnp.sqrt(jnp.clip(p_b, 0.0, 1.0))) ** 2
-    radius = jnp.sqrt(-jnp.log1p(-jnp.minimum(gap, 1.0 - 1e-7)) * sigma_train ** 2 / (2.0 * contraction))
+    radius = jnp.sqrt(-jnp.log1p(-jnp.minimum(gap, 1.0 - 1e-7)) * sigma_train**2 / (2.0 * contraction))
     return jnp.where(p_a > p_b, radius, 0.0)
 
 
@@ -123,9 +127,20 @@ def crfl_contraction(clip_norms, sigma_train: float, clip_norm_test: float, sigm
     return jnp.prod(factor(jnp.asarray(clip_norms, jnp.float32), sigma_train)) * factor(clip_norm_test, sigma_test)
 
 
-def smoothed_metrics(apply_fn: Callable[[PyTree, Array], Array], params: PyTree, x: Array, y: Array, *,
-                     sigma_train: float, sigma_test: float, clip_norm: float, num_samples: int, alpha: float,
-                     key: Optional[Array] = None, batch_size: int = 1000) -> dict:
+def smoothed_metrics(
+    apply_fn: Callable[[PyTree, Array], Array],
+    params: PyTree,
+    x: Array,
+    y: Array,
+    *,
+    sigma_train: float,
+    sigma_test: float,
+    clip_norm: float,
+    num_samples: int,
+    alpha: float,
+    key: Optional[Array] = None,
+    batch_size: int = 1000,
+) -> dict:
     """CRFL's test-time prediction and certificate on ``(x, y)``.
 
     The smoothed classifier votes: ``num_samples`` (M) copies of the global model plus
@@ -164,5 +179,8 @@ def smoothed_metrics(apply_fn: Callable[[PyTree, Array], Array], params: PyTree,
     total = jnp.maximum(jnp.sum(keep), 1)
     correct = (top == yb) & keep
     certified = correct & (p_a > p_b)
-    return {"smoothed_accuracy": jnp.sum(correct) / total, "certified_accuracy": jnp.sum(certified) / total,
-            "certified_radius": jnp.sum(jnp.where(certified, radius, 0.0)) / total}
+    return {
+        "smoothed_accuracy": jnp.sum(correct) / total,
+        "certified_accuracy": jnp.sum(certified) / total,
+        "certified_radius": jnp.sum(jnp.where(certified, radius, 0.0)) / total,
+    }

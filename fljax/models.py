@@ -116,8 +116,9 @@ class ResidualBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        conv = lambda f, k, s: layers.Conv(f, (k, k), strides=s, padding="SAME" if k > 1 else "VALID",
-                                           use_bias=False, impl=self.impl)
+        conv = lambda f, k, s: layers.Conv(
+            f, (k, k), strides=s, padding="SAME" if k > 1 else "VALID", use_bias=False, impl=self.impl
+        )
         norm = lambda: nn.GroupNorm(num_groups=self.norm_groups)
         y = nn.relu(norm()(conv(self.features, 3, self.strides)(x)))
         y = norm()(conv(self.features, 3, 1)(y))
@@ -125,7 +126,7 @@ class ResidualBlock(nn.Module):
             if self.shortcut == "projection":
                 x = norm()(conv(self.features, 1, self.strides)(x))
             else:
-                x = x[:, ::self.strides, ::self.strides, :]
+                x = x[:, :: self.strides, :: self.strides, :]
                 extra = self.features - x.shape[-1]
                 x = jnp.pad(x, [(0, 0)] * 3 + [(extra // 2, extra - extra // 2)])
         return nn.relu(x + y)
@@ -293,23 +294,34 @@ def get(name: str, input_shape: Sequence[int], num_classes: int, **kwargs) -> Mo
     """Builds one of ``MODELS`` for inputs of ``input_shape`` (one example: ``[H, W, C]`` images,
     ``[T]`` token sequences for ``SEQUENCE_MODELS``) and ``num_classes`` outputs (the vocabulary
     for sequences). ``kwargs`` go to the module (e.g. ``impl="xla"`` for ``CONV_MODELS``)."""
-    modules = {"logreg": LogisticRegression, "mlp": MLP, "cnn": CNN, "lenet5": LeNet5, "resnet18": ResNet18,
-               "resnet20": ResNet20, "vgg11": VGG11, "char_lstm": CharLSTM}
+    modules = {
+        "logreg": LogisticRegression,
+        "mlp": MLP,
+        "cnn": CNN,
+        "lenet5": LeNet5,
+        "resnet18": ResNet18,
+        "resnet20": ResNet20,
+        "vgg11": VGG11,
+        "char_lstm": CharLSTM,
+    }
     if name not in modules:
         raise ValueError(f"model: unknown model {name!r}; valid: {', '.join(MODELS)}")
     input_shape = tuple(input_shape)
     smallest = {"cnn": 10, "lenet5": 14, "resnet18": 1, "resnet20": 1, "vgg11": 32}
     if name in smallest and (len(input_shape) != 3 or min(input_shape[:2]) < smallest[name]):
-        raise ValueError(f"model: {name} needs image inputs [H, W, C] with H, W >= {smallest[name]}, got "
-                         f"{input_shape}; use mlp or logreg")
+        raise ValueError(
+            f"model: {name} needs image inputs [H, W, C] with H, W >= {smallest[name]}, got "
+            f"{input_shape}; use mlp or logreg"
+        )
     if name in SEQUENCE_MODELS and len(input_shape) != 1:
         raise ValueError(f"model: {name} needs token sequences [T], got inputs of shape {input_shape}")
     if "impl" in kwargs and name not in CONV_MODELS:
         kwargs = {k: v for k, v in kwargs.items() if k != "impl"}  # no convolution to choose for
     module = modules[name](num_classes=num_classes, **kwargs)
     dummy = jnp.zeros((1, *input_shape), jnp.int32 if name in SEQUENCE_MODELS else jnp.float32)
-    return Model(init=lambda key: module.init(key, dummy)["params"],
-                 apply=lambda params, x: module.apply({"params": params}, x))
+    return Model(
+        init=lambda key: module.init(key, dummy)["params"], apply=lambda params, x: module.apply({"params": params}, x)
+    )
 
 
 def num_params(params: PyTree) -> int:

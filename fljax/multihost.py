@@ -72,8 +72,10 @@ _JAX_FATAL = re.compile(r"JAX distributed service detected fatal errors")
 # Native log lines (absl/glog format: "E1128 07:26:02.160665   25650 file.cc:123] ...").
 _NATIVE_LOG = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\]")
 # Errors that mean the other end of a collective or of the coordination service is gone.
-_PEER_GONE = re.compile(r"(?i)connection (reset|closed|refused)|socket closed|broken pipe|peer|heartbeat|"
-                        r"unavailable|failed to send rpc|barrier")
+_PEER_GONE = re.compile(
+    r"(?i)connection (reset|closed|refused)|socket closed|broken pipe|peer|heartbeat|"
+    r"unavailable|failed to send rpc|barrier"
+)
 _HOLD_SECONDS = 2.0  # how long the supervisor holds native log lines back (JAX aborts within ms of its warnings)
 
 
@@ -116,7 +118,9 @@ def _cause(report: str) -> Optional[str]:
     ``None`` when it names no cause."""
     if re.search(r"(?i)failed to send rpc to coordination service|socket closed|leader task", report):
         return "process 0, which runs the coordination service, is gone"
-    gone = re.search(r"Task (\d+) heartbeat timeout", report) or re.search(r"stopped sending heartbeats\):\s*(\d+)", report)
+    gone = re.search(r"Task (\d+) heartbeat timeout", report) or re.search(
+        r"stopped sending heartbeats\):\s*(\d+)", report
+    )
     if gone:
         return f"process {gone.group(1)} stopped sending heartbeats"
     closed = re.search(r"(Gloo [\w ]+? failed).*?(Connection (?:reset|closed) by peer)", report)
@@ -140,8 +144,9 @@ def supervise(hint: Callable[[], str], process: Optional[int] = None, command: O
     previous = {s: signal.signal(s, lambda signum, frame: worker.send_signal(signum)) for s in forwarded}
     previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.SIG_IGN)
     lines: queue.Queue = queue.Queue()
-    reader = threading.Thread(target=lambda: [lines.put(line) for line in iter(worker.stderr.readline, b"")]
-                              + [lines.put(None)], daemon=True)
+    reader = threading.Thread(
+        target=lambda: [lines.put(line) for line in iter(worker.stderr.readline, b"")] + [lines.put(None)], daemon=True
+    )
     reader.start()
     out = sys.stderr.buffer
 
@@ -190,8 +195,11 @@ def supervise(hint: Callable[[], str], process: Optional[int] = None, command: O
             print(lost_line(what, who, hint()), file=sys.stderr, flush=True)
         return EXIT_RESUMABLE
     if not reported:
-        print(f"error: {who}: the worker was killed by {signal.Signals(-status).name}; {hint()}", file=sys.stderr,
-              flush=True)
+        print(
+            f"error: {who}: the worker was killed by {signal.Signals(-status).name}; {hint()}",
+            file=sys.stderr,
+            flush=True,
+        )
     return 128 - status
 
 
@@ -225,7 +233,10 @@ def _end(e: BaseException, hint: Callable[[], str]) -> None:
         elif isinstance(e, KeyboardInterrupt):
             message, status = f"{INTERRUPTED}Ctrl-C (SIGINT) on {process_label()}; {hint()}", 130
         else:
-            message = "".join(traceback.format_exception(e)).rstrip() + f"\nerror: {process_label()} failed ({first}); {hint()}"
+            message = (
+                "".join(traceback.format_exception(e)).rstrip()
+                + f"\nerror: {process_label()} failed ({first}); {hint()}"
+            )
         sys.stdout.flush()
         sys.stderr.flush()
         os.write(sys.stderr.fileno(), (message + "\n").encode())  # one write: no native log line inside it
@@ -291,7 +302,9 @@ def gather(label: str, value: str) -> list[str]:
         return [value]
     key = f"fljax-{next(_SYNCS)}-{label}"
     client.key_value_set(f"{key}/{jax.process_index()}", value)
-    return [client.blocking_key_value_get(f"{key}/{i}", SYNC_TIMEOUT_SECONDS * 1000) for i in range(jax.process_count())]
+    return [
+        client.blocking_key_value_get(f"{key}/{i}", SYNC_TIMEOUT_SECONDS * 1000) for i in range(jax.process_count())
+    ]
 
 
 def preemption_point(step: int) -> bool:

@@ -62,8 +62,9 @@ def _cast_floats(tree: PyTree, dtype) -> PyTree:
     return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
 
 
-def mixed_precision(apply_fn: Callable[[PyTree, Array], Array], compute_dtype=jnp.bfloat16,
-                    output_dtype=jnp.float32) -> Callable[[PyTree, Array], Array]:
+def mixed_precision(
+    apply_fn: Callable[[PyTree, Array], Array], compute_dtype=jnp.bfloat16, output_dtype=jnp.float32
+) -> Callable[[PyTree, Array], Array]:
     """``apply_fn`` computed in ``compute_dtype`` with float32 master params.
 
     Floating params and inputs are cast to ``compute_dtype`` before the forward pass and the

@@ -62,8 +62,11 @@ class Entry(NamedTuple):
         positional parameters after ``loss_fn, optimizer``)."""
         params = dict(inspect.signature(self.factory).parameters)
         if self.local_training is not None:
-            own = [p for p in inspect.signature(self.local_training).parameters.values()
-                   if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD][2:]
+            own = [
+                p
+                for p in inspect.signature(self.local_training).parameters.values()
+                if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+            ][2:]
             params.update((p.name, p) for p in own if p.name not in params)
         return params
 
@@ -88,8 +91,11 @@ class Entry(NamedTuple):
             if name not in params:
                 valid = [p for p in params if p not in fixed and spec_lib.is_literal_type(hints[p])]
                 close = difflib.get_close_matches(name, valid, n=1)
-                raise ValueError(f"{owner}: unknown argument {name!r}" + (f" (did you mean {close[0]}?)" if close else "")
-                                 + f"; valid: {', '.join(valid) if valid else f'none, {self.name} takes no arguments'}")
+                raise ValueError(
+                    f"{owner}: unknown argument {name!r}"
+                    + (f" (did you mean {close[0]}?)" if close else "")
+                    + f"; valid: {', '.join(valid) if valid else f'none, {self.name} takes no arguments'}"
+                )
             if name in fixed:
                 raise ValueError(f"{owner}: {name} is set by the run, not in the spec")
             out[name] = spec_lib.coerce(owner, name, value, hints[name])
@@ -113,8 +119,14 @@ class Entry(NamedTuple):
         return f"{self.name}({', '.join(parts)})" if parts else self.name
 
 
-def call(factory: Callable, name: str, arguments: Mapping[str, Any], fixed: Mapping[str, Any] = {},
-         defaults: Mapping[str, Any] = {}, where: str = ""):
+def call(
+    factory: Callable,
+    name: str,
+    arguments: Mapping[str, Any],
+    fixed: Mapping[str, Any] = {},
+    defaults: Mapping[str, Any] = {},
+    where: str = "",
+):
     """``factory`` (of the component ``name``) called with each of its parameters from
     ``arguments`` (a spec's), else from ``fixed`` or ``defaults`` (the caller's), else its own
     default; a parameter without any of them raises ``ValueError`` naming it."""
@@ -129,8 +141,9 @@ def call(factory: Callable, name: str, arguments: Mapping[str, Any], fixed: Mapp
                 missing.append(param)
     if missing:
         example = ", ".join(f"{m}=..." for m in missing)
-        raise ValueError(f"{where + ': ' if where else ''}{name} has no default for {', '.join(missing)}: "
-                         f"give {name}({example})")
+        raise ValueError(
+            f"{where + ': ' if where else ''}{name} has no default for {', '.join(missing)}: give {name}({example})"
+        )
     return factory(**kwargs)
 
 
@@ -163,15 +176,20 @@ class Registry(Mapping[str, Entry]):
         if not isinstance(name, str) or not name.isidentifier():
             raise ValueError(f"{self.kind} names are identifiers (a spec writes name(arg=value)), got {name!r}")
         if not callable(factory) or getattr(factory, "__name__", "") == "<lambda>":
-            raise ValueError(f"{self.kind} {name!r}: register a named function (def {name}(...) with a docstring), "
-                             f"got {factory!r}")
+            raise ValueError(
+                f"{self.kind} {name!r}: register a named function (def {name}(...) with a docstring), got {factory!r}"
+            )
         if name in self._entries and not replace:
             old = self._entries[name].factory
-            raise ValueError(f"{self.kind} {name!r} is registered already ({old.__module__}.{old.__qualname__}); "
-                             "choose another name, or pass replace=True")
+            raise ValueError(
+                f"{self.kind} {name!r} is registered already ({old.__module__}.{old.__qualname__}); "
+                "choose another name, or pass replace=True"
+            )
         entry = Entry(name, factory, self.kind, **info)
         if entry.strength is not None and entry.strength not in inspect.signature(factory).parameters:
-            raise ValueError(f"{self.kind} {name!r}: strength {entry.strength!r} is not a parameter of {factory.__name__}")
+            raise ValueError(
+                f"{self.kind} {name!r}: strength {entry.strength!r} is not a parameter of {factory.__name__}"
+            )
         self._entries[name] = entry
         return entry
 
@@ -210,8 +228,14 @@ class Registry(Mapping[str, Entry]):
             raise ValueError(self.unknown(name, where))
         return self._entries[name]
 
-    def build(self, spec: Union[str, Spec], *, fixed: Mapping[str, Any] = {}, defaults: Mapping[str, Any] = {},
-              where: str = ""):
+    def build(
+        self,
+        spec: Union[str, Spec],
+        *,
+        fixed: Mapping[str, Any] = {},
+        defaults: Mapping[str, Any] = {},
+        where: str = "",
+    ):
         """The component of ``spec`` (a ``Spec`` or its text, e.g. ``"krum(num_byzantine=2)"``):
         the factory called with the spec's checked arguments, then for the parameters the spec
         leaves out the ``fixed`` values (which a spec may not set: the run's population, the

@@ -5,7 +5,7 @@ its malicious clients), the model attack, the aggregation rule and the server op
 
     round = fljax.make_round(client_update, fljax.aggregators.median(), clients_per_round=10)
     state = round.init(params)
-    state, metrics = round.step(state, data, key)   # jitted; traces once
+    state, metrics = round.step(state, data, key)  # jitted; traces once
 """
 
 from __future__ import annotations
@@ -74,16 +74,28 @@ def detection_rates(flagged, malicious):
     return tpr, fpr
 
 
-def make_round(client_update: ClientUpdate, aggregator: Aggregator, *, clients_per_round: int,
-               num_malicious: int = 0, data_attack: Optional[DataAttack] = None,
-               model_attack: Optional[ModelAttack] = None,
-               malicious_client_update: Optional[ClientUpdate] = None,
-               server_optimizer: Optional[optax.GradientTransformation] = None,
-               execution: str = "auto", chunk_size: int = 8, root_size: int = 100,
-               attack_knows_aggregator: bool = True, jit: bool = True, shard_clients: bool | Mesh = False,
-               num_byzantine: Optional[int] = None, continuous_data_poisoning: bool = False,
-               worker_momentum: Optional[WorkerMomentum] = None, num_clients: Optional[int] = None,
-               model_apply: Optional[Callable] = None) -> Round:
+def make_round(
+    client_update: ClientUpdate,
+    aggregator: Aggregator,
+    *,
+    clients_per_round: int,
+    num_malicious: int = 0,
+    data_attack: Optional[DataAttack] = None,
+    model_attack: Optional[ModelAttack] = None,
+    malicious_client_update: Optional[ClientUpdate] = None,
+    server_optimizer: Optional[optax.GradientTransformation] = None,
+    execution: str = "auto",
+    chunk_size: int = 8,
+    root_size: int = 100,
+    attack_knows_aggregator: bool = True,
+    jit: bool = True,
+    shard_clients: bool | Mesh = False,
+    num_byzantine: Optional[int] = None,
+    continuous_data_poisoning: bool = False,
+    worker_momentum: Optional[WorkerMomentum] = None,
+    num_clients: Optional[int] = None,
+    model_apply: Optional[Callable] = None,
+) -> Round:
     """Builds one federated round.
 
     Args:
@@ -145,22 +157,34 @@ def make_round(client_update: ClientUpdate, aggregator: Aggregator, *, clients_p
         raise ValueError(f"make_round: clients_per_round must be an integer >= 1, got {clients_per_round!r}")
     if isinstance(num_malicious, bool) or not isinstance(num_malicious, int) or num_malicious < 0:
         raise ValueError(f"make_round: num_malicious must be an integer >= 0, got {num_malicious!r}")
-    if num_byzantine is not None and (isinstance(num_byzantine, bool) or not isinstance(num_byzantine, int)
-                                      or not 0 <= num_byzantine <= clients_per_round):
-        raise ValueError(f"make_round: num_byzantine must be an integer in 0..clients_per_round={clients_per_round} "
-                         f"(or None), got {num_byzantine!r}")
+    if num_byzantine is not None and (
+        isinstance(num_byzantine, bool)
+        or not isinstance(num_byzantine, int)
+        or not 0 <= num_byzantine <= clients_per_round
+    ):
+        raise ValueError(
+            f"make_round: num_byzantine must be an integer in 0..clients_per_round={clients_per_round} "
+            f"(or None), got {num_byzantine!r}"
+        )
     if not isinstance(continuous_data_poisoning, bool):
-        raise ValueError(f"make_round: continuous_data_poisoning must be True or False, got {continuous_data_poisoning!r}")
+        raise ValueError(
+            f"make_round: continuous_data_poisoning must be True or False, got {continuous_data_poisoning!r}"
+        )
     if continuous_data_poisoning and data_attack is None:
         raise ValueError("make_round: continuous_data_poisoning needs a data_attack to keep poisoning with")
-    if worker_momentum is not None and (isinstance(num_clients, bool) or not isinstance(num_clients, int)
-                                        or num_clients < clients_per_round):
-        raise ValueError(f"make_round: worker_momentum needs num_clients, the population size (an integer >= "
-                         f"clients_per_round={clients_per_round}), got {num_clients!r}")
+    if worker_momentum is not None and (
+        isinstance(num_clients, bool) or not isinstance(num_clients, int) or num_clients < clients_per_round
+    ):
+        raise ValueError(
+            f"make_round: worker_momentum needs num_clients, the population size (an integer >= "
+            f"clients_per_round={clients_per_round}), got {num_clients!r}"
+        )
     aggregator.requirement(clients_per_round)
     if aggregator.needs_model and model_apply is None:
-        raise ValueError("make_round: the rule reads the model (Aggregator.needs_model, e.g. deepsight): give "
-                         "model_apply, the model's apply(params, x) -> logits")
+        raise ValueError(
+            "make_round: the rule reads the model (Aggregator.needs_model, e.g. deepsight): give "
+            "model_apply, the model's apply(params, x) -> logits"
+        )
     mesh = sharding_lib.resolve_mesh(shard_clients)
     # Without any attack the malicious clients behave honestly: no one attacks (detection TPR is NaN).
     has_attack = data_attack is not None or model_attack is not None or malicious_client_update is not None
@@ -172,17 +196,29 @@ def make_round(client_update: ClientUpdate, aggregator: Aggregator, *, clients_p
     def init(params) -> ServerState:
         flat, _ = ravel_pytree(params)
         momenta = () if worker_momentum is None else worker_momentum.init(num_clients, flat.shape[0], flat.dtype)
-        return ServerState(params=params, opt_state=server_optimizer.init(params), agg_state=aggregator.init(flat),
-                           attack_state=model_attack.init(flat), round=jnp.zeros((), jnp.int32), momenta=momenta)
+        return ServerState(
+            params=params,
+            opt_state=server_optimizer.init(params),
+            agg_state=aggregator.init(flat),
+            attack_state=model_attack.init(flat),
+            round=jnp.zeros((), jnp.int32),
+            momenta=momenta,
+        )
 
     def step(state: ServerState, data: FederatedData, key):
         if clients_per_round > data.num_clients:
-            raise ValueError(f"make_round: clients_per_round must be in 1..num_clients={data.num_clients}, got {clients_per_round}")
+            raise ValueError(
+                f"make_round: clients_per_round must be in 1..num_clients={data.num_clients}, got {clients_per_round}"
+            )
         if num_malicious > data.num_clients:
-            raise ValueError(f"make_round: num_malicious must be in 0..num_clients={data.num_clients}, got {num_malicious}")
+            raise ValueError(
+                f"make_round: num_malicious must be in 0..num_clients={data.num_clients}, got {num_malicious}"
+            )
         if worker_momentum is not None and num_clients != data.num_clients:
-            raise ValueError(f"make_round: num_clients={num_clients} (the worker momenta's rows) must be the data's "
-                             f"{data.num_clients} clients")
+            raise ValueError(
+                f"make_round: num_clients={num_clients} (the worker momenta's rows) must be the data's "
+                f"{data.num_clients} clients"
+            )
         f = num_byzantine
         if f is None:  # the expected malicious clients per round (the runner's default num_byzantine)
             f = int(round(num_malicious * clients_per_round / data.num_clients))
@@ -202,16 +238,20 @@ def make_round(client_update: ClientUpdate, aggregator: Aggregator, *, clients_p
             client = ClientData(data.x, data.y, data.client_indices[client_id], data.client_counts[client_id])
             transform = None
             if data_attack is not None:
+
                 def transform(x, y, mask, k):
                     px, py = data_attack.poison(x, y, mask, k, client_id)
                     return jnp.where(is_poisoning, px, x), jnp.where(is_poisoning, py, y)
+
             extra = () if transform is None else (transform,)
             if malicious_client_update is None:
                 delta = client_update(state.params, client, client_key, *extra)
             else:
-                delta = jax.lax.cond(is_attacking,
-                                     lambda: malicious_client_update(state.params, client, client_key, *extra),
-                                     lambda: client_update(state.params, client, client_key, *extra))
+                delta = jax.lax.cond(
+                    is_attacking,
+                    lambda: malicious_client_update(state.params, client, client_key, *extra),
+                    lambda: client_update(state.params, client, client_key, *extra),
+                )
             return ravel_pytree(delta)[0]
 
         client_keys = jax.random.split(k_train, clients_per_round)
@@ -224,9 +264,14 @@ def make_round(client_update: ClientUpdate, aggregator: Aggregator, *, clients_p
         if worker_momentum is not None:  # the clients send their momenta; the attack sees the honest ones
             updates, momenta = worker_momentum.update(momenta, updates, cohort)
 
-        attack_ctx = AttackContext(params=flat_params, weights=counts, round=state.round,
-                                   aggregator=aggregator if attack_knows_aggregator else None,
-                                   agg_state=state.agg_state, client_ids=cohort)
+        attack_ctx = AttackContext(
+            params=flat_params,
+            weights=counts,
+            round=state.round,
+            aggregator=aggregator if attack_knows_aggregator else None,
+            agg_state=state.agg_state,
+            client_ids=cohort,
+        )
         updates, attack_state = model_attack.update(updates, malicious, state.attack_state, k_attack, attack_ctx)
 
         reference = jnp.zeros_like(flat_params)
@@ -236,10 +281,17 @@ def make_round(client_update: ClientUpdate, aggregator: Aggregator, *, clients_p
             reference = ravel_pytree(client_update(state.params, root_data, k_root))[0]
         model = None
         if aggregator.needs_model:
-            model = ModelAccess(unravel=unravel, apply=model_apply,
-                                inputs=jax.ShapeDtypeStruct(data.x.shape[1:], data.x.dtype))
-        agg_ctx = AggregationContext(weights=counts.astype(updates.dtype), key=k_agg, client_ids=cohort,
-                                     params=flat_params, reference=reference, model=model)
+            model = ModelAccess(
+                unravel=unravel, apply=model_apply, inputs=jax.ShapeDtypeStruct(data.x.shape[1:], data.x.dtype)
+            )
+        agg_ctx = AggregationContext(
+            weights=counts.astype(updates.dtype),
+            key=k_agg,
+            client_ids=cohort,
+            params=flat_params,
+            reference=reference,
+            model=model,
+        )
         aggregate, agg_state, info = aggregator.update(updates, state.agg_state, agg_ctx)
 
         pseudo_grad = unravel(-aggregate)
@@ -258,8 +310,14 @@ def make_round(client_update: ClientUpdate, aggregator: Aggregator, *, clients_p
             "nonfinite_updates": jnp.sum(~finite_rows(updates)),
             "finite": jnp.all(jnp.isfinite(new_flat)),
         }
-        new_state = ServerState(params=params, opt_state=opt_state, agg_state=agg_state,
-                                attack_state=attack_state, round=state.round + 1, momenta=momenta)
+        new_state = ServerState(
+            params=params,
+            opt_state=opt_state,
+            agg_state=agg_state,
+            attack_state=attack_state,
+            round=state.round + 1,
+            momenta=momenta,
+        )
         if mesh is not None:  # every process holds the whole state and metrics (fetchable anywhere)
             new_state, metrics = sharding_lib.constrain_replicated((new_state, metrics), mesh)
         return new_state, metrics

@@ -25,8 +25,9 @@ sharded run equals the unsharded one up to the float reassociation of cross-devi
 
 Examples:
   >>> update = fljax.fedsgd(fljax.classification_loss(lambda params, x: x @ params))
-  >>> round_ = fljax.make_round(update, fljax.aggregators.median(), clients_per_round=64,
-  ...                           shard_clients=True)          # on 8 devices: 8 clients on each
+  >>> round_ = fljax.make_round(
+  ...     update, fljax.aggregators.median(), clients_per_round=64, shard_clients=True
+  ... )  # on 8 devices: 8 clients on each
 """
 
 from __future__ import annotations
@@ -57,8 +58,9 @@ def resolve_mesh(shard_clients) -> Optional[Mesh]:
     ``client_mesh()``, or a ``Mesh`` with a ``"clients"`` axis, returned as is."""
     if isinstance(shard_clients, Mesh):
         if CLIENT_AXIS not in shard_clients.axis_names:
-            raise ValueError(f"shard_clients: a Mesh needs an axis named {CLIENT_AXIS!r}, got axes "
-                             f"{tuple(shard_clients.axis_names)}")
+            raise ValueError(
+                f"shard_clients: a Mesh needs an axis named {CLIENT_AXIS!r}, got axes {tuple(shard_clients.axis_names)}"
+            )
         return shard_clients
     if not isinstance(shard_clients, bool):
         raise ValueError(f"shard_clients must be a bool or a jax.sharding.Mesh, got {shard_clients!r}")
@@ -118,9 +120,13 @@ def map_clients_sharded(fn: Callable, xs, mesh: Mesh, execution: str = "auto", c
     xs = constrain_clients(xs, mesh)
     # check_vma=False: client updates mix replicated values (params, examples) with per-device
     # ones (ids, keys) in scans and conds; JAX's varying-axes type check would reject some of them.
-    local = jax.shard_map(lambda shard: map_clients(fn, shard, execution, chunk_size), mesh=mesh,
-                          in_specs=PartitionSpec(CLIENT_AXIS), out_specs=PartitionSpec(CLIENT_AXIS),
-                          check_vma=False)
+    local = jax.shard_map(
+        lambda shard: map_clients(fn, shard, execution, chunk_size),
+        mesh=mesh,
+        in_specs=PartitionSpec(CLIENT_AXIS),
+        out_specs=PartitionSpec(CLIENT_AXIS),
+        check_vma=False,
+    )
     out = jax.tree.map(lambda a: a[:n], local(xs))  # the padding clients' rows dropped
     return constrain_clients(out, mesh)
 
@@ -142,8 +148,12 @@ def replicate(tree, mesh: Mesh):
     return jax.tree.map(place, tree)
 
 
-def initialize_distributed(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
-                           process_id: Optional[int] = None, heartbeat_timeout: Optional[int] = None) -> None:
+def initialize_distributed(
+    coordinator_address: Optional[str] = None,
+    num_processes: Optional[int] = None,
+    process_id: Optional[int] = None,
+    heartbeat_timeout: Optional[int] = None,
+) -> None:
     """Joins this process to a multi-process JAX run (``jax.distributed.initialize``).
 
     Must run before any other JAX call. On Cloud TPU pod slices, Slurm (``srun``) and Open MPI
@@ -156,18 +166,31 @@ def initialize_distributed(coordinator_address: Optional[str] = None, num_proces
     (``fljax.multihost``).
     """
     if coordinator_address is not None and (not isinstance(coordinator_address, str) or ":" not in coordinator_address):
-        raise ValueError(f"--coordinator_address must be 'host:port' (process 0's address), got {coordinator_address!r}")
-    if num_processes is not None and (isinstance(num_processes, bool) or not isinstance(num_processes, int)
-                                      or num_processes < 1):
-        raise ValueError(f"--num_processes must be an integer >= 1 (or unset for auto-detection), got {num_processes!r}")
+        raise ValueError(
+            f"--coordinator_address must be 'host:port' (process 0's address), got {coordinator_address!r}"
+        )
+    if num_processes is not None and (
+        isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1
+    ):
+        raise ValueError(
+            f"--num_processes must be an integer >= 1 (or unset for auto-detection), got {num_processes!r}"
+        )
     if process_id is not None:
         bound = f"0..num_processes-1={num_processes - 1}" if num_processes else "0..num_processes-1"
-        if isinstance(process_id, bool) or not isinstance(process_id, int) or process_id < 0 or (
-                num_processes is not None and process_id >= num_processes):
-            raise ValueError(f"--process_id must be an integer in {bound} (or unset for auto-detection), got {process_id!r}")
-    if heartbeat_timeout is not None and (isinstance(heartbeat_timeout, bool) or not isinstance(heartbeat_timeout, int)
-                                          or heartbeat_timeout < 1):
+        if (
+            isinstance(process_id, bool)
+            or not isinstance(process_id, int)
+            or process_id < 0
+            or (num_processes is not None and process_id >= num_processes)
+        ):
+            raise ValueError(
+                f"--process_id must be an integer in {bound} (or unset for auto-detection), got {process_id!r}"
+            )
+    if heartbeat_timeout is not None and (
+        isinstance(heartbeat_timeout, bool) or not isinstance(heartbeat_timeout, int) or heartbeat_timeout < 1
+    ):
         raise ValueError(f"--heartbeat_timeout must be an integer >= 1 (seconds), got {heartbeat_timeout!r}")
     timeout = {} if heartbeat_timeout is None else {"heartbeat_timeout_seconds": heartbeat_timeout}
-    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                               process_id=process_id, **timeout)
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id, **timeout
+    )

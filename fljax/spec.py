@@ -102,8 +102,10 @@ def _value(node, name: str, arg: str, text: str, where: str):
     try:
         value = ast.literal_eval(node)
     except ValueError:
-        raise ValueError(f"{where}: {name}({arg}=...) in {text!r}: the value must be a literal (a number, "
-                         "'text', True / False, None or a tuple of them)") from None
+        raise ValueError(
+            f"{where}: {name}({arg}=...) in {text!r}: the value must be a literal (a number, "
+            "'text', True / False, None or a tuple of them)"
+        ) from None
     return tuple(value) if isinstance(value, list) else value
 
 
@@ -148,8 +150,13 @@ def is_literal_type(hint) -> bool:
 
 def type_text(hint) -> str:
     """``int`` -> "an integer", ``Optional[float]`` -> "a finite number or None", ..."""
-    names = {int: "an integer", float: "a finite number", str: "a string", bool: "a boolean (true/false)",
-             type(None): "None"}
+    names = {
+        int: "an integer",
+        float: "a finite number",
+        str: "a string",
+        bool: "a boolean (true/false)",
+        type(None): "None",
+    }
     if hint in names:
         return names[hint]
     origin, args = typing.get_origin(hint), typing.get_args(hint)
@@ -209,8 +216,9 @@ def coerce(owner: str, name: str, value, hint) -> Any:
       ValueError: ``"<owner>: <name> must be an integer, got '2' (str)"``.
     """
     if not is_literal_type(hint):
-        raise ValueError(f"{owner}: {name} takes a Python object ({type_text(hint)}), which a spec cannot give; "
-                         f"set it in Python")
+        raise ValueError(
+            f"{owner}: {name} takes a Python object ({type_text(hint)}), which a spec cannot give; set it in Python"
+        )
     out = _coerce(value, hint)
     if out is _NO:
         raise ValueError(f"{owner}: {name} must be {type_text(hint)}, got {value!r} ({type(value).__name__})")

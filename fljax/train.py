@@ -51,8 +51,16 @@ def eval_schedule(num_rounds: int, eval_every: int) -> list[int]:
 class Train:
     """A federated run (see module docstring)."""
 
-    def __init__(self, round: Round, data: FederatedData, init_params: Callable[[Array], PyTree],
-                 evaluate: Callable, *, num_rounds: int, eval_every: int):
+    def __init__(
+        self,
+        round: Round,
+        data: FederatedData,
+        init_params: Callable[[Array], PyTree],
+        evaluate: Callable,
+        *,
+        num_rounds: int,
+        eval_every: int,
+    ):
         for name, value in (("num_rounds", num_rounds), ("eval_every", eval_every)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"make_train: {name} must be an integer >= 1, got {value!r}")
@@ -116,7 +124,14 @@ class Train:
         return self._jitted(key)
 
 
-def make_train(round: Round, data: FederatedData, init_params: Callable[[Array], PyTree], evaluate: Callable, *,
-               num_rounds: int, eval_every: int = 1) -> Train:
+def make_train(
+    round: Round,
+    data: FederatedData,
+    init_params: Callable[[Array], PyTree],
+    evaluate: Callable,
+    *,
+    num_rounds: int,
+    eval_every: int = 1,
+) -> Train:
     """Builds a run of ``num_rounds`` rounds evaluated every ``eval_every`` rounds (and at the end)."""
     return Train(round, data, init_params, evaluate, num_rounds=num_rounds, eval_every=eval_every)

@@ -30,8 +30,14 @@ def make_data(client_rows: list[list[int]], x, y, x_test=None, y_test=None, pad_
     for c, r in enumerate(client_rows):
         table[c, : len(r)] = r
     x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y)
-    return FederatedData(x, y, jnp.asarray(table), jnp.asarray([len(r) for r in client_rows], jnp.int32),
-                         x if x_test is None else x_test, y if y_test is None else y_test)
+    return FederatedData(
+        x,
+        y,
+        jnp.asarray(table),
+        jnp.asarray([len(r) for r in client_rows], jnp.int32),
+        x if x_test is None else x_test,
+        y if y_test is None else y_test,
+    )
 
 
 _JITTED_UPDATES = {}
@@ -47,9 +53,13 @@ def aggregate_once(rule, x, weights=None, key=0):
 
     x = jnp.asarray(x, jnp.float32)
     n, d = x.shape
-    ctx = fljax.AggregationContext(weights=jnp.ones(n) if weights is None else jnp.asarray(weights, jnp.float32),
-                                   key=jax.random.PRNGKey(key), client_ids=jnp.arange(n),
-                                   params=jnp.zeros(d), reference=jnp.zeros(d))
+    ctx = fljax.AggregationContext(
+        weights=jnp.ones(n) if weights is None else jnp.asarray(weights, jnp.float32),
+        key=jax.random.PRNGKey(key),
+        client_ids=jnp.arange(n),
+        params=jnp.zeros(d),
+        reference=jnp.zeros(d),
+    )
     update = _JITTED_UPDATES.setdefault(id(rule), (rule, jax.jit(rule.update)))[1]
     out, _, info = update(x, rule.init(jnp.zeros(d)), ctx)
     return np.asarray(out), jax.tree.map(np.asarray, info)
@@ -115,7 +125,9 @@ def start_processes(command: list, num_processes: int, devices: int, *, port=Non
     port = port or free_port()
     dist = ["--distributed", f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={num_processes}"]
     env = subprocess_env(devices, **(env or {}))
-    return [popen(command + dist + [f"--process_id={i}"] + list(extra(i)), cwd=ROOT, env=env) for i in range(num_processes)]
+    return [
+        popen(command + dist + [f"--process_id={i}"] + list(extra(i)), cwd=ROOT, env=env) for i in range(num_processes)
+    ]
 
 
 def finish(procs, timeout: float = 300) -> list:

@@ -37,10 +37,14 @@ def tiny():
     y = np.argmax(x[:, :NUM_CLASSES], axis=1).astype(np.int32)
     table = rng.integers(0, 60, size=(20, 6)).astype(np.int32)
     counts = rng.integers(2, 7, size=20).astype(np.int32)
-    data = fljax.FederatedData(jnp.asarray(x), jnp.asarray(y), jnp.asarray(table), jnp.asarray(counts),
-                               jnp.asarray(x), jnp.asarray(y))
+    data = fljax.FederatedData(
+        jnp.asarray(x), jnp.asarray(y), jnp.asarray(table), jnp.asarray(counts), jnp.asarray(x), jnp.asarray(y)
+    )
     apply = lambda p, xb: xb @ p["kernel"] + p["bias"]  # flax's names: rules that read the model find its output layer
-    params = {"kernel": 0.1 * jax.random.normal(jax.random.PRNGKey(0), (4, NUM_CLASSES)), "bias": jnp.zeros(NUM_CLASSES)}
+    params = {
+        "kernel": 0.1 * jax.random.normal(jax.random.PRNGKey(0), (4, NUM_CLASSES)),
+        "bias": jnp.zeros(NUM_CLASSES),
+    }
     return data, apply, params
 
 
@@ -60,23 +64,32 @@ def main():
     for name, entry in attacks.MODEL_ATTACKS.items():
         if entry.local_training is None:
             continue
-        cases[f"attack:{name}"] = dict(aggregator=REGISTRY["median"](), num_malicious=6,
-                                       data_attack=attacks.label_flip(NUM_CLASSES, source=0, target=1),
-                                       malicious_client_update=entry.local_training(loss, optimizer, local_steps=2,
-                                                                                    batch_size=3))
+        cases[f"attack:{name}"] = dict(
+            aggregator=REGISTRY["median"](),
+            num_malicious=6,
+            data_attack=attacks.label_flip(NUM_CLASSES, source=0, target=1),
+            malicious_client_update=entry.local_training(loss, optimizer, local_steps=2, batch_size=3),
+        )
     wanted = sys.argv[1:] or list(cases)
     out = {"default_execution": fljax.client.default_execution(), "devices": jax.local_device_count(), "cases": {}}
     for name in wanted:
         kwargs = cases[name]
         result = {}
         try:
-            finals = {e: two_rounds(fljax.make_round(update, clients_per_round=N, execution=e, model_apply=apply, **kwargs),
-                                    params, data)
-                      for e in ("auto", "sequential")}
+            finals = {
+                e: two_rounds(
+                    fljax.make_round(update, clients_per_round=N, execution=e, model_apply=apply, **kwargs),
+                    params,
+                    data,
+                )
+                for e in ("auto", "sequential")
+            }
             leaves = [np.asarray(a, np.float64) for a in jax.tree.leaves(finals["auto"])]
             result["finite"] = all(bool(np.all(np.isfinite(a))) for a in leaves)
-            result["diff"] = max(float(np.max(np.abs(a - np.asarray(b, np.float64))))
-                                 for a, b in zip(leaves, jax.tree.leaves(finals["sequential"])))
+            result["diff"] = max(
+                float(np.max(np.abs(a - np.asarray(b, np.float64))))
+                for a, b in zip(leaves, jax.tree.leaves(finals["sequential"]))
+            )
         except Exception as e:  # reported by name; the test fails on it
             result["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
         out["cases"][name] = result

@@ -10,9 +10,13 @@ from fljax.aggregators import CenteredClippingState, centered_clipping, norm_cli
 
 
 def ctx_for(n, d, weights=None, key=0):
-    return fljax.AggregationContext(weights=jnp.ones(n) if weights is None else jnp.asarray(weights, jnp.float32),
-                                    key=jax.random.PRNGKey(key), client_ids=jnp.arange(n),
-                                    params=jnp.zeros(d), reference=jnp.zeros(d))
+    return fljax.AggregationContext(
+        weights=jnp.ones(n) if weights is None else jnp.asarray(weights, jnp.float32),
+        key=jax.random.PRNGKey(key),
+        client_ids=jnp.arange(n),
+        params=jnp.zeros(d),
+        reference=jnp.zeros(d),
+    )
 
 
 def run(rule, x, weights=None, key=0, state=None):

@@ -27,6 +27,7 @@ def line_distances(positions):
 
 # ------------------------------------------------------------------------------ majority clustering
 
+
 def test_single_linkage_levels_by_hand():
     # Points 0, 1, 2.5, 10, 10.5: merges at .5 (3,4), 1 (0,1), 1.5 (01,2), 7.5 (012,34).
     u = np.asarray(single_linkage_levels(line_distances([0.0, 1.0, 2.5, 10.0, 10.5])))
@@ -38,14 +39,17 @@ def test_single_linkage_levels_by_hand():
 def test_majority_cluster_by_hand():
     # min_cluster_size 3. {0,1,2,3,4} -> {0,1,2} (>= 3, continue) + {3,4} (noise);
     # {0,1,2} -> {0,1} + {2}: both < 3, the cluster ends: {0,1,2}.
-    np.testing.assert_array_equal(majority_cluster(line_distances([0.0, 1.0, 2.5, 10.0, 10.5]), 3),
-                                  [True, True, True, False, False])
+    np.testing.assert_array_equal(
+        majority_cluster(line_distances([0.0, 1.0, 2.5, 10.0, 10.5]), 3), [True, True, True, False, False]
+    )
     # 0, 1, 2.5, 3, 10: {0..3} + {4}; {0..3} -> {0,1} + {2,3} at 1.5: both < 3 -> {0,1,2,3}.
-    np.testing.assert_array_equal(majority_cluster(line_distances([0.0, 1.0, 2.5, 3.0, 10.0]), 3),
-                                  [True, True, True, True, False])
+    np.testing.assert_array_equal(
+        majority_cluster(line_distances([0.0, 1.0, 2.5, 3.0, 10.0]), 3), [True, True, True, True, False]
+    )
     # A chain peeling one point at a time keeps only the tightest 3: 0, 4, 6, 7, 7.5 -> {6, 7, 7.5}.
-    np.testing.assert_array_equal(majority_cluster(line_distances([0.0, 4.0, 6.0, 7.0, 7.5]), 3),
-                                  [False, False, True, True, True])
+    np.testing.assert_array_equal(
+        majority_cluster(line_distances([0.0, 4.0, 6.0, 7.0, 7.5]), 3), [False, False, True, True, True]
+    )
 
 
 def test_majority_cluster_equals_sklearn_hdbscan():
@@ -59,8 +63,17 @@ def test_majority_cluster_equals_sklearn_hdbscan():
             x = rng.normal(size=(k, 4))[rng.integers(0, k, n)] + rng.normal(size=(n, 4)) * rng.uniform(0.05, 1.0)
             dist = np.asarray(distances(jnp.asarray(x, jnp.float32)), np.float64)
             dist = (dist + dist.T) / 2
-            labels = hdbscan(min_cluster_size=n // 2 + 1, min_samples=1, allow_single_cluster=True,
-                             metric="precomputed", copy=True).fit(dist).labels_
+            labels = (
+                hdbscan(
+                    min_cluster_size=n // 2 + 1,
+                    min_samples=1,
+                    allow_single_cluster=True,
+                    metric="precomputed",
+                    copy=True,
+                )
+                .fit(dist)
+                .labels_
+            )
             np.testing.assert_array_equal(np.asarray(find(jnp.asarray(dist, jnp.float32))), labels >= 0)
 
 
@@ -123,13 +136,16 @@ def test_flame_min_cluster_size_and_bad_hyper_parameters():
     np.testing.assert_allclose(info["weights"], np.full(5, 0.2))
     with pytest.raises(ValueError, match=r"flame: noise_lambda must be a number >= 0, got -1"):
         flame(noise_lambda=-1)
-    with pytest.raises(ValueError, match=r"flame: min_cluster_size must be in n//2\+1..n = 3..5 \(a strict majority\), got 2"):
+    with pytest.raises(
+        ValueError, match=r"flame: min_cluster_size must be in n//2\+1..n = 3..5 \(a strict majority\), got 2"
+    ):
         flame(min_cluster_size=2).requirement(5)
     with pytest.raises(ValueError, match=r"flame: min_cluster_size must be an integer > 0"):
         flame(min_cluster_size=2.5)
 
 
 # ----------------------------------------------------------------------------------- cluster_filter
+
 
 def spherical_two_means_reference(x, iterations):
     u = x / np.linalg.norm(x, axis=1, keepdims=True)

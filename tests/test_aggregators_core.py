@@ -11,9 +11,13 @@ from fljax.aggregators import krum, mean, median, multi_krum, trimmed_mean
 
 def agg_with_info(rule, x, weights=None):
     x = jnp.asarray(x, jnp.float32)
-    ctx = fljax.AggregationContext(weights=jnp.ones(len(x)) if weights is None else jnp.asarray(weights, jnp.float32),
-                                   key=jax.random.PRNGKey(0), client_ids=jnp.arange(len(x)),
-                                   params=jnp.zeros(x.shape[1]), reference=jnp.zeros(x.shape[1]))
+    ctx = fljax.AggregationContext(
+        weights=jnp.ones(len(x)) if weights is None else jnp.asarray(weights, jnp.float32),
+        key=jax.random.PRNGKey(0),
+        client_ids=jnp.arange(len(x)),
+        params=jnp.zeros(x.shape[1]),
+        reference=jnp.zeros(x.shape[1]),
+    )
     out, _, info = jax.jit(rule.update)(x, rule.init(jnp.zeros(x.shape[1])), ctx)
     return np.asarray(out), np.asarray(info["weights"])
 
@@ -79,8 +83,11 @@ def test_krum_scores_use_squared_distances_to_n_minus_f_minus_2_neighbours():
     out, w = agg_with_info(rule, x)
     np.testing.assert_allclose(out, [1.0])
     np.testing.assert_allclose(w, [0, 1, 0, 0, 0])
-    ctx_out = rule.update(jnp.asarray(x, jnp.float32), (), fljax.AggregationContext(
-        jnp.ones(5), jax.random.PRNGKey(0), jnp.arange(5), jnp.zeros(1), jnp.zeros(1)))[2]["scores"]
+    ctx_out = rule.update(
+        jnp.asarray(x, jnp.float32),
+        (),
+        fljax.AggregationContext(jnp.ones(5), jax.random.PRNGKey(0), jnp.arange(5), jnp.zeros(1), jnp.zeros(1)),
+    )[2]["scores"]
     np.testing.assert_allclose(ctx_out, [10, 5, 13, 52, 458], rtol=1e-6)
 
 

@@ -27,10 +27,14 @@ ALLOWED = ("must", "valid", "needs", "requires", "give ")
 
 
 def context(n, d, *, weights=None, key=0, ids=None, params=None, model=None):
-    return AggregationContext(weights=jnp.ones(n) if weights is None else jnp.asarray(weights, jnp.float32),
-                              key=jax.random.PRNGKey(key), client_ids=jnp.arange(n) if ids is None else jnp.asarray(ids),
-                              params=jnp.zeros(d) if params is None else jnp.asarray(params, jnp.float32),
-                              reference=jnp.zeros(d), model=model)
+    return AggregationContext(
+        weights=jnp.ones(n) if weights is None else jnp.asarray(weights, jnp.float32),
+        key=jax.random.PRNGKey(key),
+        client_ids=jnp.arange(n) if ids is None else jnp.asarray(ids),
+        params=jnp.zeros(d) if params is None else jnp.asarray(params, jnp.float32),
+        reference=jnp.zeros(d),
+        model=model,
+    )
 
 
 # ------------------------------------------------------------------------------ L-BFGS, gap statistic
@@ -57,10 +61,18 @@ def test_lbfgs_product_equals_the_bfgs_recursion_on_an_explicit_matrix():
     order = jnp.asarray(np.append(slots, 7))
     hvp = jax.jit(lbfgs_hvp)
     for v in (rng.normal(size=d), s[-1]):
-        out = hvp(jnp.asarray(ring_s, jnp.float32), jnp.asarray(ring_y, jnp.float32), valid, order, jnp.asarray(v, jnp.float32))
+        out = hvp(
+            jnp.asarray(ring_s, jnp.float32),
+            jnp.asarray(ring_y, jnp.float32),
+            valid,
+            order,
+            jnp.asarray(v, jnp.float32),
+        )
         np.testing.assert_allclose(np.asarray(out), b @ v, rtol=2e-4, atol=2e-4 * np.abs(b @ v).max())
     np.testing.assert_allclose(b @ s[-1], y[-1], rtol=1e-8)  # (the reference itself: the secant equation)
-    none = hvp(jnp.asarray(ring_s, jnp.float32), jnp.asarray(ring_y, jnp.float32), jnp.zeros(5, bool), order, jnp.ones(d))
+    none = hvp(
+        jnp.asarray(ring_s, jnp.float32), jnp.asarray(ring_y, jnp.float32), jnp.zeros(5, bool), order, jnp.ones(d)
+    )
     np.testing.assert_array_equal(np.asarray(none), np.zeros(d))
 
 
@@ -82,7 +94,9 @@ def test_gap_statistic_answers_one_cluster_where_there_is_one():
     two, _ = gap(jnp.array([1.0, 9.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]), jnp.arange(8) < 2, key, 20)
     assert not bool(two)  # two valid values: no verdict
     # masked entries do not count: the two groups of the valid ones decide
-    two, upper = gap(jnp.array([1.0, 1.1, 0.9, 7.0, 5.0, 5.2, 99.0, 4.9]), jnp.array([1, 1, 1, 0, 1, 1, 0, 1], bool), key, 20)
+    two, upper = gap(
+        jnp.array([1.0, 1.1, 0.9, 7.0, 5.0, 5.2, 99.0, 4.9]), jnp.array([1, 1, 1, 0, 1, 1, 0, 1], bool), key, 20
+    )
     assert bool(two)
     np.testing.assert_array_equal(upper, [0, 0, 0, 0, 1, 1, 0, 1])
 
@@ -126,8 +140,16 @@ def run_quadratic(rounds, attack=True, cohorts=None):
             updates = np.where((ids < BAD_Q)[:, None], 0.3 * rng.normal(size=(len(ids), D_Q)), updates)
         ctx = context(len(ids), D_Q, ids=ids, params=w, key=t)
         out, state, info = step(jnp.asarray(updates, jnp.float32), state, ctx)
-        history.append((ids, np.asarray(info["weights"]), np.asarray(info["flagged"]), np.asarray(out), w.copy(),
-                        np.asarray(info["suspicion"])))
+        history.append(
+            (
+                ids,
+                np.asarray(info["weights"]),
+                np.asarray(info["flagged"]),
+                np.asarray(out),
+                w.copy(),
+                np.asarray(info["suspicion"]),
+            )
+        )
         w = w + np.asarray(out)
     return history, state
 
@@ -143,8 +165,9 @@ def test_fldetector_flags_inconsistent_clients_once_its_window_is_scored_and_rem
     first = next(t for t, h in enumerate(history) if h[2].any())
     assert 4 <= first <= 6, first
     for t, (_, weights, flagged, *_) in enumerate(history):
-        tpr, fpr = detection_rates(flagged_clients({"weights": jnp.asarray(weights)}, jnp.ones(N_Q), True),
-                                   jnp.asarray(malicious))
+        tpr, fpr = detection_rates(
+            flagged_clients({"weights": jnp.asarray(weights)}, jnp.ones(N_Q), True), jnp.asarray(malicious)
+        )
         if t < first:
             assert not flagged.any() and float(tpr) == 0.0 and np.all(weights > 0), t
         else:
@@ -181,8 +204,12 @@ def test_fldetector_flags_no_one_without_an_attack():
 def test_fldetector_scores_a_client_only_after_a_round_it_took_part_in():
     """Partial participation: per-client state over the population of 14, cohorts of 10; a client
     has a suspicion only once it was in two consecutive rounds' cohorts."""
-    cohorts = [np.arange(10), np.array([0, 1, 2, 3, 4, 5, 10, 11, 12, 13]), np.array([0, 1, 6, 7, 8, 9, 10, 11, 12, 13]),
-               np.array([0, 2, 3, 4, 5, 6, 7, 8, 9, 13])]
+    cohorts = [
+        np.arange(10),
+        np.array([0, 1, 2, 3, 4, 5, 10, 11, 12, 13]),
+        np.array([0, 1, 6, 7, 8, 9, 10, 11, 12, 13]),
+        np.array([0, 2, 3, 4, 5, 6, 7, 8, 9, 13]),
+    ]
     history, _ = run_quadratic(4, attack=False, cohorts=cohorts)
     seen = [~np.isnan(h[5]) for h in history]
     assert not seen[0].any() and not seen[1].any()  # round 1 has no pair yet
@@ -216,9 +243,12 @@ def test_hdbscan_equals_scikit_learn():
         x = rng.normal(size=(16, 2)) + (rng.random((16, 1)) < 0.4) * rng.normal(scale=4, size=(1, 2))
         dist = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
         cases.append((dist, 2 + trial % 4, 1 if trial < 16 else 3, trial % 2 == 1))
-    labels = HDBSCAN_16(jnp.asarray(np.stack([c[0] for c in cases]), jnp.float32),
-                                        jnp.asarray([c[1] for c in cases]), jnp.asarray([c[2] for c in cases]),
-                                        jnp.asarray([c[3] for c in cases]))
+    labels = HDBSCAN_16(
+        jnp.asarray(np.stack([c[0] for c in cases]), jnp.float32),
+        jnp.asarray([c[1] for c in cases]),
+        jnp.asarray([c[2] for c in cases]),
+        jnp.asarray([c[3] for c in cases]),
+    )
     tree_to_labels = None
     try:
         from sklearn.cluster._hdbscan import hdbscan as private
@@ -228,14 +258,16 @@ def test_hdbscan_equals_scikit_learn():
     found = set()
     for (dist, mcs, ms, single), ours in zip(cases, np.asarray(labels)):
         if ms == 1:
-            ref = cluster.HDBSCAN(min_cluster_size=mcs, min_samples=1, metric="precomputed",
-                                  allow_single_cluster=single, copy=True).fit_predict(dist)
+            ref = cluster.HDBSCAN(
+                min_cluster_size=mcs, min_samples=1, metric="precomputed", allow_single_cluster=single, copy=True
+            ).fit_predict(dist)
             assert same_partition(ref, ours), (mcs, single, ref, ours)
             found.add(len(set(ref.tolist()) - {-1}))
         elif tree_to_labels is not None:
             slt = private._hdbscan_brute(dist.copy(), min_samples=ms, alpha=1.0, metric="precomputed")
-            ref = cluster.HDBSCAN(min_cluster_size=mcs, min_samples=ms, metric="precomputed",
-                                  allow_single_cluster=single, copy=True).fit_predict(dist)
+            ref = cluster.HDBSCAN(
+                min_cluster_size=mcs, min_samples=ms, metric="precomputed", allow_single_cluster=single, copy=True
+            ).fit_predict(dist)
             assert same_partition(tree_to_labels(slt, mcs, "eom", single)[0], ref)
     assert {1, 2} <= found and max(found) >= 3  # the cases cover one and several clusters (all noise: by hand)
 
@@ -249,8 +281,9 @@ def test_hdbscan_by_hand():
     same three labellings)."""
     p = np.concatenate([0.1 * np.arange(7), 10 + 0.05 * np.arange(7), [50.0, 80.0]]).astype(np.float32)
     dist = jnp.asarray(np.abs(p[:, None] - p[None, :]))
-    labels = np.asarray(HDBSCAN_16(jnp.stack([dist] * 3), jnp.array([3, 8, 8]), jnp.array([1, 1, 1]),
-                                   jnp.array([False, False, True])))
+    labels = np.asarray(
+        HDBSCAN_16(jnp.stack([dist] * 3), jnp.array([3, 8, 8]), jnp.array([1, 1, 1]), jnp.array([False, False, True]))
+    )
     two, none, single = labels
     assert len(set(two[:7])) == 1 and len(set(two[7:14])) == 1 and two[0] != two[7] and min(two[0], two[7]) >= 0
     assert two[14] == two[15] == -1
@@ -268,7 +301,7 @@ def test_neups_and_threshold_exceedings_by_hand():
     kernel = np.array([[[1.0, -2.0, 0.0], [1.0, 0.5, 0.1]]], np.float32)  # [1, 2, 3]
     bias = np.array([[-1.0, 0.5, 0.1]], np.float32)
     energy = np.array([3.0, 3.0, 0.2])
-    expected = energy ** 2 / np.sum(energy ** 2)
+    expected = energy**2 / np.sum(energy**2)
     out = np.asarray(neups(jnp.asarray(kernel), jnp.asarray(bias)))
     np.testing.assert_allclose(out[0], expected, rtol=1e-6)
     assert int(threshold_exceedings(jnp.asarray(out))[0]) == 2  # 0.002 < 1/3 * 0.4993
@@ -313,8 +346,9 @@ def test_division_differences_by_hand():
     rng = np.random.default_rng(2)
     updates = rng.normal(size=(2, flat.shape[0])).astype(np.float32)
     noise = rng.uniform(size=(2, 5, 3)).astype(np.float32)
-    out = np.asarray(jax.jit(division_differences, static_argnums=0)(access, flat, jnp.asarray(updates),
-                                                                      jnp.asarray(noise)))
+    out = np.asarray(
+        jax.jit(division_differences, static_argnums=0)(access, flat, jnp.asarray(updates), jnp.asarray(noise))
+    )
 
     def softmax(f, x):  # the logistic regression by hand: x W + b
         layer = access.unravel(jnp.asarray(f))["Dense_0"]
@@ -354,8 +388,9 @@ def test_deepsight_rejects_the_cluster_of_single_label_updates_and_clips_the_res
     np.testing.assert_array_equal(info["suspicious"], malicious)
     assert len(set(info["clusters"][:4].tolist())) == 1 and info["clusters"][0] >= 0  # the four cluster together
     np.testing.assert_allclose(info["weights"], np.where(malicious, 0.0, 1.0 / 8))
-    tpr, fpr = detection_rates(flagged_clients({"weights": jnp.asarray(info["weights"])}, jnp.ones(12)),
-                               jnp.asarray(malicious))
+    tpr, fpr = detection_rates(
+        flagged_clients({"weights": jnp.asarray(info["weights"])}, jnp.ones(12)), jnp.asarray(malicious)
+    )
     assert (float(tpr), float(fpr)) == (1.0, 0.0)
     norms = np.linalg.norm(updates, axis=1)
     bound = np.median(norms)
@@ -384,8 +419,11 @@ def test_crfl_clips_and_perturbs_the_global_model():
     counts = np.array([1.0, 3.0, 5.0])
     state = rule.init(jnp.zeros(3))
     step = jax.jit(rule.update)
-    for t, w in ((1, np.array([3.0, -4.0, 1.0], np.float32)), (2, np.array([3.0, -4.0, 1.0], np.float32)),
-                 (3, np.array([-1.0, 0.5, -0.5], np.float32))):
+    for t, w in (
+        (1, np.array([3.0, -4.0, 1.0], np.float32)),
+        (2, np.array([3.0, -4.0, 1.0], np.float32)),
+        (3, np.array([-1.0, 0.5, -0.5], np.float32)),
+    ):
         out, state, info = step(jnp.asarray(x), state, context(3, 3, weights=counts, params=w, key=t))
         target = w + (1.0 * x[0] + 3.0 * x[1]) / 4.0  # the NaN row gets weight 0
         rho = 2.0 + 0.1 * t
@@ -404,11 +442,12 @@ def test_crfl_certified_radius_equals_the_formula():
     """RAD = sqrt(-ln(1 - (sqrt(pA) - sqrt(pB))^2) sigma^2 / (2 prod_t (2 Phi(rho_t / sigma_t) - 1))),
     0 where pA <= pB."""
     from scipy.stats import norm
+
     sigma, rho = 0.01, 0.02
     contraction = (2 * norm.cdf(rho / sigma) - 1) ** 2 * (2 * norm.cdf(rho / 0.02) - 1)
     got = float(crfl_contraction([rho, rho], sigma, rho, 0.02))
     assert got == pytest.approx(contraction, rel=1e-5)
-    expected = math.sqrt(-math.log(1 - (math.sqrt(0.9) - math.sqrt(0.05)) ** 2) * sigma ** 2 / (2 * contraction))
+    expected = math.sqrt(-math.log(1 - (math.sqrt(0.9) - math.sqrt(0.05)) ** 2) * sigma**2 / (2 * contraction))
     assert float(crfl_radius(0.9, 0.05, sigma, got)) == pytest.approx(expected, rel=1e-5)
     assert float(crfl_radius(0.4, 0.45, sigma)) == 0.0
 
@@ -420,8 +459,9 @@ def test_smoothed_metrics_count_the_votes_of_the_noisy_copies():
     params = {"w": jnp.float32(0.01)}
     x, y = jnp.zeros((5, 1)), jnp.array([0, 0, 0, 1, 1])
     m, sigma, alpha = 50, 0.02, 0.01
-    metrics = functools.partial(smoothed_metrics, sigma_train=sigma, sigma_test=sigma, clip_norm=1.0, num_samples=m,
-                                alpha=alpha)
+    metrics = functools.partial(
+        smoothed_metrics, sigma_train=sigma, sigma_test=sigma, clip_norm=1.0, num_samples=m, alpha=alpha
+    )
     out = jax.jit(metrics, static_argnums=0)(apply, params, x, y)
     key = jax.random.PRNGKey(0)
     z = np.asarray(jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), (1,))[0])(jnp.arange(m)))
@@ -451,10 +491,22 @@ def test_the_rule_test_metrics_join_the_evaluation_and_the_summary():
     out = combined({"w": jnp.eye(2)}, jnp.array([[1.0, 0.0], [0.0, 1.0]]), jnp.array([0, 1]))
     assert set(out) == {"accuracy", "smoothed_accuracy", "certified_accuracy", "certified_radius"}
     assert float(out["smoothed_accuracy"]) == 1.0
-    results = {"config": fljax.experiment.config_dict(fljax.experiment.ExperimentConfig(aggregator="crfl")),
-               "final": dict(accuracy=0.9, loss=0.3, smoothed_accuracy=0.875, certified_accuracy=0.5,
-                             certified_radius=0.0123, detection_tpr=float("nan"), detection_fpr=0.0, seconds=1.0,
-                             rounds_per_second=1.0, compile_seconds=1.0, diverged=False)}
+    results = {
+        "config": fljax.experiment.config_dict(fljax.experiment.ExperimentConfig(aggregator="crfl")),
+        "final": dict(
+            accuracy=0.9,
+            loss=0.3,
+            smoothed_accuracy=0.875,
+            certified_accuracy=0.5,
+            certified_radius=0.0123,
+            detection_tpr=float("nan"),
+            detection_fpr=0.0,
+            seconds=1.0,
+            rounds_per_second=1.0,
+            compile_seconds=1.0,
+            diverged=False,
+        ),
+    }
     assert "smoothed accuracy   | 0.8750 (certified 0.5000, mean certified radius 0.0123)" in summary_table(results)
 
 
@@ -497,6 +549,7 @@ def test_bad_hyper_parameters_are_refused_by_name(index):
 
 def test_a_bad_spec_argument_is_refused_before_anything_is_built():
     from fljax.experiment import ExperimentConfig, build_aggregator
+
     with pytest.raises(ValueError, match="window_size"):
         build_aggregator(ExperimentConfig(aggregator="fldetector(window_size=0)"))
     with pytest.raises(ValueError, match="tau"):
@@ -526,16 +579,32 @@ def test_make_round_gives_the_rule_the_model():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("rule, attack", [("fldetector(window_size=3)", "sign_flip(scale=5.0)"),
-                                          ("deepsight(min_cluster_size=3)", "backdoor(target_label=0)"),
-                                          ("crfl", "backdoor(target_label=0)")])
+@pytest.mark.parametrize(
+    "rule, attack",
+    [
+        ("fldetector(window_size=3)", "sign_flip(scale=5.0)"),
+        ("deepsight(min_cluster_size=3)", "backdoor(target_label=0)"),
+        ("crfl", "backdoor(target_label=0)"),
+    ],
+)
 def test_each_rule_from_the_runner(rule, attack):
     """digits, logistic regression, 20 clients all per round, 4 malicious, FedAvg: each rule runs
     through the runner; the detectors detect, CRFL reports its smoothed accuracy and radius."""
     from experiments.run import run_experiment, summary_table
     from fljax.experiment import ExperimentConfig, build
-    config = ExperimentConfig(dataset="digits", model="logreg", num_clients=20, clients_per_round=20, num_malicious=4,
-                              attack=attack, aggregator=rule, rounds=9, eval_every=3, local_steps=5)
+
+    config = ExperimentConfig(
+        dataset="digits",
+        model="logreg",
+        num_clients=20,
+        clients_per_round=20,
+        num_malicious=4,
+        attack=attack,
+        aggregator=rule,
+        rounds=9,
+        eval_every=3,
+        local_steps=5,
+    )
     results = run_experiment(build(config), log=lambda m: None)
     final, table = results["final"], summary_table(results)
     assert not final["diverged"] and final["accuracy"] > 0.6

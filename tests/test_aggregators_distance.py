@@ -175,8 +175,9 @@ def test_rfa_one_step_by_hand_and_many_steps_reach_the_geometric_median():
     expected = (b @ np.array([0.0, 1.0, 10.0])) / b.sum()
     np.testing.assert_allclose(run(rfa(num_iterations=1), [[0.0], [1.0], [10.0]])[0], [expected], rtol=1e-6)
     x = np.random.default_rng(9).normal(size=(8, 3))
-    np.testing.assert_allclose(run(rfa(num_iterations=300), x)[0], run(geometric_median(tol=1e-9, max_iter=1000), x)[0],
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        run(rfa(num_iterations=300), x)[0], run(geometric_median(tol=1e-9, max_iter=1000), x)[0], atol=1e-4
+    )
 
 
 @pytest.mark.parametrize("rule", [geometric_median(), rfa(num_iterations=3)])

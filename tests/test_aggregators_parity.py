@@ -29,10 +29,13 @@ def run(rule, x, ids=None, weights=None, state=None):
     """One jitted update; ``ids`` are the rows' population ids (default ``0..n-1``)."""
     x = jnp.asarray(x, jnp.float32)
     n, d = x.shape
-    ctx = fljax.AggregationContext(weights=jnp.ones(n) if weights is None else jnp.asarray(weights, jnp.float32),
-                                   key=jax.random.PRNGKey(0),
-                                   client_ids=jnp.arange(n) if ids is None else jnp.asarray(ids, jnp.int32),
-                                   params=jnp.zeros(d), reference=jnp.zeros(d))
+    ctx = fljax.AggregationContext(
+        weights=jnp.ones(n) if weights is None else jnp.asarray(weights, jnp.float32),
+        key=jax.random.PRNGKey(0),
+        client_ids=jnp.arange(n) if ids is None else jnp.asarray(ids, jnp.int32),
+        params=jnp.zeros(d),
+        reference=jnp.zeros(d),
+    )
     state = rule.init(jnp.zeros(d)) if state is None else state
     out, new_state, info = jax.jit(rule.update)(x, state, ctx)
     return np.asarray(out), jax.tree.map(np.asarray, info), new_state
@@ -143,14 +146,22 @@ def best_split_gap(values):
 N, F, D, PIVOT = 11, 3, 5, 9
 # One object per rule, shared by the tests below at the shape [N, D]: each compiles once.
 RULES = {
-    "mda": agg.mda(num_byzantine=F), "smea": agg.smea(num_byzantine=F), "caf": agg.caf(num_byzantine=F),
-    "meamed": agg.meamed(num_byzantine=F), "monna": agg.monna(num_byzantine=F, pivot=PIVOT),
-    "lasa": agg.lasa(sparsity=0.2), "auror": agg.auror(alpha=0.5),
+    "mda": agg.mda(num_byzantine=F),
+    "smea": agg.smea(num_byzantine=F),
+    "caf": agg.caf(num_byzantine=F),
+    "meamed": agg.meamed(num_byzantine=F),
+    "monna": agg.monna(num_byzantine=F, pivot=PIVOT),
+    "lasa": agg.lasa(sparsity=0.2),
+    "auror": agg.auror(alpha=0.5),
     "arc+mean": agg.with_preaggregation(agg.mean(weighted=False), agg.arc(num_byzantine=F)),
 }
-REFERENCES = {"mda": lambda x: mda_reference(x, F)[0], "smea": lambda x: smea_reference(x, F)[0],
-              "caf": lambda x: caf_reference(x, F), "meamed": lambda x: meamed_reference(x, F),
-              "monna": lambda x: monna_reference(x, F, PIVOT)[0]}
+REFERENCES = {
+    "mda": lambda x: mda_reference(x, F)[0],
+    "smea": lambda x: smea_reference(x, F)[0],
+    "caf": lambda x: caf_reference(x, F),
+    "meamed": lambda x: meamed_reference(x, F),
+    "monna": lambda x: monna_reference(x, F, PIVOT)[0],
+}
 DISTINCT = list(REFERENCES)  # the rules the cohort below tells apart
 REFERENCES["lasa"] = lambda x: lasa_reference(x, 0.2, 1.0, 1.0, [(1, D)])[0]  # one layer of weights
 
@@ -281,15 +292,22 @@ def test_monna_by_hand_pivot_is_a_population_id_and_the_fallback():
 
 def test_arc_by_hand():
     x = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]])
-    y, w, ids, mixing = [np.asarray(a) for a in jax.jit(agg.arc(num_byzantine=1).apply)(
-        jnp.asarray(x, jnp.float32), jnp.ones(3), jnp.arange(3), jax.random.PRNGKey(0))]
+    y, w, ids, mixing = [
+        np.asarray(a)
+        for a in jax.jit(agg.arc(num_byzantine=1).apply)(
+            jnp.asarray(x, jnp.float32), jnp.ones(3), jnp.arange(3), jax.random.PRNGKey(0)
+        )
+    ]
     # k = floor(2 * 1 * 2 / 3) = 1: the longest row is scaled to the norm of the second, sqrt(77)
     np.testing.assert_allclose(y, [[1, 2, 3], [4, 5, 6], [4.41004009, 5.04004582, 5.67005155]], rtol=1e-6)
     np.testing.assert_allclose(np.diag(mixing), [1, 1, np.sqrt(77 / 194)], rtol=1e-6)
     # n = 9, f = 3: k = 2 * 3 * 6 / 9 = 4 exactly (ByzFL's float 2 * 3 / 9 * 6 = 3.9999... clips 3)
     x = np.arange(1.0, 10.0)[:, None] * np.array([[1.0, 0.0]])
-    y = np.asarray(jax.jit(agg.arc(num_byzantine=3).apply)(jnp.asarray(x, jnp.float32), jnp.ones(9), jnp.arange(9),
-                                                           jax.random.PRNGKey(0))[0])
+    y = np.asarray(
+        jax.jit(agg.arc(num_byzantine=3).apply)(
+            jnp.asarray(x, jnp.float32), jnp.ones(9), jnp.arange(9), jax.random.PRNGKey(0)
+        )[0]
+    )
     np.testing.assert_allclose(y[:, 0], [1, 2, 3, 4, 5, 5, 5, 5, 5])
     np.testing.assert_allclose(y, arc_reference(x, 3), rtol=1e-6)
 
@@ -305,8 +323,16 @@ def test_arc_before_a_rule_maps_weights_to_clients_and_through_the_runner():
     scale = np.linalg.norm(clipped, axis=1) / np.linalg.norm(x, axis=1)
     np.testing.assert_allclose(info["weights"], scale / scale.sum(), rtol=1e-5)
     assert flagged_clients(info, jnp.ones(10))[:2].all()  # the two clipped 50x clients
-    base = dict(dataset="digits", model="logreg", num_clients=12, clients_per_round=12, num_malicious=2,
-                attack="none", rounds=1, num_byzantine=2)
+    base = dict(
+        dataset="digits",
+        model="logreg",
+        num_clients=12,
+        clients_per_round=12,
+        num_malicious=2,
+        attack="none",
+        rounds=1,
+        num_byzantine=2,
+    )
     spec = build_aggregator(ExperimentConfig(**base, aggregator="arc(num_byzantine=2)+krum(num_byzantine=2)"))
     out, info, _ = run(spec, x[np.arange(12) % 10])
     krum_row = int(np.argmax(info["inner_weights"]))
@@ -347,8 +373,11 @@ def test_lasa_reads_the_layers_from_the_rounds_model():
     x[0] *= -4
     rule = agg.lasa(sparsity=0.3)
     assert rule.needs_model and not agg.lasa(layer_shapes=shapes).needs_model
-    access = fljax.types.ModelAccess(unravel=jax.flatten_util.ravel_pytree(params)[1], apply=model.apply,
-                                     inputs=jax.ShapeDtypeStruct((3,), jnp.float32))
+    access = fljax.types.ModelAccess(
+        unravel=jax.flatten_util.ravel_pytree(params)[1],
+        apply=model.apply,
+        inputs=jax.ShapeDtypeStruct((3,), jnp.float32),
+    )
     out = fljax.aggregate(rule, jnp.asarray(x), model=access)
     expected, _ = lasa_reference(x.astype(np.float64), 0.3, 1.0, 1.0, shapes)
     np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-5, atol=1e-6)
@@ -443,6 +472,7 @@ def test_detection_of_x10_sign_flippers_on_real_updates(partition):
     honest clients in some layer; Auror (alpha = 0.002) finds all six under iid, half under
     Dirichlet(0.3)."""
     from tests.test_detection import round_updates, verdict
+
     updates, counts = round_updates(partition)
     malicious = np.arange(30) < 6
     for rule in (agg.caf(num_byzantine=6), agg.meamed(num_byzantine=6), agg.monna(num_byzantine=6, pivot=10)):
@@ -481,6 +511,8 @@ def test_subset_search_refuses_too_many_subsets_naming_n_f_and_the_count():
 def test_combinatorial_unranking_enumerates_every_subset_once():
     for n, f in ((7, 3), (9, 2), (5, 0), (6, 1)):
         total = math.comb(n, f)
-        removed = np.asarray(jax.jit(subsets.removed_sets, static_argnums=(1, 2))(jnp.arange(total, dtype=jnp.int32), n, f))
+        removed = np.asarray(
+            jax.jit(subsets.removed_sets, static_argnums=(1, 2))(jnp.arange(total, dtype=jnp.int32), n, f)
+        )
         assert len({tuple(sorted(r)) for r in removed}) == total
         assert all(len(set(r)) == f and all(0 <= c < n for c in r) for r in removed)

@@ -76,8 +76,11 @@ def test_dnc_validates_its_hyperparameters():
     with pytest.raises(ValueError, match=r"dnc: needs n > floor\(filter_frac \* f\).*n=4.*f=2.*c=2"):
         dnc(num_byzantine=2, filter_frac=2.0).requirement(4)
     dnc(num_byzantine=2, filter_frac=2.0).requirement(5)
-    for kwargs, name in [({"num_iterations": 0}, "num_iterations"), ({"subsample_dim": 0}, "subsample_dim"),
-                         ({"filter_frac": 0.0}, "filter_frac")]:
+    for kwargs, name in [
+        ({"num_iterations": 0}, "num_iterations"),
+        ({"subsample_dim": 0}, "subsample_dim"),
+        ({"filter_frac": 0.0}, "filter_frac"),
+    ]:
         with pytest.raises(ValueError, match=f"dnc: {name}"):
             dnc(num_byzantine=1, **kwargs)
 
@@ -122,8 +125,9 @@ def test_mean_shift_matches_scikit_learn():
     rng = np.random.default_rng(7)
     shift = jax.jit(mean_shift_largest_cluster)
     for _ in range(3):  # two blobs and two stray points, one compiled shape
-        pts = np.concatenate([rng.normal(0.2, 0.05, size=(9, 3)), rng.normal(0.8, 0.05, size=(4, 3)),
-                              rng.uniform(0, 1, size=(2, 3))]).astype(np.float32)
+        pts = np.concatenate(
+            [rng.normal(0.2, 0.05, size=(9, 3)), rng.normal(0.8, 0.05, size=(4, 3)), rng.uniform(0, 1, size=(2, 3))]
+        ).astype(np.float32)
         bw = sklearn_cluster.estimate_bandwidth(pts, quantile=0.5)
         np.testing.assert_allclose(float(estimate_bandwidth(jnp.asarray(pts), 0.5)), bw, rtol=1e-5)
         labels = sklearn_cluster.MeanShift(bandwidth=bw, bin_seeding=True, cluster_all=False).fit(pts).labels_

@@ -20,7 +20,8 @@ def context(n, d, ids=None, weights=None, reference=None, params=None):
         key=jax.random.PRNGKey(0),
         client_ids=jnp.arange(n) if ids is None else jnp.asarray(ids),
         params=jnp.zeros(d) if params is None else jnp.asarray(params, jnp.float32),
-        reference=jnp.zeros(d) if reference is None else jnp.asarray(reference, jnp.float32))
+        reference=jnp.zeros(d) if reference is None else jnp.asarray(reference, jnp.float32),
+    )
 
 
 _JITTED = {}
@@ -43,6 +44,7 @@ FLTRUST = fltrust()
 
 
 # ----------------------------------------------------------------------------------------- FLTrust
+
 
 def test_fltrust_hand_case_three_clients_2d():
     # g0 = [2, 0]: x1 = [3, 4] has cos 0.6, x2 = [2, 2] cos 1/sqrt(2), x3 = [-1, 1] cos < 0 -> TS 0.
@@ -88,6 +90,7 @@ def test_fltrust_through_fljax_aggregate_uses_the_reference():
 
 
 # --------------------------------------------------------------------------------------- FoolsGold
+
 
 def foolsgold_reference(histories, finite, kappa=1.0):
     """Loop transcription of FoolsGold's Algorithm 1 (authors' code, logit(1) -> 1)."""
@@ -216,6 +219,7 @@ def test_foolsgold_feature_importance_weights_coordinates_by_global_params():
 
 # ---------------------------------------------------------------------------------------------- AFA
 
+
 def afa_filter_reference(x, p_n, xi, delta_xi):
     """Loop transcription of AFA's filtering (population std, as np.std)."""
     good = np.all(np.isfinite(x), axis=1)
@@ -316,6 +320,7 @@ def test_afa_permutation_invariance():
 
 # ------------------------------------------------------------------------------------------- CONTRA
 
+
 def test_contra_reputation_falls_for_a_colluding_pair():
     # Colluders a, b (cos ~ .9997) and two orthogonal honest clients, k = 1, tau = .5, delta = .1.
     x = jnp.array([[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.05], [1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
@@ -328,7 +333,9 @@ def test_contra_reputation_falls_for_a_colluding_pair():
     np.testing.assert_allclose(info["weights"], [0.0, 0.0, 0.5, 0.5], atol=1e-6)
     np.testing.assert_allclose(out, [0.5, 0.5, 0.0, 0.0], atol=1e-6)
     _, state, _ = step(rule, x, state=state)
-    np.testing.assert_allclose(state.reputation, [(0.9 / 1.1 - 0.1) / 1.1, (0.9 / 1.1 - 0.1) / 1.1, 1.0, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(
+        state.reputation, [(0.9 / 1.1 - 0.1) / 1.1, (0.9 / 1.1 - 0.1) / 1.1, 1.0, 1.0], rtol=1e-6
+    )
 
 
 def test_contra_drops_the_least_reputable_and_scales_by_reputation():
@@ -355,7 +362,9 @@ def test_contra_permutation_invariance_and_nan_rows():
     x[4] = x[2] + 0.01
     rule = contra(num_clients=6, num_byzantine=1, top_k=2, similarity_threshold=0.3)
     out, state, info = step(rule, x)
-    np.testing.assert_allclose(info["learning_rates"], contra_learning_rates_reference(x.astype(np.float64), 2), atol=1e-5)
+    np.testing.assert_allclose(
+        info["learning_rates"], contra_learning_rates_reference(x.astype(np.float64), 2), atol=1e-5
+    )
     perm = rng.permutation(6)
     out_p, state_p, info_p = step(rule, x[perm])
     np.testing.assert_allclose(out_p, out, rtol=1e-5, atol=1e-6)
@@ -369,17 +378,21 @@ def test_contra_permutation_invariance_and_nan_rows():
 
 # --------------------------------------------------------------------------- hyper-parameters, runner
 
-@pytest.mark.parametrize("factory, kwargs, message", [
-    (foolsgold, dict(num_clients=0), "foolsgold: num_clients must be an integer > 0"),
-    (foolsgold, dict(num_clients=5, kappa=0.0), "foolsgold: kappa must be a number > 0"),
-    (afa, dict(num_clients=2.5), "afa: num_clients must be an integer > 0"),
-    (afa, dict(num_clients=5, xi=-1.0), "afa: xi must be a number >= 0"),
-    (afa, dict(num_clients=5, block_threshold=1.0), "afa: block_threshold must be in [0, 1)"),
-    (afa, dict(num_clients=5, prior_alpha=1.0, prior_beta=9.0), "every client would start blocked"),
-    (contra, dict(num_clients=5, similarity_threshold=1.5), "contra: similarity_threshold must be in [0, 1]"),
-    (contra, dict(num_clients=5, reputation_delta=0), "contra: reputation_delta must be in (0, 1]"),
-    (contra, dict(num_clients=5, num_byzantine=-1), "contra: num_byzantine must be an integer >= 0"),
-])
+
+@pytest.mark.parametrize(
+    "factory, kwargs, message",
+    [
+        (foolsgold, dict(num_clients=0), "foolsgold: num_clients must be an integer > 0"),
+        (foolsgold, dict(num_clients=5, kappa=0.0), "foolsgold: kappa must be a number > 0"),
+        (afa, dict(num_clients=2.5), "afa: num_clients must be an integer > 0"),
+        (afa, dict(num_clients=5, xi=-1.0), "afa: xi must be a number >= 0"),
+        (afa, dict(num_clients=5, block_threshold=1.0), "afa: block_threshold must be in [0, 1)"),
+        (afa, dict(num_clients=5, prior_alpha=1.0, prior_beta=9.0), "every client would start blocked"),
+        (contra, dict(num_clients=5, similarity_threshold=1.5), "contra: similarity_threshold must be in [0, 1]"),
+        (contra, dict(num_clients=5, reputation_delta=0), "contra: reputation_delta must be in (0, 1]"),
+        (contra, dict(num_clients=5, num_byzantine=-1), "contra: num_byzantine must be an integer >= 0"),
+    ],
+)
 def test_bad_hyper_parameters_raise(factory, kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
         factory(**kwargs)
@@ -407,6 +420,7 @@ def test_runner_fills_population_and_hyper_parameters_by_name():
 
 # ------------------------------------------------------------------------------- inside a real round
 
+
 def test_fltrust_and_foolsgold_inside_make_round():
     import optax
 
@@ -426,8 +440,9 @@ def test_fltrust_and_foolsgold_inside_make_round():
     g0 = neg_grad([0, 1, 2])
     ts = np.array([max(0.0, gi @ g0 / (np.linalg.norm(gi) * np.linalg.norm(g0))) for gi in g])
     expected = sum(t * np.linalg.norm(g0) / np.linalg.norm(gi) * gi for t, gi in zip(ts, g)) / ts.sum()
-    rnd = fljax.make_round(fljax.fedsgd(squared_loss), fltrust(), clients_per_round=2, root_size=3,
-                           server_optimizer=optax.sgd(1.0))
+    rnd = fljax.make_round(
+        fljax.fedsgd(squared_loss), fltrust(), clients_per_round=2, root_size=3, server_optimizer=optax.sgd(1.0)
+    )
     state, _ = rnd.step(rnd.init({"w": jnp.asarray(w, jnp.float32)}), data, jax.random.PRNGKey(0))
     np.testing.assert_allclose(state.params["w"], w + expected, rtol=1e-5)
     # FoolsGold: the population history rides in ServerState.agg_state across rounds.

@@ -21,15 +21,26 @@ N, D, F = 12, 30, 3
 KEY = jax.random.PRNGKey(0)
 UPDATES = 1.0 + 0.5 * jax.random.normal(jax.random.PRNGKey(1), (N, D))
 MAL = jnp.arange(N) < F
-RULES = {"mean": mean(), "median": median(), "trimmed_mean": trimmed_mean(num_byzantine=F), "krum": krum(num_byzantine=F)}
+RULES = {
+    "mean": mean(),
+    "median": median(),
+    "trimmed_mean": trimmed_mean(num_byzantine=F),
+    "krum": krum(num_byzantine=F),
+}
 
 
 @functools.lru_cache(maxsize=None)
 def compiled(rule_name, **kwargs):
     """The attack's update for one rule, jitted once and reused across tests (compiles are slow)."""
     attack, rule = adaptive(**kwargs), RULES[rule_name]
-    ctx = AttackContext(params=jnp.zeros(D), weights=jnp.ones(N), round=jnp.zeros((), jnp.int32), aggregator=rule,
-                        agg_state=rule.init(jnp.zeros(D)), client_ids=jnp.arange(N))
+    ctx = AttackContext(
+        params=jnp.zeros(D),
+        weights=jnp.ones(N),
+        round=jnp.zeros((), jnp.int32),
+        aggregator=rule,
+        agg_state=rule.init(jnp.zeros(D)),
+        client_ids=jnp.arange(N),
+    )
     return jax.jit(lambda u, m: attack.update(u, m, attack.init(jnp.zeros(D)), KEY, ctx))
 
 
@@ -62,8 +73,10 @@ def start_points():
     z = float(alie_z(N, F))  # n = 12, f = 3: s = 4, z = Phi^-1(5 / 9)
     assert z == pytest.approx(0.139710, abs=1e-5)
     own = np.asarray(UPDATES)[:F].mean(0)
-    return {name: ball(p, r) for name, p in
-            {"alie": mu + z * h.std(0), "ipm": -0.1 * mu, "negative_mean": -mu, "own": own}.items()}
+    return {
+        name: ball(p, r)
+        for name, p in {"alie": mu + z * h.std(0), "ipm": -0.1 * mu, "negative_mean": -mu, "own": own}.items()
+    }
 
 
 def with_rows(z):
@@ -151,8 +164,9 @@ def test_in_a_jitted_round_against_krum():
     x, y = rng.normal(size=(16, 3)).astype(np.float32), rng.normal(size=16).astype(np.float32)
     data = make_data([[2 * i, 2 * i + 1] for i in range(8)], x, y)
     client = fljax.fedavg(squared_loss, optax.sgd(0.1), local_steps=2, batch_size=2)
-    rnd = fljax.make_round(client, krum(num_byzantine=2), clients_per_round=7, num_malicious=3,
-                           model_attack=adaptive(attack_steps=10))
+    rnd = fljax.make_round(
+        client, krum(num_byzantine=2), clients_per_round=7, num_malicious=3, model_attack=adaptive(attack_steps=10)
+    )
     state = rnd.init({"w": jnp.zeros(3)})
     for i in range(3):
         state, metrics = rnd.step(state, data, jax.random.PRNGKey(i))
@@ -161,15 +175,18 @@ def test_in_a_jitted_round_against_krum():
             assert float(state.attack_state.objective) >= float(state.attack_state.objective_init)
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(objective="chaos"), "adaptive: objective must be one of untargeted, deviation, targeted, got 'chaos'"),
-    (dict(constraint="box"), "adaptive: constraint must be one of max_norm, distance, none"),
-    (dict(init_point="zero"), "adaptive: init_point must be one of best, alie"),
-    (dict(knowledge="some"), "adaptive: knowledge must be one of full, partial"),
-    (dict(attack_steps=-1), "adaptive: attack_steps must be an integer >= 0, got -1"),
-    (dict(attack_lr=0.0), "adaptive: attack_lr must be a number > 0"),
-    (dict(objective="targeted"), "adaptive: objective 'targeted' needs target_loss"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(objective="chaos"), "adaptive: objective must be one of untargeted, deviation, targeted, got 'chaos'"),
+        (dict(constraint="box"), "adaptive: constraint must be one of max_norm, distance, none"),
+        (dict(init_point="zero"), "adaptive: init_point must be one of best, alie"),
+        (dict(knowledge="some"), "adaptive: knowledge must be one of full, partial"),
+        (dict(attack_steps=-1), "adaptive: attack_steps must be an integer >= 0, got -1"),
+        (dict(attack_lr=0.0), "adaptive: attack_lr must be a number > 0"),
+        (dict(objective="targeted"), "adaptive: objective 'targeted' needs target_loss"),
+    ],
+)
 def test_bad_hyper_parameters(kwargs, message):
     with pytest.raises(ValueError, match=message):
         adaptive(**kwargs)
@@ -187,8 +204,10 @@ def test_triggered_loss_is_the_cross_entropy_of_the_counted_triggered_examples()
     x = np.arange(8, dtype=np.float32).reshape(4, 2) / 8
     y = np.array([0, 1, 2, 1], np.int32)
     # a toy success test: inputs + 1, target label 2, only examples whose label is not 2 count
-    attack = DataAttack(poison=lambda x, y, m, k, a: (x, y), targeted=lambda x, y: (x + 1.0, jnp.full_like(y, 2), y != 2))
-    apply = lambda p, x: x @ p["w"]                                     # logits [B, 3]
+    attack = DataAttack(
+        poison=lambda x, y, m, k, a: (x, y), targeted=lambda x, y: (x + 1.0, jnp.full_like(y, 2), y != 2)
+    )
+    apply = lambda p, x: x @ p["w"]  # logits [B, 3]
     w = np.array([[0.3, -0.2, 0.5], [0.1, 0.4, -0.6]], np.float32)
     loss = triggered_loss(apply, lambda flat: {"w": flat.reshape(2, 3)}, attack, x, y)
     logits = (x + 1.0) @ w
@@ -201,15 +220,24 @@ def test_triggered_loss_is_the_cross_entropy_of_the_counted_triggered_examples()
 
 
 def test_runner_targeted_objective_needs_a_targeted_data_attack_and_reads_the_attackers_examples():
-    small = dict(dataset="digits", num_clients=10, clients_per_round=10, num_malicious=2, rounds=1, attack="adaptive",
-                 objective="targeted", aggregator="median", attack_steps=3)
+    small = dict(
+        dataset="digits",
+        num_clients=10,
+        clients_per_round=10,
+        num_malicious=2,
+        rounds=1,
+        attack="adaptive",
+        objective="targeted",
+        aggregator="median",
+        attack_steps=3,
+    )
     with pytest.raises(ValueError, match=r"adaptive\(objective='targeted'\) needs a targeted data attack before it"):
         build(ExperimentConfig(**small))
     with pytest.raises(ValueError, match="needs a targeted data attack"):
         build(ExperimentConfig(data_attack="label_flip_all", **small))
     exp = build(ExperimentConfig(data_attack="backdoor", target_class=0, trigger_size=2, **small))
     x, y = attacker_examples(exp.data, 2)
-    ids = np.concatenate([np.asarray(exp.data.client_indices)[c, :int(exp.data.client_counts[c])] for c in (0, 1)])
+    ids = np.concatenate([np.asarray(exp.data.client_indices)[c, : int(exp.data.client_counts[c])] for c in (0, 1)])
     np.testing.assert_array_equal(y, np.asarray(exp.data.y)[ids[:256]])  # capped at ATTACKER_EXAMPLES
     state, history = jax.jit(exp.train.run)(exp.train.init(KEY), exp.data)
     assert np.isfinite(np.asarray(history.evals["accuracy"])).all()

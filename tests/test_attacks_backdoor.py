@@ -40,7 +40,9 @@ def test_backdoor_square_pixels_fraction_and_labels_by_hand():
 
 def test_plus_pattern_and_explicit_position_by_hand():
     x, y = jnp.zeros((1, 6, 7, 1)), jnp.array([1])
-    px, _ = backdoor(0, trigger_size=3, trigger_pattern="plus", trigger_position="1,2", poison_fraction=1.0).poison(x, y, real(y), KEY, 0)
+    px, _ = backdoor(0, trigger_size=3, trigger_pattern="plus", trigger_position="1,2", poison_fraction=1.0).poison(
+        x, y, real(y), KEY, 0
+    )
     expected = np.zeros((6, 7), np.float32)
     expected[2, 2:5] = expected[1:4, 3] = 1.0
     np.testing.assert_array_equal(px[0, :, :, 0], expected)
@@ -78,7 +80,9 @@ def test_dba_parts_tile_the_global_trigger_exactly(size, parts, pattern):
     glob, _, _ = backdoor(0, trigger_size=size, trigger_pattern=pattern).targeted(zeros, jnp.array([1]))
     xt, _, _ = attack.targeted(zeros, jnp.array([1]))
     np.testing.assert_array_equal(xt, glob)  # DBA's success test uses the FULL global trigger
-    stamps = np.stack([np.asarray(attack.poison(zeros, jnp.array([1]), real(1), KEY, a)[0][0]) > 0 for a in range(parts)])
+    stamps = np.stack(
+        [np.asarray(attack.poison(zeros, jnp.array([1]), real(1), KEY, a)[0][0]) > 0 for a in range(parts)]
+    )
     assert np.all(stamps.sum(0) <= 1)  # disjoint
     np.testing.assert_array_equal(stamps.any(0), np.asarray(glob[0]) > 0)  # union = global trigger
     sizes = stamps.reshape(parts, -1).sum(1) // shape[2]
@@ -128,29 +132,56 @@ def test_feature_trigger_percentile_values():
     np.testing.assert_allclose(px, [[0.0, np.percentile(x_train[:, 1], 99.0)]], rtol=1e-6)
 
 
-@pytest.mark.parametrize("factory,kwargs,message", [
-    (backdoor, dict(trigger_size=9, input_shape=(8, 8, 1)),
-     r"backdoor: a 9x9 square trigger .* does not fit 8x8 images; trigger_size must be in 1..8"),
-    (backdoor, dict(trigger_size=3, trigger_position="6,2", input_shape=(8, 8, 1)), r"backdoor: .* at '6,2' .* does not fit 8x8"),
-    (backdoor, dict(input_shape=(30,)), r"backdoor: needs image inputs \[H, W, C\], got examples of shape \(30,\)"),
-    (backdoor, dict(trigger_size=0), r"backdoor: trigger_size must be an integer >= 1, got 0"),
-    (backdoor, dict(trigger_pattern="star"), r"backdoor: trigger_pattern must be one of square, plus, got 'star'"),
-    (backdoor, dict(trigger_pattern="plus", trigger_size=2), r"backdoor: a plus trigger needs trigger_size >= 3, got 2"),
-    (backdoor, dict(trigger_position="middle"), r"backdoor: trigger_position must be one of bottom_right"),
-    (backdoor, dict(poison_fraction=0.0), r"backdoor: poison_fraction must be in \(0, 1\], got 0.0"),
-    (backdoor, dict(poison_fraction=1.5), r"backdoor: poison_fraction must be in \(0, 1\], got 1.5"),
-    (backdoor, dict(trigger_value=float("nan")), r"backdoor: trigger_value must be a finite number"),
-    (backdoor, dict(num_classes=2), r"backdoor: target_label must be an integer in 0..1, got 3"),
-    (dba, dict(num_parts=17, trigger_size=4), r"dba: num_parts must be an integer in 1..16, got 17"),
-    (feature_trigger, dict(trigger_features=[0, 40], trigger_values=1.0, input_shape=(30,)),
-     r"feature_trigger: trigger_features must be in 0..29"),
-    (feature_trigger, dict(trigger_features=[0, 0], trigger_values=1.0), r"feature_trigger: trigger_features must be distinct"),
-    (feature_trigger, dict(trigger_features=[0, 1], trigger_values=[1.0, 2.0, 3.0]),
-     r"feature_trigger: trigger_values must be one finite number or one per feature \(2\)"),
-    (feature_trigger, dict(trigger_features=[0]), r"feature_trigger: give trigger_values, or x_train"),
-    (feature_trigger, dict(trigger_features=[0], trigger_values=1.0, input_shape=(8, 8, 1)),
-     r"feature_trigger: needs tabular inputs \[F\]"),
-])
+@pytest.mark.parametrize(
+    "factory,kwargs,message",
+    [
+        (
+            backdoor,
+            dict(trigger_size=9, input_shape=(8, 8, 1)),
+            r"backdoor: a 9x9 square trigger .* does not fit 8x8 images; trigger_size must be in 1..8",
+        ),
+        (
+            backdoor,
+            dict(trigger_size=3, trigger_position="6,2", input_shape=(8, 8, 1)),
+            r"backdoor: .* at '6,2' .* does not fit 8x8",
+        ),
+        (backdoor, dict(input_shape=(30,)), r"backdoor: needs image inputs \[H, W, C\], got examples of shape \(30,\)"),
+        (backdoor, dict(trigger_size=0), r"backdoor: trigger_size must be an integer >= 1, got 0"),
+        (backdoor, dict(trigger_pattern="star"), r"backdoor: trigger_pattern must be one of square, plus, got 'star'"),
+        (
+            backdoor,
+            dict(trigger_pattern="plus", trigger_size=2),
+            r"backdoor: a plus trigger needs trigger_size >= 3, got 2",
+        ),
+        (backdoor, dict(trigger_position="middle"), r"backdoor: trigger_position must be one of bottom_right"),
+        (backdoor, dict(poison_fraction=0.0), r"backdoor: poison_fraction must be in \(0, 1\], got 0.0"),
+        (backdoor, dict(poison_fraction=1.5), r"backdoor: poison_fraction must be in \(0, 1\], got 1.5"),
+        (backdoor, dict(trigger_value=float("nan")), r"backdoor: trigger_value must be a finite number"),
+        (backdoor, dict(num_classes=2), r"backdoor: target_label must be an integer in 0..1, got 3"),
+        (dba, dict(num_parts=17, trigger_size=4), r"dba: num_parts must be an integer in 1..16, got 17"),
+        (
+            feature_trigger,
+            dict(trigger_features=[0, 40], trigger_values=1.0, input_shape=(30,)),
+            r"feature_trigger: trigger_features must be in 0..29",
+        ),
+        (
+            feature_trigger,
+            dict(trigger_features=[0, 0], trigger_values=1.0),
+            r"feature_trigger: trigger_features must be distinct",
+        ),
+        (
+            feature_trigger,
+            dict(trigger_features=[0, 1], trigger_values=[1.0, 2.0, 3.0]),
+            r"feature_trigger: trigger_values must be one finite number or one per feature \(2\)",
+        ),
+        (feature_trigger, dict(trigger_features=[0]), r"feature_trigger: give trigger_values, or x_train"),
+        (
+            feature_trigger,
+            dict(trigger_features=[0], trigger_values=1.0, input_shape=(8, 8, 1)),
+            r"feature_trigger: needs tabular inputs \[F\]",
+        ),
+    ],
+)
 def test_bad_hyper_parameters_fail_at_build_time(factory, kwargs, message):
     with pytest.raises(ValueError, match=message):
         factory(3, **kwargs)
@@ -165,12 +196,16 @@ def test_round_is_unchanged_when_no_malicious_client_is_sampled():
     model = fljax.models.get("logreg", (5, 5, 1), 3)
     client = fljax.fedsgd(fljax.classification_loss(model.apply), optax.sgd(0.5))
     state = fljax.make_round(client, mean(), clients_per_round=2).init(model.init(KEY))
-    attacked = fljax.make_round(client, mean(), clients_per_round=2, num_malicious=1,
-                                data_attack=dba(0, num_parts=2, trigger_size=2))
+    attacked = fljax.make_round(
+        client, mean(), clients_per_round=2, num_malicious=1, data_attack=dba(0, num_parts=2, trigger_size=2)
+    )
     clean = fljax.make_round(client, mean(), clients_per_round=2, num_malicious=1)
     seen = set()
     for i in range(8):
-        (s1, m1), (s0, _) = attacked.step(state, data, jax.random.PRNGKey(i)), clean.step(state, data, jax.random.PRNGKey(i))
+        (s1, m1), (s0, _) = (
+            attacked.step(state, data, jax.random.PRNGKey(i)),
+            clean.step(state, data, jax.random.PRNGKey(i)),
+        )
         same = np.array_equal(s1.params["Dense_0"]["kernel"], s0.params["Dense_0"]["kernel"])
         assert same == (int(m1["num_malicious"]) == 0)
         seen.add(same)
@@ -180,8 +215,11 @@ def test_round_is_unchanged_when_no_malicious_client_is_sampled():
 def test_runner_validates_triggers_and_pairs_before_compiling():
     small = dict(num_clients=10, clients_per_round=5, num_malicious=2, rounds=1, aggregator="mean")
     with pytest.raises(ValueError, match="backdoor: a 9x9 square trigger"):
-        build(ExperimentConfig(dataset="digits", attack="none", data_attack="backdoor", target_class=3, trigger_size=9,
-                               **small))
+        build(
+            ExperimentConfig(
+                dataset="digits", attack="none", data_attack="backdoor", target_class=3, trigger_size=9, **small
+            )
+        )
     with pytest.raises(ValueError, match="--data_attack: --attack=label_flip is a data attack already"):
         build(ExperimentConfig(dataset="digits", attack="label_flip", data_attack="backdoor", **small))
     with pytest.raises(ValueError, match="--data_attack: unknown data attack 'trojan'"):
@@ -191,9 +229,22 @@ def test_runner_validates_triggers_and_pairs_before_compiling():
 
 
 def test_feature_trigger_end_to_end_on_breast_cancer():
-    config = ExperimentConfig(dataset="breast_cancer", model="logreg", attack="feature_trigger", trigger_features="5,15,25",
-                              target_class=1, num_clients=10, clients_per_round=10, num_malicious=3, aggregator="mean",
-                              rounds=40, eval_every=20, local_steps=5, local_epochs=None, client_lr=0.5)
+    config = ExperimentConfig(
+        dataset="breast_cancer",
+        model="logreg",
+        attack="feature_trigger",
+        trigger_features="5,15,25",
+        target_class=1,
+        num_clients=10,
+        clients_per_round=10,
+        num_malicious=3,
+        aggregator="mean",
+        rounds=40,
+        eval_every=20,
+        local_steps=5,
+        local_epochs=None,
+        client_lr=0.5,
+    )
     results = run_experiment(build(config), log=lambda *a: None)
     asr = results["evals"]["attack_success_rate"]
     assert len(asr) == 2 and asr[-1] > 0.85  # ~0.15 for the same run without attackers
@@ -201,9 +252,22 @@ def test_feature_trigger_end_to_end_on_breast_cancer():
 
 
 def _mnist_backdoor(data_attack, num_malicious, model, rounds, **extra):
-    config = ExperimentConfig(dataset="mnist5k", model=model, attack="none", data_attack=data_attack, target_class=0,
-                              num_clients=20, clients_per_round=20, num_malicious=num_malicious, aggregator="mean",
-                              rounds=rounds, eval_every=rounds // 2, local_steps=10, local_epochs=None, **extra)
+    config = ExperimentConfig(
+        dataset="mnist5k",
+        model=model,
+        attack="none",
+        data_attack=data_attack,
+        target_class=0,
+        num_clients=20,
+        clients_per_round=20,
+        num_malicious=num_malicious,
+        aggregator="mean",
+        rounds=rounds,
+        eval_every=rounds // 2,
+        local_steps=10,
+        local_epochs=None,
+        **extra,
+    )
     return run_experiment(build(config), log=lambda *a: None)
 
 

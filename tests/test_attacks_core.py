@@ -19,7 +19,9 @@ def test_sign_flip_rows():
 
 def test_gaussian_rows_have_the_right_std_and_honest_rows_are_untouched():
     u = jnp.zeros((4, 20000))
-    out = np.asarray(fljax.apply_attack(gaussian(std=3.0), u, jnp.array([True, True, False, False]), jax.random.PRNGKey(1)))
+    out = np.asarray(
+        fljax.apply_attack(gaussian(std=3.0), u, jnp.array([True, True, False, False]), jax.random.PRNGKey(1))
+    )
     assert abs(out[:2].std() - 3.0) < 0.05 and abs(out[:2].mean()) < 0.05
     assert not np.allclose(out[0], out[1])
     np.testing.assert_array_equal(out[2:], 0.0)

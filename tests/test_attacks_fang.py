@@ -57,7 +57,9 @@ def test_fang_krum_update_is_selected_by_krum_and_lambda_is_the_first_halving_th
     crafted = np.asarray(out)[:2]
     lam = -crafted[0] @ s / len(s)
     assert lam > 0
-    np.testing.assert_allclose(crafted, np.broadcast_to(-lam * s, (2, D)), rtol=1e-6)  # w1' = w_Re - lambda s, all equal
+    np.testing.assert_allclose(
+        crafted, np.broadcast_to(-lam * s, (2, D)), rtol=1e-6
+    )  # w1' = w_Re - lambda s, all equal
     np.testing.assert_array_equal(np.asarray(out)[2:], np.asarray(u)[2:])
     assert krum_weights(out, 2)[:2].sum() == 1.0  # Krum picks a crafted update
     # lambda = bound / 2^k, and with 2 * lambda (the previous try) Krum picked an honest update
@@ -92,8 +94,9 @@ def test_fang_krum_partial_knowledge_uses_the_attackers_own_updates():
 
 def trim_cohort():
     # columns: (s > 0, w_min > 0), (s > 0, w_min < 0), (s < 0, w_max > 0), (s < 0, w_max < 0)
-    honest = np.array([[1.0, 2.0, -1.0, -3.0], [2.0, -1.0, -2.0, -1.0], [3.0, 3.0, 1.0, -2.0], [4.0, 1.0, -3.0, -4.0]],
-                      np.float32)
+    honest = np.array(
+        [[1.0, 2.0, -1.0, -3.0], [2.0, -1.0, -2.0, -1.0], [3.0, 3.0, 1.0, -2.0], [4.0, 1.0, -3.0, -4.0]], np.float32
+    )
     attackers = np.full((3, 4), 7.0, np.float32)
     return jnp.asarray(np.concatenate([attackers, honest])), jnp.arange(7) < 3
 
@@ -139,18 +142,29 @@ def test_bad_parameters_and_requirement():
         fang_krum(colluding=1)
     with pytest.raises(ValueError, match="fang_krum: num_byzantine must be an integer >= 0"):
         fang_krum(num_byzantine=-1)
-    with pytest.raises(ValueError, match="fang_krum: Krum needs n > 2f \\+ 2 clients per round; got n=10, num_byzantine f=4"):
+    with pytest.raises(
+        ValueError, match="fang_krum: Krum needs n > 2f \\+ 2 clients per round; got n=10, num_byzantine f=4"
+    ):
         fang_krum(num_byzantine=4).requirement(10, 1)
     fang_krum().requirement(10, 3)
 
 
-SMALL = dict(dataset="mnist5k", num_clients=20, clients_per_round=20, num_malicious=4, local_steps=2, rounds=30,
-             eval_every=30, execution="sequential")
+SMALL = dict(
+    dataset="mnist5k",
+    num_clients=20,
+    clients_per_round=20,
+    num_malicious=4,
+    local_steps=2,
+    rounds=30,
+    eval_every=30,
+    execution="sequential",
+)
 
 
 def accuracy(**overrides):
     from experiments.run import run_experiment
     from fljax.experiment import ExperimentConfig, build
+
     return run_experiment(build(ExperimentConfig(**dict(SMALL, **overrides))), log=lambda m: None)["final"]["accuracy"]
 
 

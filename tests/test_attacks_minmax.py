@@ -44,8 +44,11 @@ def test_gamma_satisfies_the_constraint_and_twice_gamma_violates_it(objective, d
     mu, p, gamma = jax.jit(lambda u: shejwalkar_update(u, rows, objective, direction))(u)
     honest = np.asarray(u)[3:]
     np.testing.assert_allclose(mu, honest.mean(0), rtol=1e-5, atol=1e-6)
-    expected_p = {"unit_vec": -honest.mean(0) / np.linalg.norm(honest.mean(0)), "sign": -np.sign(honest.mean(0)),
-                  "std": -honest.std(0)}[direction]
+    expected_p = {
+        "unit_vec": -honest.mean(0) / np.linalg.norm(honest.mean(0)),
+        "sign": -np.sign(honest.mean(0)),
+        "std": -honest.std(0),
+    }[direction]
     np.testing.assert_allclose(p, expected_p, rtol=1e-5, atol=1e-6)
     gamma = float(gamma)
     assert 0 < gamma < 20
@@ -77,13 +80,23 @@ def test_bad_parameters():
         min_max(tau=-1.0)
 
 
-SMALL = dict(dataset="mnist5k", num_clients=20, clients_per_round=20, num_malicious=4, local_steps=2, rounds=30,
-             eval_every=30, aggregator="mean", execution="sequential")
+SMALL = dict(
+    dataset="mnist5k",
+    num_clients=20,
+    clients_per_round=20,
+    num_malicious=4,
+    local_steps=2,
+    rounds=30,
+    eval_every=30,
+    aggregator="mean",
+    execution="sequential",
+)
 
 
 def accuracy(**overrides):
     from experiments.run import run_experiment
     from fljax.experiment import ExperimentConfig, build
+
     return run_experiment(build(ExperimentConfig(**dict(SMALL, **overrides))), log=lambda m: None)["final"]["accuracy"]
 
 

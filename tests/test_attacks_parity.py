@@ -46,16 +46,23 @@ FAMILIES = {"optimal_ipm": lambda tau: -tau * MU, "optimal_alie": lambda tau: MU
 
 
 def context(rule):
-    return AttackContext(params=jnp.zeros(D), weights=jnp.ones(N), round=jnp.zeros((), jnp.int32), aggregator=rule,
-                         agg_state=rule.init(jnp.zeros(D)), client_ids=jnp.arange(N))
+    return AttackContext(
+        params=jnp.zeros(D),
+        weights=jnp.ones(N),
+        round=jnp.zeros((), jnp.int32),
+        aggregator=rule,
+        agg_state=rule.init(jnp.zeros(D)),
+        client_ids=jnp.arange(N),
+    )
 
 
 @functools.lru_cache(maxsize=None)
 def attacked(name, rule_name, **kwargs):
     """``(rows, LineSearchState)`` of the attack against one rule, jitted once per case."""
     attack, rule = MODEL_ATTACKS[name](**kwargs), RULES[rule_name]
-    out, state = jax.jit(lambda u: attack.update(u, MAL, attack.init(jnp.zeros(D)), jax.random.PRNGKey(0),
-                                                 context(rule)))(UPDATES)
+    out, state = jax.jit(
+        lambda u: attack.update(u, MAL, attack.init(jnp.zeros(D)), jax.random.PRNGKey(0), context(rule))
+    )(UPDATES)
     return np.asarray(out), LineSearchState(*map(float, state))
 
 
@@ -64,8 +71,13 @@ def deviation_program(rule_name):
     """``rows [m, d] -> ||Agg(updates with the malicious rows = row) - mu||`` per row, computed
     here from the rule alone (one program per rule)."""
     rule = RULES[rule_name]
-    ctx = AggregationContext(weights=jnp.ones(N), key=jax.random.PRNGKey(0), client_ids=jnp.arange(N),
-                             params=jnp.zeros(D), reference=jnp.zeros(D))
+    ctx = AggregationContext(
+        weights=jnp.ones(N),
+        key=jax.random.PRNGKey(0),
+        client_ids=jnp.arange(N),
+        params=jnp.zeros(D),
+        reference=jnp.zeros(D),
+    )
 
     def one(row):
         agg = rule.update(jnp.where(MAL[:, None], row, UPDATES), rule.init(jnp.zeros(D)), ctx)[0]
@@ -105,9 +117,9 @@ def test_optimal_beats_the_fixed_tau_attacks(rule_name):
 def test_line_search_grid_refinement_and_non_finite_scores():
     taus = np.asarray(search_grid(10.0, 5))
     np.testing.assert_allclose(taus, [0.0, 0.625, 2.5, 5.625, 10.0])  # 10 (k/4)^2
-    tau, value = jax.jit(lambda: line_search(lambda t: -(t - 3.3) ** 2, 10.0, 5, 30))()
+    tau, value = jax.jit(lambda: line_search(lambda t: -((t - 3.3) ** 2), 10.0, 5, 30))()
     assert abs(float(tau) - 3.3) < 1e-3 and float(value) <= 0.0  # golden section between grid points 2.5 and 5.625
-    tau, _ = jax.jit(lambda: line_search(lambda t: -(t - 3.3) ** 2, 10.0, 5, 0))()
+    tau, _ = jax.jit(lambda: line_search(lambda t: -((t - 3.3) ** 2), 10.0, 5, 0))()
     # Without refinement: the best of the grid (2.5) and the bracket [0.625, 5.625]'s two golden points.
     assert float(tau) == pytest.approx(0.625 + 0.6180339887 * 5.0)
     window = lambda t: jnp.where((t > 0.5) & (t < 0.7), t, jnp.where(t > 8.0, jnp.nan, 0.0))
@@ -123,8 +135,9 @@ def test_the_search_runs_through_the_given_rule_pre_aggregations_included():
     # with NNM then Krum, a different objective from Krum's own.
     chain = with_preaggregation(krum(num_byzantine=F), nnm(num_byzantine=F))
     attack = optimal_ipm(rule=chain)
-    out, state = jax.jit(lambda: attack.update(UPDATES, MAL, attack.init(jnp.zeros(D)), jax.random.PRNGKey(0),
-                                               context(RULES["krum"])))()
+    out, state = jax.jit(
+        lambda: attack.update(UPDATES, MAL, attack.init(jnp.zeros(D)), jax.random.PRNGKey(0), context(RULES["krum"]))
+    )()
     assert float(state.tau) != attacked("optimal_ipm", "krum")[1].tau
     np.testing.assert_allclose(np.asarray(out)[:F], np.broadcast_to(-float(state.tau) * MU, (F, D)), rtol=1e-5)
     agg, _ = aggregate_once(chain, out)
@@ -135,23 +148,34 @@ def test_optimal_attacks_stay_finite_on_hostile_inputs():
     hostile = np.asarray(UPDATES).copy()
     hostile[:F] = np.nan  # the attackers' own (unused) rows
     hostile[F] = 1e30  # a huge honest row: sigma's squares overflow
-    never = Aggregator(init=lambda p: fljax.types.EmptyState(),  # a rule that never returns a finite aggregate
-                       update=lambda u, s, c: (jnp.full(u.shape[1], jnp.nan), s,
-                                               {"weights": jnp.full(u.shape[0], 1 / u.shape[0])}))
+    never = Aggregator(
+        init=lambda p: fljax.types.EmptyState(),  # a rule that never returns a finite aggregate
+        update=lambda u, s, c: (jnp.full(u.shape[1], jnp.nan), s, {"weights": jnp.full(u.shape[0], 1 / u.shape[0])}),
+    )
     for attack, rule in ((optimal_alie(), median()), (optimal_ipm(), never)):
-        out, state = jax.jit(lambda u: attack.update(u, MAL, attack.init(jnp.zeros(D)), jax.random.PRNGKey(0),  # noqa: B023 (called at once)
-                                                     context(rule)))(jnp.asarray(hostile))  # noqa: B023
+        out, state = jax.jit(
+            lambda u, attack=attack, rule=rule: attack.update(
+                u, MAL, attack.init(jnp.zeros(D)), jax.random.PRNGKey(0), context(rule)
+            )
+        )(jnp.asarray(hostile))
         assert np.all(np.isfinite(np.asarray(out)[:F])) and np.all(np.isfinite(np.asarray(state)))
     assert float(state.tau) == 0.0 and float(state.deviation) == 0.0  # never finite: tau 0, the family's first member
     np.testing.assert_array_equal(np.asarray(out)[:F], 0.0)  # -0 * mu
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    (dict(tau_max=-1.0), ["tau_max", "finite number > 0", "-1.0"]), (dict(tau_max=0), ["tau_max", "0"]),
-    (dict(tau_max=math.inf), ["tau_max", "inf"]), (dict(tau_max=math.nan), ["tau_max", "nan"]),
-    (dict(grid_points=1), ["grid_points", ">= 2", "1"]), (dict(grid_points=True), ["grid_points"]),
-    (dict(refine_steps=-1), ["refine_steps", ">= 0"]), (dict(rule="median"), ["rule", "Aggregator", "'median'"]),
-])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (dict(tau_max=-1.0), ["tau_max", "finite number > 0", "-1.0"]),
+        (dict(tau_max=0), ["tau_max", "0"]),
+        (dict(tau_max=math.inf), ["tau_max", "inf"]),
+        (dict(tau_max=math.nan), ["tau_max", "nan"]),
+        (dict(grid_points=1), ["grid_points", ">= 2", "1"]),
+        (dict(grid_points=True), ["grid_points"]),
+        (dict(refine_steps=-1), ["refine_steps", ">= 0"]),
+        (dict(rule="median"), ["rule", "Aggregator", "'median'"]),
+    ],
+)
 @pytest.mark.parametrize("name", ["optimal_ipm", "optimal_alie"])
 def test_optimal_attacks_reject_bad_settings(name, kwargs, words):
     with pytest.raises(ValueError) as err:
@@ -224,8 +248,11 @@ def test_edge_case_success_test_and_rate_on_held_out_images():
     # A "model" that says 1 for bright images, 0 otherwise: the success rate is the held-out
     # images' share above the threshold, and no source recall is reported.
     threshold = np.median(held.sum(axis=(1, 2, 3)))
-    apply = lambda params, x: jnp.stack([jnp.zeros(x.shape[0]), (jnp.sum(x, axis=(1, 2, 3)) > threshold) * 2.0 - 1.0]
-                                        + [jnp.full(x.shape[0], -5.0)] * 8, axis=1)
+    apply = lambda params, x: jnp.stack(
+        [jnp.zeros(x.shape[0]), (jnp.sum(x, axis=(1, 2, 3)) > threshold) * 2.0 - 1.0]
+        + [jnp.full(x.shape[0], -5.0)] * 8,
+        axis=1,
+    )
     out = make_evaluate(apply, attack, batch_size=64)(None, jnp.zeros((400,) + SHAPE), jnp.zeros(400, jnp.int32))
     assert float(out["attack_success_rate"]) == pytest.approx(np.mean(held.sum(axis=(1, 2, 3)) > threshold))
     assert "source_recall" not in out
@@ -233,14 +260,18 @@ def test_edge_case_success_test_and_rate_on_held_out_images():
         triggered_loss(apply, lambda p: p, attack, np.zeros((4,) + SHAPE, np.float32), np.zeros(4, np.int32))
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    (dict(target_label=10, num_classes=10), ["target_label", "0..9"]),
-    (dict(source_digit=10), ["source_digit", "0..9"]),
-    (dict(source="ardis"), ["source", "auto, digits, mnist", "'ardis'"]),
-    (dict(poison_fraction=0.0), ["poison_fraction", "(0, 1]"]),
-    (dict(holdout_fraction=1.0), ["holdout_fraction", "(0, 1)"]),
-    (dict(input_shape=(30,)), ["image inputs [H, W, C]", "(30,)"]), (dict(input_shape=(4, 4, 1)), ["H, W >= 8"]),
-])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (dict(target_label=10, num_classes=10), ["target_label", "0..9"]),
+        (dict(source_digit=10), ["source_digit", "0..9"]),
+        (dict(source="ardis"), ["source", "auto, digits, mnist", "'ardis'"]),
+        (dict(poison_fraction=0.0), ["poison_fraction", "(0, 1]"]),
+        (dict(holdout_fraction=1.0), ["holdout_fraction", "(0, 1)"]),
+        (dict(input_shape=(30,)), ["image inputs [H, W, C]", "(30,)"]),
+        (dict(input_shape=(4, 4, 1)), ["H, W >= 8"]),
+    ],
+)
 def test_edge_case_rejects_bad_settings(kwargs, words):
     with pytest.raises(ValueError) as err:
         edge_case(**kwargs)
@@ -314,8 +345,9 @@ def by_hand(params, schedule, rho, boost, lr=0.5):
 def test_alternating_steps_by_hand_and_the_boost_stops_once_the_targets_are_confident():
     rho, boost = 0.3, 2.0
     # 3 local steps, a malicious step after every 2nd stealth step and after the last: s s m s m.
-    train = alter_min_training(LOSS, optax.sgd(0.5), boost=boost, rho=rho, stealth_steps=2, confidence=CONFIDENCE,
-                               local_steps=3, batch_size=8)
+    train = alter_min_training(
+        LOSS, optax.sgd(0.5), boost=boost, rho=rho, stealth_steps=2, confidence=CONFIDENCE, local_steps=3, batch_size=8
+    )
     program = jax.jit(lambda p: train(p, CLIENT, jax.random.PRNGKey(0), flip_first_two))
     confident = dict(PARAMS, b=jnp.asarray([0.0, 0.0, 20.0]))  # class 2 (the targets' label) everywhere
     for params, boosted in ((PARAMS, 2), (confident, 0)):
@@ -351,10 +383,16 @@ def test_alter_min_sends_as_trained_and_stays_finite_without_data():
     assert all(np.all(np.isfinite(np.asarray(a))) for a in jax.tree.leaves(all_targets))  # no clean example left
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    (dict(boost=0.0), ["boost", "> 0"]), (dict(boost=math.inf), ["boost", "finite"]), (dict(rho=-0.1), ["rho", ">= 0"]),
-    (dict(stealth_steps=0), ["stealth_steps", ">= 1"]), (dict(confidence=1.0), ["confidence", "(0, 1)"]),
-])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (dict(boost=0.0), ["boost", "> 0"]),
+        (dict(boost=math.inf), ["boost", "finite"]),
+        (dict(rho=-0.1), ["rho", ">= 0"]),
+        (dict(stealth_steps=0), ["stealth_steps", ">= 1"]),
+        (dict(confidence=1.0), ["confidence", "(0, 1)"]),
+    ],
+)
 def test_alter_min_rejects_bad_settings(kwargs, words):
     makers = (lambda: alter_min(**kwargs), lambda: alter_min_training(LOSS, optax.sgd(0.1), local_steps=1, **kwargs))
     for make in makers:

@@ -73,7 +73,9 @@ def test_pgd_training_projects_every_step_onto_the_ball():
     delta = np.asarray(update({"w": jnp.asarray(G)}, CLIENT, KEY)["w"])
     np.testing.assert_allclose(delta, w - G, rtol=1e-5, atol=1e-6)
     assert np.linalg.norm(delta) <= eps * (1 + 1e-5)
-    unprojected = fljax.fedavg(squared_loss, optax.sgd(lr), local_steps=steps, batch_size=4)({"w": jnp.asarray(G)}, CLIENT, KEY)
+    unprojected = fljax.fedavg(squared_loss, optax.sgd(lr), local_steps=steps, batch_size=4)(
+        {"w": jnp.asarray(G)}, CLIENT, KEY
+    )
     assert np.linalg.norm(unprojected["w"]) > 2 * eps  # the ball was active
 
 
@@ -128,9 +130,18 @@ def test_malicious_training_in_a_round_leaves_honest_rows_untouched():
 
     def round_updates(malicious_client_update):
         captured = []
-        spy = fljax.ModelAttack(init=lambda p: (), update=lambda u, m, s, k, c: (captured.append((u, c.client_ids)) or (u, s)))
-        rnd = fljax.make_round(honest, mean(), clients_per_round=2, num_malicious=1, model_attack=spy, jit=False,
-                               malicious_client_update=malicious_client_update)
+        spy = fljax.ModelAttack(
+            init=lambda p: (), update=lambda u, m, s, k, c: captured.append((u, c.client_ids)) or (u, s)
+        )
+        rnd = fljax.make_round(
+            honest,
+            mean(),
+            clients_per_round=2,
+            num_malicious=1,
+            model_attack=spy,
+            jit=False,
+            malicious_client_update=malicious_client_update,
+        )
         rnd.step(rnd.init({"w": jnp.asarray(G)}), data, KEY)
         u, ids = (np.asarray(a) for a in captured[0])
         return u[np.argsort(ids)]
@@ -141,39 +152,71 @@ def test_malicious_training_in_a_round_leaves_honest_rows_untouched():
     assert np.linalg.norm(attacked[0]) <= 0.01 * (1 + 1e-5) < np.linalg.norm(plain[0])
 
 
-@pytest.mark.parametrize("call,message", [
-    (lambda: model_replacement(gamma=0.0), "model_replacement: gamma must be a number > 0, got 0.0"),
-    (lambda: pgd(norm_bound=-1.0), "pgd: norm_bound must be a number > 0"),
-    (lambda: constrain_and_scale_training(squared_loss, optax.sgd(0.1), alpha=1.5, local_steps=1),
-     r"constrain_and_scale: alpha must be in \(0, 1\], got 1.5"),
-    (lambda: neurotoxin_training(squared_loss, optax.sgd(0.1), mask_ratio=0.0, local_steps=1),
-     "neurotoxin: mask_ratio must be a number > 0"),
-    (lambda: pgd_training(squared_loss, optax.sgd(0.1), local_steps=1, protocol="fedsgd"),
-     "pgd: changes local training, so it needs protocol fedavg"),
-    (lambda: pgd_training(squared_loss, optax.sgd(0.1)), "fedavg: give exactly one of local_steps or local_epochs"),
-])
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda: model_replacement(gamma=0.0), "model_replacement: gamma must be a number > 0, got 0.0"),
+        (lambda: pgd(norm_bound=-1.0), "pgd: norm_bound must be a number > 0"),
+        (
+            lambda: constrain_and_scale_training(squared_loss, optax.sgd(0.1), alpha=1.5, local_steps=1),
+            r"constrain_and_scale: alpha must be in \(0, 1\], got 1.5",
+        ),
+        (
+            lambda: neurotoxin_training(squared_loss, optax.sgd(0.1), mask_ratio=0.0, local_steps=1),
+            "neurotoxin: mask_ratio must be a number > 0",
+        ),
+        (
+            lambda: pgd_training(squared_loss, optax.sgd(0.1), local_steps=1, protocol="fedsgd"),
+            "pgd: changes local training, so it needs protocol fedavg",
+        ),
+        (lambda: pgd_training(squared_loss, optax.sgd(0.1)), "fedavg: give exactly one of local_steps or local_epochs"),
+    ],
+)
 def test_bad_hyper_parameters(call, message):
     with pytest.raises(ValueError, match=message):
         call()
 
 
 def test_runner_wires_local_training_and_rejects_fedsgd():
-    small = dict(dataset="digits", num_clients=10, clients_per_round=5, num_malicious=2, rounds=1, aggregator="mean",
-                 data_attack="backdoor", target_class=0, trigger_size=3)
+    small = dict(
+        dataset="digits",
+        num_clients=10,
+        clients_per_round=5,
+        num_malicious=2,
+        rounds=1,
+        aggregator="mean",
+        data_attack="backdoor",
+        target_class=0,
+        trigger_size=3,
+    )
     with pytest.raises(ValueError, match="neurotoxin: changes local training, so it needs protocol fedavg"):
         build(ExperimentConfig(attack="neurotoxin", protocol="fedsgd", **small))
     with pytest.raises(ValueError, match="constrain_and_scale: alpha must be in"):
         build(ExperimentConfig(attack="constrain_and_scale", alpha=2.0, **small))
-    with pytest.raises(ValueError, match="--norm_bound does not apply to --attack=model_replacement --data_attack=backdoor"):
+    with pytest.raises(
+        ValueError, match="--norm_bound does not apply to --attack=model_replacement --data_attack=backdoor"
+    ):
         build(ExperimentConfig(attack="model_replacement", norm_bound=1.0, **small))
 
 
 def test_model_replacement_with_backdoor_end_to_end():
     """Two of twenty clients (0-2 per round of 10), boosted by n/eta, plant the backdoor in a few
     rounds (the same run without boosting, --attack=none, ends at ~0.2)."""
-    config = ExperimentConfig(dataset="mnist5k", model="logreg", attack="model_replacement", data_attack="backdoor",
-                              target_class=0, num_clients=20, clients_per_round=10, num_malicious=2, aggregator="mean",
-                              rounds=6, eval_every=3, local_steps=10, local_epochs=None)
+    config = ExperimentConfig(
+        dataset="mnist5k",
+        model="logreg",
+        attack="model_replacement",
+        data_attack="backdoor",
+        target_class=0,
+        num_clients=20,
+        clients_per_round=10,
+        num_malicious=2,
+        aggregator="mean",
+        rounds=6,
+        eval_every=3,
+        local_steps=10,
+        local_epochs=None,
+    )
     results = run_experiment(build(config), log=lambda *a: None)
     assert results["evals"]["attack_success_rate"][-1] > 0.85
     assert results["final"]["accuracy"] > 0.8

@@ -45,8 +45,9 @@ def test_ipm_is_minus_epsilon_times_the_honest_mean():
     mal = jnp.array([True, False, True])
     np.testing.assert_allclose(fljax.apply_attack(ipm(epsilon=2.0), U, mal), [[-6, -8], [3, 4], [-6, -8]])
     # partial knowledge: the attackers' own benign rows [1, -2] and [5, 6], mu = [3, 2]
-    np.testing.assert_allclose(fljax.apply_attack(ipm(epsilon=2.0, knowledge="partial"), U, mal),
-                               [[-6, -4], [3, 4], [-6, -4]])
+    np.testing.assert_allclose(
+        fljax.apply_attack(ipm(epsilon=2.0, knowledge="partial"), U, mal), [[-6, -4], [3, 4], [-6, -4]]
+    )
 
 
 def test_alie_z_follows_the_paper_formula():
@@ -113,13 +114,23 @@ def test_bad_parameters_raise_naming_the_attack():
         mimic("last")
 
 
-SMALL = dict(dataset="mnist5k", num_clients=20, clients_per_round=20, num_malicious=4, local_steps=2, rounds=30,
-             eval_every=30, aggregator="mean", execution="sequential")
+SMALL = dict(
+    dataset="mnist5k",
+    num_clients=20,
+    clients_per_round=20,
+    num_malicious=4,
+    local_steps=2,
+    rounds=30,
+    eval_every=30,
+    aggregator="mean",
+    execution="sequential",
+)
 
 
 def accuracy(**overrides):
     from experiments.run import run_experiment
     from fljax.experiment import ExperimentConfig, build
+
     return run_experiment(build(ExperimentConfig(**dict(SMALL, **overrides))), log=lambda m: None)["final"]["accuracy"]
 
 

@@ -38,7 +38,9 @@ def test_padding_never_contributes(pad):
     padded = fljax.fedsgd(squared_loss)(W0, client([0, 1, pad, pad], 2), KEY)
     np.testing.assert_allclose(padded["w"], ref["w"], rtol=1e-6)
     avg = fljax.fedavg(squared_loss, optax.sgd(0.1), local_steps=3, batch_size=2)
-    np.testing.assert_allclose(avg(W0, client([0, 1, pad, pad], 2), KEY)["w"], avg(W0, client([0, 1], 2), KEY)["w"], rtol=1e-6)
+    np.testing.assert_allclose(
+        avg(W0, client([0, 1, pad, pad], 2), KEY)["w"], avg(W0, client([0, 1], 2), KEY)["w"], rtol=1e-6
+    )
 
 
 def test_fedavg_full_batch_steps_match_hand_computation():
@@ -80,7 +82,8 @@ def test_fedavg_batches_follow_each_epochs_permutation(count, local_steps):
     data = ClientData(onehot, jnp.zeros(width), jnp.asarray(indices), jnp.asarray(count))
     linear = lambda p, b, k=None: jnp.sum(b.mask * (b.x @ p["w"])) / jnp.maximum(jnp.sum(b.mask), 1)
     delta = fljax.fedavg(linear, optax.sgd(1.0), local_steps=local_steps, batch_size=batch)(
-        {"w": jnp.zeros(width)}, data, KEY)["w"]
+        {"w": jnp.zeros(width)}, data, KEY
+    )["w"]
     k_perm = jax.random.split(KEY, 3)[0]
     per_epoch = max(-(-count // batch), 1)
     expected = np.zeros(width)
@@ -119,6 +122,7 @@ def test_unknown_execution_lists_valid_ones():
 
 def test_use_cpu_cores_validates_count_and_needs_a_fresh_process():
     from fljax.client import use_cpu_cores
+
     with pytest.raises(ValueError, match="count must be an integer >= 1, got 0"):
         use_cpu_cores(0)
     jnp.zeros(1).block_until_ready()  # JAX's backends are running in this process now
@@ -136,8 +140,14 @@ def _parallel_worker(*cases):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
-    proc = subprocess.run([sys.executable, os.path.join(root, "tests", "parallel_worker.py"), *cases], cwd=root,
-                          env=env, capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(root, "tests", "parallel_worker.py"), *cases],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -164,5 +174,7 @@ def test_every_rule_and_local_training_attack_under_the_parallel_default():
     from fljax import attacks
     from fljax.aggregators import REGISTRY
 
-    _check_parallel(_parallel_worker(), set(REGISTRY) | {f"attack:{a}" for a, e in attacks.MODEL_ATTACKS.items()
-                                                         if e.local_training is not None})
+    _check_parallel(
+        _parallel_worker(),
+        set(REGISTRY) | {f"attack:{a}" for a, e in attacks.MODEL_ATTACKS.items() if e.local_training is not None},
+    )

@@ -43,8 +43,18 @@ TABULAR = np.random.default_rng(0).normal(size=(40, 5)).astype(np.float32)
 
 # The value of every required (or run-filled) factory parameter by name. A new component whose
 # factory needs another one fails here, naming it: add a plausible value.
-ARGUMENTS = dict(num_byzantine=1, num_clients=N, max_norm=1.0, noise_std=0.1, clip_radius=1.0, learning_threshold=2,
-                 num_classes=NUM_CLASSES, target_label=1, trigger_features="0,1", attack_steps=4)
+ARGUMENTS = dict(
+    num_byzantine=1,
+    num_clients=N,
+    max_norm=1.0,
+    noise_std=0.1,
+    clip_radius=1.0,
+    learning_threshold=2,
+    num_classes=NUM_CLASSES,
+    target_label=1,
+    trigger_features="0,1",
+    attack_steps=4,
+)
 
 
 def build(registry, name, **fixed):
@@ -55,10 +65,16 @@ def seed_inputs(seed: int, **shapes):
     """One array per ``name=(shape, kind)`` for each of the ``SEEDS`` seeds ``[SEEDS, *shape]``
     (drawn by numpy: the random draws stay out of the compiled programs), plus their keys."""
     rng = np.random.default_rng(seed)
-    draw = {"normal": lambda s: 0.5 + rng.normal(size=s), "uniform": lambda s: rng.uniform(size=s),
-            "count": lambda s: rng.integers(1, 5, size=s), "label": lambda s: rng.integers(0, NUM_CLASSES, size=s)}
-    out = {name: draw[kind]((SEEDS,) + shape).astype(np.int32 if kind == "label" else np.float32)
-           for name, (shape, kind) in shapes.items()}
+    draw = {
+        "normal": lambda s: 0.5 + rng.normal(size=s),
+        "uniform": lambda s: rng.uniform(size=s),
+        "count": lambda s: rng.integers(1, 5, size=s),
+        "label": lambda s: rng.integers(0, NUM_CLASSES, size=s),
+    }
+    out = {
+        name: draw[kind]((SEEDS,) + shape).astype(np.int32 if kind == "label" else np.float32)
+        for name, (shape, kind) in shapes.items()
+    }
     return dict(out, key=jax.random.split(jax.random.PRNGKey(seed), SEEDS))
 
 
@@ -106,12 +122,16 @@ def assert_same_types(state, new_state):
     assert jax.tree.structure(state) == jax.tree.structure(new_state)
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(new_state)):
         assert (np.shape(a), jnp.result_type(a), getattr(a, "weak_type", False)) == (
-            np.shape(b), jnp.result_type(b), getattr(b, "weak_type", False))
+            np.shape(b),
+            jnp.result_type(b),
+            getattr(b, "weak_type", False),
+        )
 
 
 def assert_named_state(state):
     assert isinstance(state, tuple) and hasattr(type(state), "_fields"), (
-        f"a state is a named type (EmptyState without state), got {type(state).__name__}")
+        f"a state is a named type (EmptyState without state), got {type(state).__name__}"
+    )
 
 
 # ----------------------------------------------------------------------------- aggregators
@@ -130,8 +150,9 @@ def _rule_step(rule: Aggregator):
     model = tiny_model() if rule.needs_model else None
 
     def step(updates, weights, reference, key, state):
-        ctx = AggregationContext(weights=weights, key=key, client_ids=jnp.arange(N), params=jnp.zeros(D),
-                                 reference=reference, model=model)
+        ctx = AggregationContext(
+            weights=weights, key=key, client_ids=jnp.arange(N), params=jnp.zeros(D), reference=reference, model=model
+        )
         out, new_state, info = rule.update(updates, state, ctx)
         return out, info["weights"], new_state
 
@@ -172,8 +193,14 @@ def _attack_step(attack):
     context_rule = mean()
 
     def step(updates, key, state, malicious):
-        ctx = AttackContext(params=jnp.zeros(D), weights=jnp.ones(N), round=jnp.zeros((), jnp.int32),
-                            aggregator=context_rule, agg_state=context_rule.init(jnp.zeros(D)), client_ids=jnp.arange(N))
+        ctx = AttackContext(
+            params=jnp.zeros(D),
+            weights=jnp.ones(N),
+            round=jnp.zeros((), jnp.int32),
+            aggregator=context_rule,
+            agg_state=context_rule.init(jnp.zeros(D)),
+            client_ids=jnp.arange(N),
+        )
         return attack.update(updates, malicious, state, key, ctx)
 
     return step
@@ -216,9 +243,10 @@ def _data_inputs(name):
     the attack's factory accepts (each refuses the inputs it does not apply to)."""
     if "x_train" in DATA_ATTACKS[name].parameters():
         return (5,), (), dict(x_train=TABULAR, input_shape=(5,))
-    for x_shape, y_shape, fixed in (((8, 8, 1), (), dict(input_shape=(8, 8, 1))),
-                                    ((SEQUENCE_LENGTH,), (SEQUENCE_LENGTH,),
-                                     dict(input_shape=(SEQUENCE_LENGTH,), num_classes=VOCABULARY))):
+    for x_shape, y_shape, fixed in (
+        ((8, 8, 1), (), dict(input_shape=(8, 8, 1))),
+        ((SEQUENCE_LENGTH,), (SEQUENCE_LENGTH,), dict(input_shape=(SEQUENCE_LENGTH,), num_classes=VOCABULARY)),
+    ):
         try:
             build(DATA_ATTACKS, name, **fixed)
         except ValueError:
@@ -256,9 +284,11 @@ def test_data_attack_contract(name):
 
 # ----------------------------------------------------------------------------- jit vs vmap
 
-CASES = ([(f"{k}:{n}", lambda k=k, n=n: _rule_case(k, n)) for k, n in RULES]
-         + [(f"model attack:{n}", lambda n=n: _model_attack_case(n)) for n in sorted(MODEL_ATTACKS)]
-         + [(f"data attack:{n}", lambda n=n: _data_attack_case(n)[:3]) for n in sorted(DATA_ATTACKS)])
+CASES = (
+    [(f"{k}:{n}", lambda k=k, n=n: _rule_case(k, n)) for k, n in RULES]
+    + [(f"model attack:{n}", lambda n=n: _model_attack_case(n)) for n in sorted(MODEL_ATTACKS)]
+    + [(f"data attack:{n}", lambda n=n: _data_attack_case(n)[:3]) for n in sorted(DATA_ATTACKS)]
+)
 
 
 @pytest.mark.slow  # a second compilation per entry (~1 s of CPU each); the tests above run each entry vmapped
@@ -298,8 +328,9 @@ def _round_setup(shape):
     rng = np.random.default_rng(1)
     if len(shape) == 1 and shape[0] == SEQUENCE_LENGTH:  # token sequences: a bigram model's per-token logits
         text = rng.integers(1, VOCABULARY, size=(CLIENTS * PER_CLIENT, SEQUENCE_LENGTH + 1)).astype(np.int32)
-        data = make_data([list(range(c * PER_CLIENT, (c + 1) * PER_CLIENT)) for c in range(CLIENTS)],
-                         text[:, :-1], text[:, 1:])
+        data = make_data(
+            [list(range(c * PER_CLIENT, (c + 1) * PER_CLIENT)) for c in range(CLIENTS)], text[:, :-1], text[:, 1:]
+        )
         apply = lambda params, tokens: params["bigram"][tokens.astype(jnp.int32)]
         client = fljax.fedavg(fljax.classification_loss(apply), optax.sgd(0.5), local_steps=2, batch_size=2)
         return data, client, {"bigram": 0.1 * jax.random.normal(jax.random.PRNGKey(0), (VOCABULARY, VOCABULARY))}
@@ -315,9 +346,19 @@ def _round_program(shape, *settings):
     """The clients' updates (rows by id) of one round per ``(num_malicious, data_attack,
     model_attack, malicious_update)`` of ``settings``, as one program."""
     data, client, params = _round_setup(shape)
-    rounds = [fljax.make_round(client, probe_rule(CLIENTS), clients_per_round=CLIENTS, num_malicious=m, jit=False,
-                               data_attack=attack_data, model_attack=attack_model, malicious_client_update=update)
-              for m, attack_data, attack_model, update in settings]
+    rounds = [
+        fljax.make_round(
+            client,
+            probe_rule(CLIENTS),
+            clients_per_round=CLIENTS,
+            num_malicious=m,
+            jit=False,
+            data_attack=attack_data,
+            model_attack=attack_model,
+            malicious_client_update=update,
+        )
+        for m, attack_data, attack_model, update in settings
+    ]
     run = jax.jit(lambda key: [r.step(r.init(params), data, key)[0].agg_state.updates for r in rounds])
     return [np.asarray(u) for u in run(jax.random.PRNGKey(3))]
 
@@ -357,11 +398,18 @@ LOCAL_TRAINING = sorted(name for name, entry in MODEL_ATTACKS.items() if entry.l
 def test_malicious_training_in_a_round_touches_the_malicious_clients_only(name):
     model = fljax.models.get("logreg", (8, 8, 1), NUM_CLASSES)
     loss = fljax.classification_loss(model.apply)
-    update = MODEL_ATTACKS.build_local_training(name, fixed=dict(loss_fn=loss, optimizer=optax.sgd(0.5), local_steps=2,
-                                                                 local_epochs=None, batch_size=2, protocol="fedavg"))
+    update = MODEL_ATTACKS.build_local_training(
+        name,
+        fixed=dict(
+            loss_fn=loss, optimizer=optax.sgd(0.5), local_steps=2, local_epochs=None, batch_size=2, protocol="fedavg"
+        ),
+    )
     backdoor = build(DATA_ATTACKS, "backdoor", input_shape=(8, 8, 1))
-    _assert_round_contract(*_round_updates((8, 8, 1), data_attack=backdoor, model_attack=build(MODEL_ATTACKS, name),
-                                           malicious_update=update))
+    _assert_round_contract(
+        *_round_updates(
+            (8, 8, 1), data_attack=backdoor, model_attack=build(MODEL_ATTACKS, name), malicious_update=update
+        )
+    )
 
 
 # ----------------------------------------------------------------------------- the registries

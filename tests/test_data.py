@@ -17,8 +17,10 @@ def members(indices, counts):
     return [indices[c, : counts[c]] for c in range(len(counts))]
 
 
-@pytest.mark.parametrize("method,kw", [("iid", {}), ("dirichlet", {"alpha": 0.3}), ("shards", {"shards_per_client": 3}),
-                                       ("bias", {"p": 0.7})])
+@pytest.mark.parametrize(
+    "method,kw",
+    [("iid", {}), ("dirichlet", {"alpha": 0.3}), ("shards", {"shards_per_client": 3}), ("bias", {"p": 0.7})],
+)
 def test_every_example_goes_to_exactly_one_client(method, kw):
     idx, counts = data.partition(KEY, LABELS, 20, method, num_classes=10, **kw)
     allocated = np.concatenate(members(idx, counts))
@@ -40,7 +42,10 @@ def test_shards_give_each_client_few_classes():
 def test_dirichlet_small_alpha_is_more_skewed_than_large():
     def skew(alpha):
         idx, counts = data.partition(KEY, LABELS, 10, "dirichlet", num_classes=10, alpha=alpha)
-        return np.mean([np.bincount(LABELS[m], minlength=10).max() / max(len(m), 1) for m in members(idx, counts) if len(m)])
+        return np.mean(
+            [np.bincount(LABELS[m], minlength=10).max() / max(len(m), 1) for m in members(idx, counts) if len(m)]
+        )
+
     assert skew(0.1) > skew(100.0) + 0.2
 
 
@@ -59,9 +64,14 @@ def test_bias_p_sends_a_share_p_of_each_label_to_its_group():
     assert off[0] == 0 and np.all(np.abs(off[1:] / 2000 - 0.4 / 9) < 0.015)
 
 
-@pytest.mark.parametrize("kw,msg", [({"method": "dirichlet", "alpha": 0.0}, "dirichlet_alpha must be > 0"),
-                                    ({"method": "bias", "p": 1.5}, r"bias must be in \[0, 1\]"),
-                                    ({"method": "nope"}, "valid: iid, dirichlet, shards, bias")])
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        ({"method": "dirichlet", "alpha": 0.0}, "dirichlet_alpha must be > 0"),
+        ({"method": "bias", "p": 1.5}, r"bias must be in \[0, 1\]"),
+        ({"method": "nope"}, "valid: iid, dirichlet, shards, bias"),
+    ],
+)
 def test_partition_errors(kw, msg):
     with pytest.raises(ValueError, match=msg):
         data.partition(KEY, LABELS, 10, **kw)
@@ -85,8 +95,11 @@ def test_digits_and_breast_cancer():
 
 
 def test_unknown_dataset_lists_valid_ones():
-    with pytest.raises(ValueError, match="valid: mnist5k, digits, breast_cancer, fashion_mnist, mnist, cifar10, cifar100, "
-                                         "emnist, femnist, shakespeare, synthetic:<mnist|.*|shakespeare> or tfds:<name>"):
+    with pytest.raises(
+        ValueError,
+        match="valid: mnist5k, digits, breast_cancer, fashion_mnist, mnist, cifar10, cifar100, "
+        "emnist, femnist, shakespeare, synthetic:<mnist|.*|shakespeare> or tfds:<name>",
+    ):
         data.load("mnist6k")
     for bad in ("synthetic:mnist5k", "synthetic:", "tfds:"):
         with pytest.raises(ValueError, match="unknown dataset"):
@@ -118,8 +131,12 @@ def test_federate_builds_index_rows():
 
 
 # name -> (input shape, classes) of the real datasets (TFDS's catalog), by bare name
-TFDS_SHAPES = {"cifar10": ((32, 32, 3), 10), "cifar100": ((32, 32, 3), 100), "emnist": ((28, 28, 1), 62),
-               "fashion_mnist": ((28, 28, 1), 10)}
+TFDS_SHAPES = {
+    "cifar10": ((32, 32, 3), 10),
+    "cifar100": ((32, 32, 3), 100),
+    "emnist": ((28, 28, 1), 62),
+    "fashion_mnist": ((28, 28, 1), 10),
+}
 
 
 @pytest.mark.parametrize("name", sorted(TFDS_SHAPES))
@@ -164,7 +181,11 @@ def test_synthetic_stand_ins_have_the_real_shapes(name):
 
 def test_load_synthetic_by_name():
     ds = data.load("synthetic:fashion_mnist", seed=4)
-    assert ds.name == "synthetic:fashion_mnist" and ds.x_train.shape == (6000, 28, 28, 1) and ds.x_test.shape == (1000, 28, 28, 1)
+    assert (
+        ds.name == "synthetic:fashion_mnist"
+        and ds.x_train.shape == (6000, 28, 28, 1)
+        and ds.x_test.shape == (1000, 28, 28, 1)
+    )
     np.testing.assert_array_equal(ds.y_test, data.synthetic("fashion_mnist", seed=4).y_test)
 
 
@@ -197,9 +218,19 @@ def test_synthetic_is_named_in_every_output():
     from experiments.run import run_experiment, summary_table
     from fljax.experiment import ExperimentConfig, build
 
-    config = ExperimentConfig(dataset="synthetic:femnist", partition="natural", model="logreg", num_clients=10,
-                              clients_per_round=10, num_malicious=2, attack="sign_flip", aggregator="median",
-                              rounds=1, eval_every=1, local_steps=1)
+    config = ExperimentConfig(
+        dataset="synthetic:femnist",
+        partition="natural",
+        model="logreg",
+        num_clients=10,
+        clients_per_round=10,
+        num_malicious=2,
+        attack="sign_flip",
+        aggregator="median",
+        rounds=1,
+        eval_every=1,
+        local_steps=1,
+    )
     exp = build(config)
     results = run_experiment(exp, lambda *a: None)
     assert results["config"]["dataset"] == "synthetic:femnist"

@@ -29,9 +29,14 @@ def write(path, array, compress=False):
 
 
 @pytest.mark.parametrize("compress", [False, True])
-@pytest.mark.parametrize("array", [np.arange(24, dtype=np.uint8).reshape(2, 3, 4),
-                                   np.array([-300, 2, 1000], np.int16),  # > 1 byte: catches a wrong byte order
-                                   np.array([[0.5, -1.25e3]], np.float32)])
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(24, dtype=np.uint8).reshape(2, 3, 4),
+        np.array([-300, 2, 1000], np.int16),  # > 1 byte: catches a wrong byte order
+        np.array([[0.5, -1.25e3]], np.float32),
+    ],
+)
 def test_read_idx_round_trips(tmp_path, array, compress):
     out = data.read_idx(write(tmp_path / "a", array, compress))
     assert out.dtype == array.dtype and out.shape == array.shape
@@ -40,13 +45,15 @@ def test_read_idx_round_trips(tmp_path, array, compress):
 
 def test_read_idx_refuses_wrong_magic_truncation_and_extra_bytes(tmp_path):
     good = idx_bytes(np.arange(12, dtype=np.uint8).reshape(3, 4))
-    cases = {"magic": (b"\x01\x00" + good[2:], "not an IDX file: magic number 0100"),
-             "type": (good[:2] + b"\x07" + good[3:], "not an IDX file"),
-             "empty": (b"", r"not an IDX file: magic number \(empty\)"),
-             "header": (good[:6], "truncated: its header needs 12 bytes, the file has 6"),
-             "data": (good[:-1], r"truncated: shape \(3, 4\) of uint8 needs 12 bytes of data, found 11"),
-             "long": (good + b"\x00", "longer than its header says"),
-             "gzip": (gzip.compress(good)[:-9], "truncated or corrupt gzip")}
+    cases = {
+        "magic": (b"\x01\x00" + good[2:], "not an IDX file: magic number 0100"),
+        "type": (good[:2] + b"\x07" + good[3:], "not an IDX file"),
+        "empty": (b"", r"not an IDX file: magic number \(empty\)"),
+        "header": (good[:6], "truncated: its header needs 12 bytes, the file has 6"),
+        "data": (good[:-1], r"truncated: shape \(3, 4\) of uint8 needs 12 bytes of data, found 11"),
+        "long": (good + b"\x00", "longer than its header says"),
+        "gzip": (gzip.compress(good)[:-9], "truncated or corrupt gzip"),
+    }
     for name, (raw, message) in cases.items():
         path = tmp_path / name
         path.write_bytes(raw)
@@ -56,8 +63,12 @@ def test_read_idx_refuses_wrong_magic_truncation_and_extra_bytes(tmp_path):
 
 def write_fashion_dir(directory, n_train=5, n_test=3, gz=(True, False, True, False)):
     rng = np.random.default_rng(0)
-    arrays = [rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8), rng.integers(0, 10, n_train).astype(np.uint8),
-              rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8), rng.integers(0, 10, n_test).astype(np.uint8)]
+    arrays = [
+        rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        rng.integers(0, 10, n_train).astype(np.uint8),
+        rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        rng.integers(0, 10, n_test).astype(np.uint8),
+    ]
     os.makedirs(directory, exist_ok=True)
     for stem, array, compress in zip(datasets.IDX_FILES, arrays, gz):
         write(os.path.join(directory, stem + (".gz" if compress else "")), array, compress)
@@ -107,8 +118,10 @@ def test_debian_files_are_preferred_to_tfds(tmp_path, monkeypatch):
 REAL = datasets.DEBIAN_FASHION_MNIST
 
 
-@pytest.mark.skipif(not all(datasets._idx_paths(REAL)) if os.path.isdir(REAL) else True,
-                    reason=f"Fashion-MNIST IDX files absent from {REAL}: apt-get install dataset-fashion-mnist")
+@pytest.mark.skipif(
+    not all(datasets._idx_paths(REAL)) if os.path.isdir(REAL) else True,
+    reason=f"Fashion-MNIST IDX files absent from {REAL}: apt-get install dataset-fashion-mnist",
+)
 def test_real_fashion_mnist_from_the_debian_package():
     ds = data.load("fashion_mnist")
     assert ds.x_train.shape == (60000, 28, 28, 1) and ds.x_test.shape == (10000, 28, 28, 1)

@@ -24,14 +24,13 @@ KEY = jax.random.PRNGKey(0)
 
 # ---- by hand ----
 
+
 def test_kept_share_of_a_trimmed_mean_by_hand():
     """k = 1 of n = 5. Column 0: kept {2, 3, 4}, 1 and 100 trimmed; column 1 all zero and column 2 all equal weigh
     nothing; column 3: four clients tie at 2 with 3 kept slots (3/4 of each kept), 9 is trimmed."""
-    x = np.array([[1.0, 0.0, 5.0, 2.0],
-                  [2.0, 0.0, 5.0, 2.0],
-                  [3.0, 0.0, 5.0, 2.0],
-                  [4.0, 0.0, 5.0, 2.0],
-                  [100.0, 0.0, 5.0, 9.0]])
+    x = np.array(
+        [[1.0, 0.0, 5.0, 2.0], [2.0, 0.0, 5.0, 2.0], [3.0, 0.0, 5.0, 2.0], [4.0, 0.0, 5.0, 2.0], [100.0, 0.0, 5.0, 9.0]]
+    )
     _, info = aggregate_once(agg.trimmed_mean(num_byzantine=1), x)
     kept = np.array([0 + 2 * 0.75, 2 + 2 * 0.75, 3 + 2 * 0.75, 4 + 2 * 0.75, 0.0])
     mass = np.array([1 + 2, 2 + 2, 3 + 2, 4 + 2, 100 + 9])
@@ -47,8 +46,10 @@ def test_all_tied_and_zero_coordinates_do_not_dilute_the_verdict():
     its kept share is 0, so it is flagged, and only it."""
     x = np.zeros((5, 1000), np.float32)
     x[:, 0] = [1.0, 2.0, 3.0, 4.0, -50.0]
-    expected = {"median": [True, False, True, True, True],  # keeps only the middle value, 2
-                "trimmed mean": [False, False, False, True, True]}  # keeps 1, 2, 3
+    expected = {
+        "median": [True, False, True, True, True],  # keeps only the middle value, 2
+        "trimmed mean": [False, False, False, True, True],
+    }  # keeps 1, 2, 3
     for name, rule in (("median", agg.median()), ("trimmed mean", agg.trimmed_mean(num_byzantine=1))):
         _, info = aggregate_once(rule, x)
         assert info["weights"][4] > 0.5 / 5  # the slot share is diluted by the tied zeros
@@ -90,12 +91,18 @@ def test_detection_rates_are_nan_without_malicious_or_honest_clients():
 
 # ---- on real updates ----
 
+
 def _recorder(n):
     """The mean, keeping the round's updates and example counts in its state (rows = client ids)."""
+
     def update(u, state, ctx):
         rows, counts = state
-        return jnp.mean(u, 0), (rows.at[ctx.client_ids].set(u), counts.at[ctx.client_ids].set(ctx.weights)), \
-            {"weights": jnp.full(n, 1.0 / n)}
+        return (
+            jnp.mean(u, 0),
+            (rows.at[ctx.client_ids].set(u), counts.at[ctx.client_ids].set(ctx.weights)),
+            {"weights": jnp.full(n, 1.0 / n)},
+        )
+
     return fljax.Aggregator(init=lambda p: (jnp.zeros((n, p.shape[0])), jnp.zeros(n)), update=update)
 
 
@@ -112,14 +119,31 @@ def all_round_updates(num_clients: int = 30, num_malicious: int = 6):
         name, _, value = partition.partition(":")
         field = {"dirichlet": "dirichlet_alpha", "bias": "bias", "shards": "shards_per_client"}.get(name)
         settings = {} if field is None else {field: (int if name == "shards" else float)(value)}
-        exp = build(ExperimentConfig(dataset="digits", model="logreg", num_clients=num_clients,
-                                     clients_per_round=num_clients, num_malicious=num_malicious, attack="none",
-                                     aggregator="mean", partition=name, rounds=1, local_steps=2, **settings))
+        exp = build(
+            ExperimentConfig(
+                dataset="digits",
+                model="logreg",
+                num_clients=num_clients,
+                clients_per_round=num_clients,
+                num_malicious=num_malicious,
+                attack="none",
+                aggregator="mean",
+                partition=name,
+                rounds=1,
+                local_steps=2,
+                **settings,
+            )
+        )
         datas[partition] = exp.data
     width = max(d.client_indices.shape[1] for d in datas.values())
     update = fedavg(classification_loss(exp.model.apply), optax.sgd(0.3), local_steps=2, batch_size=32)
-    rnd = fljax.make_round(update, _recorder(num_clients), clients_per_round=num_clients, num_malicious=num_malicious,
-                           model_attack=sign_flip(10.0))
+    rnd = fljax.make_round(
+        update,
+        _recorder(num_clients),
+        clients_per_round=num_clients,
+        num_malicious=num_malicious,
+        model_attack=sign_flip(10.0),
+    )
     out = {}
     for partition, data in datas.items():
         pad = width - data.client_indices.shape[1]
@@ -144,12 +168,17 @@ NO_EXCLUSION = {  # built once: aggregate_once compiles each rule object once
     "trimmed mean, f = 0": agg.trimmed_mean(num_byzantine=0),
     "norm clipping, huge M": agg.norm_clipping(max_norm=1e9),
     "rlr": agg.rlr(learning_threshold=1),
-    "bucketing + trimmed mean, f = 0": agg.with_preaggregation(agg.trimmed_mean(num_byzantine=0),
-                                                               agg.bucketing(bucket_size=1)),
+    "bucketing + trimmed mean, f = 0": agg.with_preaggregation(
+        agg.trimmed_mean(num_byzantine=0), agg.bucketing(bucket_size=1)
+    ),
     "bucketing + unweighted mean": agg.with_preaggregation(agg.mean(weighted=False), agg.bucketing(1)),
 }
-ROBUST = {"median": agg.median(), "trimmed_mean": agg.trimmed_mean(num_byzantine=6),
-          "krum": agg.krum(num_byzantine=6), "multi_krum": agg.multi_krum(num_byzantine=6)}
+ROBUST = {
+    "median": agg.median(),
+    "trimmed_mean": agg.trimmed_mean(num_byzantine=6),
+    "krum": agg.krum(num_byzantine=6),
+    "multi_krum": agg.multi_krum(num_byzantine=6),
+}
 
 
 @pytest.mark.parametrize("partition", PARTITIONS)
@@ -188,8 +217,17 @@ def test_robust_rules_detect_x10_sign_flippers_full_size(partition, rule):
     """The issue's setting: mnist5k, MLP, 100 clients all per round, 20 malicious x10 sign flippers,
     f = 20, iid and Dirichlet(0.3): TPR >= 0.95 in every round (before: 0.71-0.83 and less)."""
     from experiments.run import run_experiment
-    config = ExperimentConfig(partition=partition, dirichlet_alpha=0.3, attack="sign_flip(scale=10.0)",
-                              aggregator=rule, num_byzantine=20, clients_per_round=100, rounds=3, eval_every=3)
+
+    config = ExperimentConfig(
+        partition=partition,
+        dirichlet_alpha=0.3,
+        attack="sign_flip(scale=10.0)",
+        aggregator=rule,
+        num_byzantine=20,
+        clients_per_round=100,
+        rounds=3,
+        eval_every=3,
+    )
     history = run_experiment(build(config), log=lambda m: None)["history"]
     assert min(history["detection_tpr"]) >= 0.95, history["detection_tpr"]
 
@@ -198,9 +236,20 @@ def test_partial_participation_reports_rounds_beyond_f_apart_small():
     """10 of 50 clients per round, 10 malicious: f defaults to 2 expected attackers per round, but
     the number sampled is hypergeometric; rounds with more than f are marked and summarized apart."""
     from experiments.run import run_experiment, summary_table
-    config = ExperimentConfig(dataset="digits", model="logreg", num_clients=50, clients_per_round=10, num_malicious=10,
-                              attack="sign_flip", aggregator="median", protocol="fedsgd", client_lr=0.5, rounds=12,
-                              eval_every=12)
+
+    config = ExperimentConfig(
+        dataset="digits",
+        model="logreg",
+        num_clients=50,
+        clients_per_round=10,
+        num_malicious=10,
+        attack="sign_flip",
+        aggregator="median",
+        protocol="fedsgd",
+        client_lr=0.5,
+        rounds=12,
+        eval_every=12,
+    )
     results = run_experiment(build(config), log=lambda m: None)
     h, f = results["history"], results["final"]
     attacking = np.asarray(h["num_attacking"])
@@ -219,10 +268,12 @@ def test_without_any_attack_no_client_counts_as_attacking():
     """Malicious clients with no attack to run behave honestly: TPR is NaN ("no attacker"), the
     FPR scores the rule on clean clients; with a model attack they are scored as attackers."""
     from tests.helpers import make_data, squared_loss
+
     data = make_data([[0], [1], [2], [3]], np.arange(4.0)[:, None], np.arange(4.0))
     for attack, attacking in ((None, 0), (sign_flip(10.0), 2)):
-        rnd = fljax.make_round(fljax.fedsgd(squared_loss), agg.median(), clients_per_round=4, num_malicious=2,
-                               model_attack=attack)
+        rnd = fljax.make_round(
+            fljax.fedsgd(squared_loss), agg.median(), clients_per_round=4, num_malicious=2, model_attack=attack
+        )
         _, metrics = rnd.step(rnd.init({"w": jnp.zeros(1)}), data, KEY)
         assert int(metrics["num_malicious"]) == 2 and int(metrics["num_attacking"]) == attacking
         assert np.isnan(float(metrics["detection_tpr"])) == (attacking == 0)

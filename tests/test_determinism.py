@@ -16,10 +16,26 @@ from fljax.experiment import ExperimentConfig, build
 
 # Random cohorts (6 of 10), a Dirichlet partition, a randomized attack and local minibatches:
 # every source of randomness of a run is in play.
-CONFIG = dict(dataset="digits", model="logreg", num_clients=10, clients_per_round=6, num_malicious=2,
-              partition="dirichlet", dirichlet_alpha=0.5, attack="gaussian", attack_scale=2.0,
-              aggregator="trimmed_mean", num_byzantine=1, rounds=4, eval_every=2, local_steps=2, batch_size=16,
-              server_momentum=0.5, seed=11, execution="sequential")
+CONFIG = dict(
+    dataset="digits",
+    model="logreg",
+    num_clients=10,
+    clients_per_round=6,
+    num_malicious=2,
+    partition="dirichlet",
+    dirichlet_alpha=0.5,
+    attack="gaussian",
+    attack_scale=2.0,
+    aggregator="trimmed_mean",
+    num_byzantine=1,
+    rounds=4,
+    eval_every=2,
+    local_steps=2,
+    batch_size=16,
+    server_momentum=0.5,
+    seed=11,
+    execution="sequential",
+)
 TIMING = ("seconds", "compile_seconds", "rounds_per_second")
 quiet = lambda msg: None
 
@@ -81,12 +97,26 @@ def test_execution_strategies_agree(exp):
     key = jax.random.PRNGKey(5)
     ref_state, ref_hist = exp.train(key)
     for execution in ("vmap", "chunked"):
-        state, hist = experiment(execution=execution, **({"chunk_size": 4} if execution == "chunked" else {})).train(key)
-        np.testing.assert_allclose(flat(state.server.params), flat(ref_state.server.params), rtol=1e-4, atol=1e-5,
-                                   err_msg=execution)
+        state, hist = experiment(execution=execution, **({"chunk_size": 4} if execution == "chunked" else {})).train(
+            key
+        )
+        np.testing.assert_allclose(
+            flat(state.server.params), flat(ref_state.server.params), rtol=1e-4, atol=1e-5, err_msg=execution
+        )
         for name in ("accuracy", "loss"):
-            np.testing.assert_allclose(np.asarray(hist.evals[name]), np.asarray(ref_hist.evals[name]),
-                                       rtol=1e-4, atol=1e-4, err_msg=f"{execution} {name}")
-        np.testing.assert_allclose(np.asarray(hist.rounds["update_norm"]), np.asarray(ref_hist.rounds["update_norm"]),
-                                   rtol=1e-4, err_msg=execution)
-        np.testing.assert_array_equal(np.asarray(hist.rounds["num_malicious"]), np.asarray(ref_hist.rounds["num_malicious"]))
+            np.testing.assert_allclose(
+                np.asarray(hist.evals[name]),
+                np.asarray(ref_hist.evals[name]),
+                rtol=1e-4,
+                atol=1e-4,
+                err_msg=f"{execution} {name}",
+            )
+        np.testing.assert_allclose(
+            np.asarray(hist.rounds["update_norm"]),
+            np.asarray(ref_hist.rounds["update_norm"]),
+            rtol=1e-4,
+            err_msg=execution,
+        )
+        np.testing.assert_array_equal(
+            np.asarray(hist.rounds["num_malicious"]), np.asarray(ref_hist.rounds["num_malicious"])
+        )

@@ -15,16 +15,23 @@ from fljax.aggregators import REGISTRY
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The GPU machine has neither mlxtend nor tensorflow-datasets: the check must not import them.
-NO_EXTRAS = ("import sys, runpy; sys.modules['mlxtend'] = None; sys.modules['tensorflow_datasets'] = None; "
-             "sys.argv = ['device_check'] + sys.argv[1:]; runpy.run_module('experiments.device_check', "
-             "run_name='__main__')")
+NO_EXTRAS = (
+    "import sys, runpy; sys.modules['mlxtend'] = None; sys.modules['tensorflow_datasets'] = None; "
+    "sys.argv = ['device_check'] + sys.argv[1:]; runpy.run_module('experiments.device_check', "
+    "run_name='__main__')"
+)
 
 
 @pytest.fixture(scope="module")
 def check(tmp_path_factory):
     out = tmp_path_factory.mktemp("device_check")
-    proc = subprocess.run([sys.executable, "-c", NO_EXTRAS, f"--output_dir={out}", "--small"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_EXTRAS, f"--output_dir={out}", "--small"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((out / "device_check.json").read_text()), (out / "device_check.md").read_text()
 
@@ -50,7 +57,9 @@ def test_round_figures_are_consistent(check):
     assert config["flops_per_client"] == 6 * config["mlp_params"] * config["local_steps"] * config["batch_size"]
     rows = results["sections"]["rounds"]
     measured = [r for r in rows if "round_s" in r]
-    assert {(r["clients"], r["execution"]) for r in measured} >= {(n, e) for n in (4, 8) for e in ("vmap", "sequential")}
+    assert {(r["clients"], r["execution"]) for r in measured} >= {
+        (n, e) for n in (4, 8) for e in ("vmap", "sequential")
+    }
     for r in measured:
         n, s = r["clients"], r["round_s"]
         assert s > 0 and r["compile_s"] > 0
@@ -62,8 +71,9 @@ def test_round_figures_are_consistent(check):
 def test_rules_cover_the_registry_and_shares_add_up(check):
     results, _ = check
     rows = {r["rule"]: r for r in results["sections"]["rules"]}
-    round_s = next(r["round_s"] for r in results["sections"]["rounds"]
-                   if r["clients"] == 8 and r["execution"] == "sequential")
+    round_s = next(
+        r["round_s"] for r in results["sections"]["rounds"] if r["clients"] == 8 and r["execution"] == "sequential"
+    )
     assert set(REGISTRY) <= set(rows)
     for name in REGISTRY:
         r = rows[name]

@@ -40,7 +40,9 @@ KINDS = ("nan", "inf", "mixed", "huge", "float_max")
 NONFINITE = ("nan", "inf", "mixed")
 HUGE = ("huge", "float_max")
 N, F = 16, 3
-ACCURACY = 0.55  # clean mean reaches ~0.73 in 3 rounds here, Krum (one client's update) 0.59-0.67 by partition; chance is 0.1
+ACCURACY = (
+    0.55  # clean mean reaches ~0.73 in 3 rounds here, Krum (one client's update) 0.59-0.67 by partition; chance is 0.1
+)
 
 # Settings that rules require (no default), at values sensible for this small run.
 SETTINGS = {
@@ -59,29 +61,60 @@ SETTINGS = {
 # so a fix (or a regression) shows up here; the runs must stop cleanly either way.
 NOT_ROBUST = {
     "mean": (KINDS, "by design: the plain average; one NaN/Inf row makes it non-finite, huge rows dominate it"),
-    "foolsgold": (("float_max",), "by design: re-weights by cosine similarity of update histories only (a "
-                                  "defense against sybils, not outliers); rows near the float32 maximum overflow"),
-    "afa": (HUGE, "by design: filters by cosine similarity to the weighted mean, which huge rows dominate, so "
-                  "the honest updates are the ones filtered out"),
-    "contra": (HUGE, "by design: reputation from cosine similarity only; a huge row keeps its weight in the "
-                     "weighted average"),
-    "rlr": (HUGE, "by design: sign voting sets a per-coordinate learning rate for the plain mean, which huge "
-                  "rows dominate"),
-    "rfa": (("huge",), "by design: the paper's few-iteration variant starts from the mean, which rows of 1e30 "
-                       "move ~1e29 away, and T = 3 Weiszfeld steps cannot come back (geometric_median, run to "
-                       "convergence from a robust start, is robust); rows beyond the float range get weight 0"),
-    "fldetector": (HUGE, "by design: until its window of N rounds is scored it averages every finite update (the "
-                         "paper pairs it with a rule of its choice and removes clients only once detected), so "
-                         "huge rows dominate the first rounds' mean; non-finite rows are excluded"),
-    "crfl": (HUGE, "by design: clips the global MODEL's norm after the plain mean, which huge rows dominate (the "
-                   "clipping bounds the model, not one update's share of the mean); non-finite rows get weight 0"),
+    "foolsgold": (
+        ("float_max",),
+        "by design: re-weights by cosine similarity of update histories only (a "
+        "defense against sybils, not outliers); rows near the float32 maximum overflow",
+    ),
+    "afa": (
+        HUGE,
+        "by design: filters by cosine similarity to the weighted mean, which huge rows dominate, so "
+        "the honest updates are the ones filtered out",
+    ),
+    "contra": (
+        HUGE,
+        "by design: reputation from cosine similarity only; a huge row keeps its weight in the weighted average",
+    ),
+    "rlr": (
+        HUGE,
+        "by design: sign voting sets a per-coordinate learning rate for the plain mean, which huge rows dominate",
+    ),
+    "rfa": (
+        ("huge",),
+        "by design: the paper's few-iteration variant starts from the mean, which rows of 1e30 "
+        "move ~1e29 away, and T = 3 Weiszfeld steps cannot come back (geometric_median, run to "
+        "convergence from a robust start, is robust); rows beyond the float range get weight 0",
+    ),
+    "fldetector": (
+        HUGE,
+        "by design: until its window of N rounds is scored it averages every finite update (the "
+        "paper pairs it with a rule of its choice and removes clients only once detected), so "
+        "huge rows dominate the first rounds' mean; non-finite rows are excluded",
+    ),
+    "crfl": (
+        HUGE,
+        "by design: clips the global MODEL's norm after the plain mean, which huge rows dominate (the "
+        "clipping bounds the model, not one update's share of the mean); non-finite rows get weight 0",
+    ),
 }
 
 
 def config(rule, **overrides):
-    settings = dict(dataset="digits", model="logreg", num_clients=N, clients_per_round=N, num_malicious=F,
-                    attack="none", aggregator=rule, num_byzantine=F, rounds=3, eval_every=3, protocol="fedavg",
-                    local_steps=5, client_lr=0.3)
+    settings = dict(
+        dataset="digits",
+        model="logreg",
+        num_clients=N,
+        clients_per_round=N,
+        num_malicious=F,
+        attack="none",
+        aggregator=rule,
+        num_byzantine=F,
+        rounds=3,
+        eval_every=3,
+        protocol="fedavg",
+        local_steps=5,
+        client_lr=0.3,
+    )
     settings.update(SETTINGS.get(rule, {}))
     settings.update(overrides)
     return ExperimentConfig(**settings)
@@ -106,8 +139,15 @@ def hostile_rows(d: int) -> jax.Array:
     """``[len(KINDS), d]``: the row every malicious client sends, per kind."""
     i = jnp.arange(d)
     sign = jnp.where(i % 2 == 0, 1.0, -1.0)
-    return jnp.stack([jnp.full(d, jnp.nan), jnp.full(d, jnp.inf), jnp.array([jnp.nan, jnp.inf, -jnp.inf, 1e30])[i % 4],
-                      1e30 * sign, 3.4e38 * sign]).astype(jnp.float32)
+    return jnp.stack(
+        [
+            jnp.full(d, jnp.nan),
+            jnp.full(d, jnp.inf),
+            jnp.array([jnp.nan, jnp.inf, -jnp.inf, 1e30])[i % 4],
+            1e30 * sign,
+            3.4e38 * sign,
+        ]
+    ).astype(jnp.float32)
 
 
 @functools.lru_cache(maxsize=None)
@@ -119,8 +159,9 @@ def federation():
     data, c = exp.data, exp.config
     init = exp.train.init(jax.random.PRNGKey(c.seed)).server.params
     flat0, unravel = ravel_pytree(init)
-    client_update = fedavg(classification_loss(exp.model.apply), optax.sgd(c.client_lr), local_steps=c.local_steps,
-                           batch_size=c.batch_size)
+    client_update = fedavg(
+        classification_loss(exp.model.apply), optax.sgd(c.client_lr), local_steps=c.local_steps, batch_size=c.batch_size
+    )
 
     def train_one(flat, client, key):
         return ravel_pytree(client_update(unravel(flat), client, key))[0]
@@ -130,6 +171,7 @@ def federation():
         def one(args):
             cid, k = args
             return train_one(flat, ClientData(data.x, data.y, data.client_indices[cid], data.client_counts[cid]), k)
+
         return map_clients(one, (jnp.arange(N), jax.random.split(key, N)), "sequential")
 
     @jax.jit
@@ -141,7 +183,9 @@ def federation():
     def evaluate(flat):
         return exp.train.evaluate(unravel(flat), data.x_test, data.y_test)["accuracy"]
 
-    model = ModelAccess(unravel=unravel, apply=exp.model.apply, inputs=jax.ShapeDtypeStruct(data.x.shape[1:], data.x.dtype))
+    model = ModelAccess(
+        unravel=unravel, apply=exp.model.apply, inputs=jax.ShapeDtypeStruct(data.x.shape[1:], data.x.dtype)
+    )
     return flat0, honest_updates, reference, evaluate, data.client_counts[:N].astype(jnp.float32), model
 
 
@@ -153,8 +197,10 @@ def _aggregator(rule):
     except ValueError as e:
         message = str(e)
         if "missing setting" in message:
-            pytest.fail(f"{rule} requires {message.split('missing setting(s) ')[-1]}: add a value to SETTINGS "
-                        "in tests/test_hostile.py")
+            pytest.fail(
+                f"{rule} requires {message.split('missing setting(s) ')[-1]}: add a value to SETTINGS "
+                "in tests/test_hostile.py"
+            )
         if re.search(r"\bneeds\b|\brequires\b|must be in 1\.\.n=", message):
             pytest.skip(f"{rule} cannot run with n={N}, f={F}: {message}")
         raise
@@ -172,9 +218,14 @@ def hostile_run(rule, aggregator, kind_index, rounds=3):
         key = jax.random.fold_in(jax.random.PRNGKey(1), r)
         k_train, k_ref, k_agg = jax.random.split(key, 3)
         updates = jnp.where(malicious[:, None], row, honest_updates(flat, k_train))
-        ctx = AggregationContext(weights=counts, key=k_agg, client_ids=jnp.arange(N), params=flat,
-                                 reference=reference(flat, k_ref) if aggregator.needs_reference else jnp.zeros_like(flat),
-                                 model=model if aggregator.needs_model else None)
+        ctx = AggregationContext(
+            weights=counts,
+            key=k_agg,
+            client_ids=jnp.arange(N),
+            params=flat,
+            reference=reference(flat, k_ref) if aggregator.needs_reference else jnp.zeros_like(flat),
+            model=model if aggregator.needs_model else None,
+        )
         aggregate, state = update(updates, state, ctx)
         flat = flat + aggregate
         if not bool(jnp.all(jnp.isfinite(flat))):

@@ -28,16 +28,21 @@ from fljax.interop.session import as_jax
 
 
 def test_importing_fljax_and_the_numpy_bridge_imports_neither_torch_nor_flower():
-    code = ("import sys, fljax; fljax.interop; import fljax.interop.numpy; "
-            "print(sorted(m for m in ('torch', 'flwr') if m in sys.modules))")
+    code = (
+        "import sys, fljax; fljax.interop; import fljax.interop.numpy; "
+        "print(sorted(m for m in ('torch', 'flwr') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
 
 def test_median_hand_case_keeps_names_shapes_and_dtypes():
     def client(k, count, b):
-        return {"w": np.array([[1, 2], [3, 4]], np.float32) * k, "count": np.array([count], np.int64),
-                "b": np.array(b, np.float64)}
+        return {
+            "w": np.array([[1, 2], [3, 4]], np.float32) * k,
+            "count": np.array([count], np.int64),
+            "b": np.array(b, np.float64),
+        }
 
     clients = [client(1, 1, [0.5, 0.0, -1.0]), client(2, 4, [1.5, 2.0, -3.0]), client(100, 9, [-7.0, 0.25, 10.0])]
     out = fnp.aggregate(median(), clients)
@@ -55,9 +60,11 @@ def test_weighted_mean_uses_the_example_counts():
     np.testing.assert_allclose(unweighted[0], [1.0, 2.0])
 
 
-@pytest.mark.parametrize("rule", [median(), trimmed_mean(num_byzantine=1), krum(num_byzantine=1),
-                                  multi_krum(num_byzantine=1), geometric_median()],
-                         ids=["median", "trimmed_mean", "krum", "multi_krum", "geometric_median"])
+@pytest.mark.parametrize(
+    "rule",
+    [median(), trimmed_mean(num_byzantine=1), krum(num_byzantine=1), multi_krum(num_byzantine=1), geometric_median()],
+    ids=["median", "trimmed_mean", "krum", "multi_krum", "geometric_median"],
+)
 def test_lists_of_arrays_give_what_fljax_aggregate_gives_on_the_flat_matrix(rule):
     rng = np.random.default_rng(0)
     clients = [[rng.normal(size=(3, 2)).astype(np.float32), rng.normal(size=4).astype(np.float32)] for _ in range(7)]
@@ -83,11 +90,17 @@ def test_a_nan_update_from_an_attacker_is_data():
 
 
 def test_fltrust_reads_the_reference_in_the_clients_structure():
-    clients = [[np.array([1.0, 0.0]), np.array([0.5])], [np.array([-1.0, 0.0]), np.array([0.0])],
-               [np.array([2.0, 2.0]), np.array([1.0])]]
+    clients = [
+        [np.array([1.0, 0.0]), np.array([0.5])],
+        [np.array([-1.0, 0.0]), np.array([0.0])],
+        [np.array([2.0, 2.0]), np.array([1.0])],
+    ]
     reference = [np.array([1.0, 0.0]), np.array([0.0])]
-    expected = fljax.aggregate(fltrust(), jnp.asarray([[1.0, 0.0, 0.5], [-1.0, 0.0, 0.0], [2.0, 2.0, 1.0]]),
-                               reference=jnp.asarray([1.0, 0.0, 0.0]))
+    expected = fljax.aggregate(
+        fltrust(),
+        jnp.asarray([[1.0, 0.0, 0.5], [-1.0, 0.0, 0.0], [2.0, 2.0, 1.0]]),
+        reference=jnp.asarray([1.0, 0.0, 0.0]),
+    )
     out = fnp.aggregate(fltrust(), clients, reference=reference)
     np.testing.assert_allclose(np.concatenate(out), expected, rtol=1e-6)
     assert not np.allclose(np.concatenate(out), 0.0)
@@ -108,8 +121,9 @@ def test_session_carries_foolsgold_state_and_maps_named_clients_to_stable_rows()
     for names, x in zip(cohorts, rounds):
         out, info = session(x, client_ids=names)
         n = len(names)
-        ctx = fljax.AggregationContext(jnp.ones(n), jax.random.PRNGKey(0), jnp.asarray([rows[c] for c in names]),
-                                       jnp.zeros(5), jnp.zeros(5))
+        ctx = fljax.AggregationContext(
+            jnp.ones(n), jax.random.PRNGKey(0), jnp.asarray([rows[c] for c in names]), jnp.zeros(5), jnp.zeros(5)
+        )
         expected, state, expected_info = update(jnp.asarray(x), state, ctx)
         np.testing.assert_allclose(out, expected, rtol=1e-6)
         np.testing.assert_allclose(info["weights"], expected_info["weights"], rtol=1e-6)
@@ -139,8 +153,9 @@ def test_session_round_keys_are_deterministic_per_seed():
         runs.append([np.asarray(session(x)[0]) for _ in range(4)])
     np.testing.assert_array_equal(runs[0], runs[1])
     assert len({tuple(r) for r in runs[0]}) > 1  # the shuffle differs between rounds
-    ctx = fljax.AggregationContext(jnp.ones(10), jax.random.fold_in(jax.random.PRNGKey(1), 3), jnp.arange(10),
-                                   jnp.zeros(3), jnp.zeros(3))
+    ctx = fljax.AggregationContext(
+        jnp.ones(10), jax.random.fold_in(jax.random.PRNGKey(1), 3), jnp.arange(10), jnp.zeros(3), jnp.zeros(3)
+    )
     np.testing.assert_allclose(runs[2][3], rule.update(jnp.asarray(x), (), ctx)[0], rtol=1e-6)
 
 
@@ -154,15 +169,18 @@ def test_session_keeps_centered_clipping_momentum_across_calls():
     np.testing.assert_allclose(second, [2.0, 0.0], rtol=1e-6)  # from the kept momentum [1, 0]
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda s: s(np.ones(3, np.float32)), "updates must be"),
-    (lambda s: s(np.ones((2, 3)), weights=[1, -1]), "weights"),
-    (lambda s: s(np.ones((2, 3)), weights=[1, np.nan]), "weights"),
-    (lambda s: s(np.ones((2, 3)), weights=[1, 2, 3]), "weights"),
-    (lambda s: s(np.ones((2, 3)), client_ids=["a", "a"]), "client_ids"),
-    (lambda s: s(np.ones((2, 3)), client_ids=["a"]), "client_ids"),
-    (lambda s: s(np.ones((2, 3)), params=np.ones(4)), "params"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda s: s(np.ones(3, np.float32)), "updates must be"),
+        (lambda s: s(np.ones((2, 3)), weights=[1, -1]), "weights"),
+        (lambda s: s(np.ones((2, 3)), weights=[1, np.nan]), "weights"),
+        (lambda s: s(np.ones((2, 3)), weights=[1, 2, 3]), "weights"),
+        (lambda s: s(np.ones((2, 3)), client_ids=["a", "a"]), "client_ids"),
+        (lambda s: s(np.ones((2, 3)), client_ids=["a"]), "client_ids"),
+        (lambda s: s(np.ones((2, 3)), params=np.ones(4)), "params"),
+    ],
+)
 def test_session_rejects_bad_input_before_compiling(call, message):
     with pytest.raises(ValueError, match=message):
         call(Session(median()))
@@ -205,7 +223,7 @@ def test_numpy_float32_enters_jax_through_dlpack_without_a_copy():
     assert as_jax(a, jnp.float32).unsafe_buffer_pointer() == a.ctypes.data
     buf = np.zeros(a.nbytes + 68, np.uint8)
     start = -buf.ctypes.data % 64 + 4
-    unaligned = buf[start:start + a.nbytes].view(np.float32).reshape(a.shape)  # XLA copies this one
+    unaligned = buf[start : start + a.nbytes].view(np.float32).reshape(a.shape)  # XLA copies this one
     unaligned[:] = a
     np.testing.assert_array_equal(as_jax(unaligned, jnp.float32), a)
     b = a.astype(np.float64)  # another dtype: converted (a copy), same values
@@ -224,6 +242,7 @@ def _torch():
 def test_torch_tensor_enters_and_leaves_jax_through_dlpack_without_a_copy():
     torch = _torch()
     from fljax.interop.torch import _to_jax
+
     t = torch.randn(5, 7, requires_grad=True)
     j = _to_jax(t)
     assert j.unsafe_buffer_pointer() == t.data_ptr()
@@ -264,6 +283,7 @@ def test_torch_state_dicts_of_a_real_model_with_a_sign_flipped_client():
 def test_torch_stacked_tensor_with_grad_and_a_weights_tensor():
     torch = _torch()
     from fljax.interop import torch as ftorch
+
     x = torch.arange(12.0).reshape(3, 2, 2).requires_grad_()
     w = torch.tensor([1.0, 1.0, 2.0])
     out = ftorch.aggregate(mean(), x, weights=w)
@@ -274,6 +294,7 @@ def test_torch_stacked_tensor_with_grad_and_a_weights_tensor():
 def test_torch_session_carries_state_like_the_numpy_session():
     torch = _torch()
     from fljax.interop import torch as ftorch
+
     rng = np.random.default_rng(4)
     rounds = [rng.normal(size=(4, 6)).astype(np.float32) for _ in range(3)]
     ids = [["p", "q", "r", "s"], ["s", "r", "q", "p"], ["q", "s", "p", "r"]]
@@ -282,4 +303,6 @@ def test_torch_session_carries_state_like_the_numpy_session():
         a = ftorch.aggregate(torch_session, [torch.from_numpy(row.copy()) for row in x], client_ids=names)
         b = fnp.aggregate(numpy_session, list(x), client_ids=names)
         np.testing.assert_allclose(a.numpy(), b, rtol=1e-6)
-    np.testing.assert_allclose(np.asarray(torch_session.state.history), np.asarray(numpy_session.state.history), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(torch_session.state.history), np.asarray(numpy_session.state.history), rtol=1e-6
+    )

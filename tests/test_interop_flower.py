@@ -97,8 +97,12 @@ class LocalGrid(Grid):
 
 
 def reply(arrays: dict, num_examples=10) -> RecordDict:
-    return RecordDict({"arrays": ArrayRecord({k: Array(np.asarray(v)) for k, v in arrays.items()}),
-                       "metrics": MetricRecord({"num-examples": num_examples})})
+    return RecordDict(
+        {
+            "arrays": ArrayRecord({k: Array(np.asarray(v)) for k, v in arrays.items()}),
+            "metrics": MetricRecord({"num-examples": num_examples}),
+        }
+    )
 
 
 def honest_step(node, g):
@@ -110,13 +114,15 @@ def sign_flipping(attacker):
     def answer(node, arrays, _):
         step = honest_step(node, arrays["w"])
         return reply({"w": arrays["w"] + (-10.0 * step if node == attacker else step)})
+
     return answer
 
 
 def run(strategy, answer, initial, rounds):
     grid = LocalGrid(answer)
-    result = strategy.start(grid=grid, initial_arrays=ArrayRecord({k: Array(v) for k, v in initial.items()}),
-                            num_rounds=rounds)
+    result = strategy.start(
+        grid=grid, initial_arrays=ArrayRecord({k: Array(v) for k, v in initial.items()}), num_rounds=rounds
+    )
     return {k: v.numpy() for k, v in result.arrays.items()}, result.train_metrics_clientapp, grid
 
 
@@ -211,7 +217,9 @@ def test_malformed_replies_are_dropped_and_bad_counts_count_as_zero():
             return reply({"w": arrays["w"] + 100.0}, num_examples=float("nan"))
         return reply({"w": arrays["w"] + (1.0 if node == good else 2.0)}, num_examples=10)
 
-    model, metrics, _ = run(FljaxStrategy(mean(), fraction_evaluate=0.0), answer, {"w": np.zeros((2, 3), np.float32)}, 1)
+    model, metrics, _ = run(
+        FljaxStrategy(mean(), fraction_evaluate=0.0), answer, {"w": np.zeros((2, 3), np.float32)}, 1
+    )
     np.testing.assert_allclose(model["w"], (1.0 + 2.0 + 2.0) / 3)  # nan_count's update got weight 0
     assert metrics[1]["fljax-dropped"] == 1 and len(metrics[1]["fljax-node-ids"]) == 4
     weights = dict(zip(metrics[1]["fljax-node-ids"], metrics[1]["fljax-weights"]))
@@ -222,7 +230,9 @@ def test_a_nan_model_from_an_attacker_leaves_the_median_finite():
     def answer(node, arrays, _):
         return reply({"w": arrays["w"] + (np.nan if node == NODES[0] else honest_step(node, arrays["w"]))})
 
-    model, metrics, _ = run(FljaxStrategy(median(), fraction_evaluate=0.0), answer, {"w": np.zeros((2, 3), np.float32)}, 2)
+    model, metrics, _ = run(
+        FljaxStrategy(median(), fraction_evaluate=0.0), answer, {"w": np.zeros((2, 3), np.float32)}, 2
+    )
     assert np.all(np.isfinite(model["w"]))
     assert dict(zip(metrics[2]["fljax-node-ids"], metrics[2]["fljax-weights"]))[NODES[0]] == 0.0
 
@@ -255,7 +265,9 @@ def test_fltrust_reads_the_servers_reference_model():
     strategy = FljaxStrategy(fltrust(), reference_fn=reference_fn, fraction_evaluate=0.0)
     model, metrics, _ = run(strategy, answer, {"w": np.zeros(4, np.float32)}, 1)
     order = metrics[1]["fljax-node-ids"]
-    expected = fljax.aggregate(fltrust(), jnp.asarray(np.stack([updates[n] for n in order])), reference=jnp.asarray(own))
+    expected = fljax.aggregate(
+        fltrust(), jnp.asarray(np.stack([updates[n] for n in order])), reference=jnp.asarray(own)
+    )
     np.testing.assert_allclose(model["w"], expected, rtol=1e-5, atol=1e-6)
     assert not np.allclose(model["w"], 0.0)
 
@@ -279,10 +291,15 @@ def test_a_cohort_too_small_for_the_rule_raises_before_sending_and_lost_replies_
         return reply({"w": arrays["w"] + step(node, arrays["w"])})
 
     with pytest.raises(ValueError, match=r"krum: needs n > 2f \+ 2.*samples 4 nodes in round 1"):
-        run(FljaxStrategy(krum(num_byzantine=1), fraction_train=0.8, fraction_evaluate=0.0), answer,
-            {"w": np.zeros((2, 3), np.float32)}, 1)
-    model, metrics, _ = run(FljaxStrategy(krum(num_byzantine=1), fraction_evaluate=0.0), answer,
-                            {"w": np.zeros((2, 3), np.float32)}, 3)
+        run(
+            FljaxStrategy(krum(num_byzantine=1), fraction_train=0.8, fraction_evaluate=0.0),
+            answer,
+            {"w": np.zeros((2, 3), np.float32)},
+            1,
+        )
+    model, metrics, _ = run(
+        FljaxStrategy(krum(num_byzantine=1), fraction_evaluate=0.0), answer, {"w": np.zeros((2, 3), np.float32)}, 3
+    )
     assert metrics[2]["fljax-skipped"] == 1 and len(metrics[2]["fljax-node-ids"]) == 4
     assert "fljax-skipped" not in metrics[1] and "fljax-skipped" not in metrics[3]
     g = np.zeros((2, 3))
@@ -403,37 +420,75 @@ def run_deployment(tmp_path: Path, nodes: int, fedavg_rounds: int, fljax_rounds:
     app.mkdir()
     home.mkdir()
     out = tmp_path / "result.json"
-    (app / "pyproject.toml").write_text(APP_PYPROJECT.format(out=out, fedavg_rounds=fedavg_rounds,
-                                                             fljax_rounds=fljax_rounds, nodes=nodes))
+    (app / "pyproject.toml").write_text(
+        APP_PYPROJECT.format(out=out, fedavg_rounds=fedavg_rounds, fljax_rounds=fljax_rounds, nodes=nodes)
+    )
     (app / "sign_flip_app.py").write_text(APP_MODULE)
     port = _free_port()
-    (home / "config.toml").write_text(f'[superlink]\ndefault = "local"\n\n[superlink.local]\n'
-                                      f'address = "127.0.0.1:{port}"\ninsecure = true\n')
-    env = {**os.environ, "FLWR_HOME": str(home), "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-           "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1", "JAX_PLATFORMS": "cpu"}
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
+    )
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(home),
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
+        "JAX_PLATFORMS": "cpu",
+    }
     procs, logs = [], []
     try:
+
         def start(args, log_name):
             log = open(tmp_path / log_name, "w")
             logs.append(log)
-            procs.append(subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
-                                          start_new_session=True))
+            procs.append(
+                subprocess.Popen(
+                    args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, start_new_session=True
+                )
+            )
 
-        start([str(bin_dir / "flower-superlink"), "--insecure", "--port", str(port),
-               "--disable-runtime-dependency-installation"], "superlink.log")
+        start(
+            [
+                str(bin_dir / "flower-superlink"),
+                "--insecure",
+                "--port",
+                str(port),
+                "--disable-runtime-dependency-installation",
+            ],
+            "superlink.log",
+        )
         _wait_for_port(port, 60)
         for i in range(nodes):
-            start([str(bin_dir / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
-                   "--port", str(_free_port()), "--node-config", f"partition-id={i}"], f"supernode{i}.log")
-        done = subprocess.run([str(bin_dir / "flwr"), "run", str(app), "local", "--stream"], env=env, cwd=tmp_path,
-                              capture_output=True, text=True, timeout=240)
+            start(
+                [
+                    str(bin_dir / "flower-supernode"),
+                    "--insecure",
+                    "--superlink",
+                    f"127.0.0.1:{port}",
+                    "--port",
+                    str(_free_port()),
+                    "--node-config",
+                    f"partition-id={i}",
+                ],
+                f"supernode{i}.log",
+            )
+        done = subprocess.run(
+            [str(bin_dir / "flwr"), "run", str(app), "local", "--stream"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
         assert out.exists(), f"the ServerApp wrote no result:\n{done.stdout[-8000:]}\n{done.stderr[-3000:]}"
     finally:
         _stop(procs)
         for log in logs:
             log.close()
-    node_ids = [int(re.search(r"SuperNode ID: (\d+)", (tmp_path / f"supernode{i}.log").read_text()).group(1))
-                for i in range(nodes)]
+    node_ids = [
+        int(re.search(r"SuperNode ID: (\d+)", (tmp_path / f"supernode{i}.log").read_text()).group(1))
+        for i in range(nodes)
+    ]
     return json.loads(out.read_text()), node_ids
 
 

@@ -96,6 +96,7 @@ def test_crop_for_pool_keeps_pooled_values_and_gradients(size):
         def f(p, x):
             y = conv.apply(p, layers.crop_for_pool(x, (3, 3), (2, 2)) if crop else x)
             return nn.max_pool(nn.relu(y), (2, 2), strides=(2, 2))
+
         loss = lambda p, x: jnp.sum(jnp.sin(f(p, x)))
         return jax.jit(lambda p, x: (f(p, x), jax.grad(loss, argnums=(0, 1))(p, x)))(params, x)
 
@@ -158,5 +159,7 @@ def test_max_pool_matches_flax_including_ties(inputs, window):
 def test_max_pool_overlapping_windows_use_flax():
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, 3))
     for padding in ("VALID", "SAME"):
-        np.testing.assert_array_equal(layers.max_pool(x, (3, 3), strides=(1, 1), padding=padding, impl="patches"),
-                                      nn.max_pool(x, (3, 3), strides=(1, 1), padding=padding))
+        np.testing.assert_array_equal(
+            layers.max_pool(x, (3, 3), strides=(1, 1), padding=padding, impl="patches"),
+            nn.max_pool(x, (3, 3), strides=(1, 1), padding=padding),
+        )

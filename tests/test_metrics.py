@@ -17,7 +17,9 @@ def test_targeted_flip_success_rate_and_source_recall_by_hand():
     predicted = np.array([0, 2, 2, 1, 0, 1, 2, 1])
     labels = np.array([0, 0, 0, 0, 1, 1, 2, 2])
     x = jnp.asarray(np.eye(3)[predicted], jnp.float32)
-    out = fljax.make_evaluate(_logits_model, label_flip(3, source=0, target=2), batch_size=3)(None, x, jnp.asarray(labels))
+    out = fljax.make_evaluate(_logits_model, label_flip(3, source=0, target=2), batch_size=3)(
+        None, x, jnp.asarray(labels)
+    )
     np.testing.assert_allclose(out["accuracy"], 3 / 8)  # examples 0, 5 and 6 are classified correctly
     # source-class (label 0) examples: 4; predicted 2 (the target): 2 of them; predicted 0: 1 of them
     np.testing.assert_allclose(out["attack_success_rate"], 2 / 4)

@@ -49,12 +49,15 @@ def test_resnet_uses_groupnorm_and_no_batch_statistics():
     assert_close(apply(p, x)[:1], apply(p, x[:1]))
 
 
-@pytest.mark.parametrize("name,shape,message", [
-    ("vgg11", (28, 28, 1), "vgg11 needs image inputs"),
-    ("lenet5", (8, 8, 1), "lenet5 needs image inputs"),
-    ("char_lstm", (28, 28, 1), "char_lstm needs token sequences"),
-    ("resnet", (32, 32, 3), "unknown model 'resnet'"),
-])
+@pytest.mark.parametrize(
+    "name,shape,message",
+    [
+        ("vgg11", (28, 28, 1), "vgg11 needs image inputs"),
+        ("lenet5", (8, 8, 1), "lenet5 needs image inputs"),
+        ("char_lstm", (28, 28, 1), "char_lstm needs token sequences"),
+        ("resnet", (32, 32, 3), "unknown model 'resnet'"),
+    ],
+)
 def test_get_rejects_bad_names_and_shapes(name, shape, message):
     with pytest.raises(ValueError, match=message):
         models.get(name, shape, 10)
@@ -64,13 +67,14 @@ def small(name):
     """``(module, example shape, learning rate)``: the registered architecture's code at a CI size
     (full sizes: the slow test). The two ResNets differ by their shortcuts."""
     resnet = lambda shortcut: models.ResNet(10, stage_sizes=(1, 1), widths=(8, 16), shortcut=shortcut)
-    return {"cnn": (models.CNN(10), (28, 28, 1), 1e-2),
-            "lenet5": (models.LeNet5(10), (28, 28, 1), 1e-2),
-            "resnet18": (resnet("projection"), (16, 16, 3), 1e-2),
-            "resnet20": (resnet("pad"), (16, 16, 3), 1e-2),
-            "vgg11": (models.VGG11(10, config=(8, "M", 16, "M", 16, 16, "M", 16, 16, "M", 16, 16, "M")), (32, 32, 3),
-                      3e-3),
-            "char_lstm": (models.CharLSTM(12, hidden=(32, 32)), (10,), 1e-2)}[name]
+    return {
+        "cnn": (models.CNN(10), (28, 28, 1), 1e-2),
+        "lenet5": (models.LeNet5(10), (28, 28, 1), 1e-2),
+        "resnet18": (resnet("projection"), (16, 16, 3), 1e-2),
+        "resnet20": (resnet("pad"), (16, 16, 3), 1e-2),
+        "vgg11": (models.VGG11(10, config=(8, "M", 16, "M", 16, 16, "M", 16, 16, "M", 16, 16, "M")), (32, 32, 3), 3e-3),
+        "char_lstm": (models.CharLSTM(12, hidden=(32, 32)), (10,), 1e-2),
+    }[name]
 
 
 def synthetic_task(name, shape, classes, n=8):
@@ -101,8 +105,17 @@ def training_losses(module, x, y, steps=15, lr=1e-2):
     return jax.jit(lambda p: jax.lax.scan(step, (p, opt.init(p)), None, length=steps)[1])(params)
 
 
-@pytest.mark.parametrize("name", ["lenet5", "char_lstm", *[pytest.param(n, marks=pytest.mark.slow)  # 8-15 s each on CI's CPU
-                                                         for n in ("resnet20", "resnet18", "vgg11")]])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "lenet5",
+        "char_lstm",
+        *[
+            pytest.param(n, marks=pytest.mark.slow)  # 8-15 s each on CI's CPU
+            for n in ("resnet20", "resnet18", "vgg11")
+        ],
+    ],
+)
 def test_loss_decreases_on_a_tiny_synthetic_task(name):
     module, shape, lr = small(name)
     x, y = synthetic_task(name, shape, module.num_classes)
@@ -112,8 +125,9 @@ def test_loss_decreases_on_a_tiny_synthetic_task(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,shape,classes", [("resnet18", (32, 32, 3), 10), ("vgg11", (32, 32, 3), 10),
-                                                 ("char_lstm", (80,), 80)])
+@pytest.mark.parametrize(
+    "name,shape,classes", [("resnet18", (32, 32, 3), 10), ("vgg11", (32, 32, 3), 10), ("char_lstm", (80,), 80)]
+)
 def test_loss_decreases_full_size(name, shape, classes):
     module = {"resnet18": models.ResNet18, "vgg11": models.VGG11, "char_lstm": models.CharLSTM}[name](classes)
     x, y = synthetic_task(name, shape, classes)
@@ -161,7 +175,8 @@ def test_conv_models_agree_across_implementations(name):
 
     def run(module):
         return jax.jit(lambda p: (module.apply(p, x), jax.grad(lambda p: jnp.sum(jnp.sin(module.apply(p, x))))(p)))(
-            params)
+            params
+        )
 
     assert_close(run(patches), run(xla), rtol=1e-4)
 
@@ -173,8 +188,7 @@ def _logits_model(params, x):
 
 def test_per_token_loss_and_accuracy_by_hand():
     # Two sequences of 3 tokens over a vocabulary of 2; label -1 is padding; example 1 is not real.
-    logits = jnp.array([[[2.0, 0.0], [0.0, 1.0], [3.0, 3.0]],
-                        [[0.0, 5.0], [1.0, 0.0], [0.0, 0.0]]])
+    logits = jnp.array([[[2.0, 0.0], [0.0, 1.0], [3.0, 3.0]], [[0.0, 5.0], [1.0, 0.0], [0.0, 0.0]]])
     labels = jnp.array([[0, 0, -1], [1, 1, 0]])
     log_softmax = jax.nn.log_softmax(logits)
     # Real tokens: example 0, positions 0 and 1 (position 2 is padding).
@@ -183,8 +197,16 @@ def test_per_token_loss_and_accuracy_by_hand():
     np.testing.assert_allclose(loss, expected, rtol=1e-6)
     # Both examples real: 5 real tokens, each weighing the same.
     all_real = fljax.Batch(logits, labels, jnp.array([True, True]))
-    expected5 = -(log_softmax[0, 0, 0] + log_softmax[0, 1, 0] + log_softmax[1, 0, 1] + log_softmax[1, 1, 1]
-                  + log_softmax[1, 2, 0]) / 5
+    expected5 = (
+        -(
+            log_softmax[0, 0, 0]
+            + log_softmax[0, 1, 0]
+            + log_softmax[1, 0, 1]
+            + log_softmax[1, 1, 1]
+            + log_softmax[1, 2, 0]
+        )
+        / 5
+    )
     np.testing.assert_allclose(fljax.classification_loss(_logits_model)(None, all_real), expected5, rtol=1e-6)
     # Evaluation: predictions (argmax, first on ties) [[0, 1, 0], [1, 0, 0]]; hits on real tokens:
     # (0,0) yes, (0,1) no, (1,0) yes, (1,1) no, (1,2) yes -> 3 of 5.
@@ -199,13 +221,27 @@ def test_per_example_loss_unchanged_by_the_token_mask():
     labels = jnp.array([0, 3, 1, 1, 2])
     mask = jnp.array([True, True, False, True, False])
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    np.testing.assert_allclose(fljax.classification_loss(_logits_model)(None, fljax.Batch(logits, labels, mask)),
-                               jnp.sum(losses * mask) / 3, rtol=1e-6)
+    np.testing.assert_allclose(
+        fljax.classification_loss(_logits_model)(None, fljax.Batch(logits, labels, mask)),
+        jnp.sum(losses * mask) / 3,
+        rtol=1e-6,
+    )
 
 
 def test_runner_builds_and_runs_a_new_model():
-    config = ExperimentConfig(dataset="mnist5k", model="lenet5", num_clients=4, clients_per_round=4, num_malicious=0,
-                              attack="none", aggregator="mean", rounds=1, eval_every=1, local_steps=1, batch_size=8)
+    config = ExperimentConfig(
+        dataset="mnist5k",
+        model="lenet5",
+        num_clients=4,
+        clients_per_round=4,
+        num_malicious=0,
+        attack="none",
+        aggregator="mean",
+        rounds=1,
+        eval_every=1,
+        local_steps=1,
+        batch_size=8,
+    )
     experiment = build(config)
     assert models.num_params(experiment.model.init(jax.random.PRNGKey(0))) == 61_706
 
@@ -219,8 +255,11 @@ def test_lstm_layer_is_the_standard_lstm():
     sigmoid = lambda v: 1 / (1 + np.exp(-v))
     c, h, expected = np.zeros((2, 4)), np.zeros((2, 4)), []
     for t in range(5):
-        z = np.asarray(x[:, t]) @ np.asarray(p["input_kernel"]) + np.asarray(p["bias"]) + h @ np.asarray(
-            p["recurrent_kernel"])
+        z = (
+            np.asarray(x[:, t]) @ np.asarray(p["input_kernel"])
+            + np.asarray(p["bias"])
+            + h @ np.asarray(p["recurrent_kernel"])
+        )
         i, f, g, o = np.split(z, 4, axis=-1)
         c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
         h = sigmoid(o) * np.tanh(c)
@@ -233,8 +272,9 @@ def test_lstm_layer_is_the_standard_lstm():
         reference.weight_hh_l0.copy_(torch.tensor(np.asarray(p["recurrent_kernel"]).T))
         reference.bias_ih_l0.copy_(torch.tensor(np.asarray(p["bias"])))
         reference.bias_hh_l0.zero_()
-    np.testing.assert_allclose(layer.apply(params, x), reference(torch.tensor(np.asarray(x)))[0].detach().numpy(),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        layer.apply(params, x), reference(torch.tensor(np.asarray(x)))[0].detach().numpy(), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_char_lstm_trains_under_parallel_execution():
@@ -243,9 +283,21 @@ def test_char_lstm_trains_under_parallel_execution():
     import subprocess
     import sys
 
-    command = [sys.executable, "-m", "experiments.benchmark", "--model=char_lstm", "--clients_per_round=2",
-               "--executions=parallel", "--local_steps=1", "--batch_size=4", "--examples_per_client=8", "--repeats=1",
-               "--aggregators=", "--torch=false", "--cpu_cores=2"]
+    command = [
+        sys.executable,
+        "-m",
+        "experiments.benchmark",
+        "--model=char_lstm",
+        "--clients_per_round=2",
+        "--executions=parallel",
+        "--local_steps=1",
+        "--batch_size=4",
+        "--examples_per_client=8",
+        "--repeats=1",
+        "--aggregators=",
+        "--torch=false",
+        "--cpu_cores=2",
+    ]
     root = __import__("pathlib").Path(__file__).resolve().parents[1]
     proc = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -19,7 +19,9 @@ def test_update_by_hand_for_both_conventions():
     u = jnp.array([[10.0, 20.0], [30.0, 40.0]])
     ids = jnp.array([2, 0])
     sent, new = worker_momentum(BETA, "ema").update(momenta, u, ids)
-    np.testing.assert_allclose(sent, [[0.5 * 5 + 0.5 * 10, 0.5 * 6 + 0.5 * 20], [0.5 * 1 + 0.5 * 30, 0.5 * 2 + 0.5 * 40]])
+    np.testing.assert_allclose(
+        sent, [[0.5 * 5 + 0.5 * 10, 0.5 * 6 + 0.5 * 20], [0.5 * 1 + 0.5 * 30, 0.5 * 2 + 0.5 * 40]]
+    )
     np.testing.assert_allclose(new, [sent[1], [3.0, 4.0], sent[0]])  # client 1 was not sampled: unchanged
     sent, new = worker_momentum(BETA, "heavy_ball").update(momenta, u, ids)
     np.testing.assert_allclose(sent, [[0.5 * 5 + 10, 0.5 * 6 + 20], [0.5 * 1 + 30, 0.5 * 2 + 40]])
@@ -37,6 +39,7 @@ def _spy_rule(seen):
         seen.append((np.asarray(ctx.client_ids), np.asarray(u)))
         n = u.shape[0]
         return jnp.mean(u, 0), state, {"weights": jnp.full(n, 1.0 / n)}
+
     return fljax.Aggregator(init=fljax.types.no_state, update=update)
 
 
@@ -46,8 +49,14 @@ def test_each_client_sends_the_momentum_of_the_rounds_it_was_sampled_in(conventi
     sends ``count_i * (1 - beta**k)`` (ema) or ``count_i * (1 - beta**k) / (1 - beta)`` (heavy ball)."""
     data = make_data([[0], [1, 2], [3, 4, 5], [6, 7, 8, 9]], np.zeros((10, 1)), np.zeros(10))
     seen = []
-    rnd = fljax.make_round(_constant_update, _spy_rule(seen), clients_per_round=2, jit=False,
-                           worker_momentum=worker_momentum(BETA, convention), num_clients=4)
+    rnd = fljax.make_round(
+        _constant_update,
+        _spy_rule(seen),
+        clients_per_round=2,
+        jit=False,
+        worker_momentum=worker_momentum(BETA, convention),
+        num_clients=4,
+    )
     state = rnd.init({"w": jnp.zeros(3)})
     for r in range(6):
         state, _ = rnd.step(state, data, jax.random.PRNGKey(r))
@@ -76,8 +85,16 @@ def test_beta_zero_is_no_momentum_and_the_attack_sees_the_honest_momenta():
     runs = {}
     for name, momentum in (("off", None), ("zero", worker_momentum(0.0)), ("half", worker_momentum(BETA))):
         seen = []
-        rnd = fljax.make_round(_constant_update, _spy_rule(seen), clients_per_round=4, num_malicious=1, jit=False,
-                               model_attack=attack, worker_momentum=momentum, num_clients=4)
+        rnd = fljax.make_round(
+            _constant_update,
+            _spy_rule(seen),
+            clients_per_round=4,
+            num_malicious=1,
+            jit=False,
+            model_attack=attack,
+            worker_momentum=momentum,
+            num_clients=4,
+        )
         state = rnd.init({"w": jnp.zeros(2)})
         for r in range(3):
             state, _ = rnd.step(state, data, jax.random.PRNGKey(r))
@@ -96,19 +113,25 @@ def test_beta_zero_is_no_momentum_and_the_attack_sees_the_honest_momenta():
 
 def test_make_round_needs_the_population_for_momenta():
     with pytest.raises(ValueError, match="worker_momentum needs num_clients"):
-        fljax.make_round(_constant_update, fljax.aggregators.mean(), clients_per_round=2,
-                         worker_momentum=worker_momentum(0.9))
+        fljax.make_round(
+            _constant_update, fljax.aggregators.mean(), clients_per_round=2, worker_momentum=worker_momentum(0.9)
+        )
     with pytest.raises(ValueError, match=r"beta must be a number in \[0, 1\), got 1.0"):
         worker_momentum(1.0)
     with pytest.raises(ValueError, match="convention must be one of ema, heavy_ball, got 'nesterov'"):
         worker_momentum(0.9, "nesterov")
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    (dict(worker_momentum=1.0), "--worker_momentum must be in [0, 1), got 1.0"),
-    (dict(worker_momentum=0.9, worker_momentum_convention="nesterov"),
-     "--worker_momentum_convention must be one of ema, heavy_ball, got 'nesterov'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (dict(worker_momentum=1.0), "--worker_momentum must be in [0, 1), got 1.0"),
+        (
+            dict(worker_momentum=0.9, worker_momentum_convention="nesterov"),
+            "--worker_momentum_convention must be one of ema, heavy_ball, got 'nesterov'",
+        ),
+    ],
+)
 def test_runner_refuses_bad_momentum_settings(kwargs, words):
     with pytest.raises(ValueError) as err:
         validate(ExperimentConfig(**kwargs))
@@ -116,9 +139,20 @@ def test_runner_refuses_bad_momentum_settings(kwargs, words):
 
 
 def test_runner_runs_with_worker_momentum_and_carries_the_momenta():
-    config = ExperimentConfig(dataset="digits", model="logreg", num_clients=6, clients_per_round=4, num_malicious=1,
-                              protocol="fedsgd", rounds=2, eval_every=2, attack="alie", aggregator="median",
-                              worker_momentum=0.9, worker_momentum_convention="heavy_ball")
+    config = ExperimentConfig(
+        dataset="digits",
+        model="logreg",
+        num_clients=6,
+        clients_per_round=4,
+        num_malicious=1,
+        protocol="fedsgd",
+        rounds=2,
+        eval_every=2,
+        attack="alie",
+        aggregator="median",
+        worker_momentum=0.9,
+        worker_momentum_convention="heavy_ball",
+    )
     exp = build(config)
     state, history = exp.train(jax.random.PRNGKey(0))
     momenta = np.asarray(state.server.momenta)

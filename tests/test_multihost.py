@@ -33,10 +33,24 @@ from tests.helpers import ROOT, finish, free_port, kill_leftovers, popen, start_
 
 # 12 blocks of one round, a checkpoint after every 2nd; server momentum and a randomized attack
 # make the optimizer state and the PRNG key matter. 8 clients per round over 4 devices.
-FLAGS = ["--dataset=synthetic:mnist", "--model=logreg", "--num_clients=12", "--clients_per_round=8",
-         "--num_malicious=3", "--attack=gaussian(std=3.0)", "--aggregator=median", "--protocol=fedsgd",
-         "--client_lr=0.3", "--rounds=12", "--eval_every=1", "--server_momentum=0.5", "--seed=3", "--cpu_cores=2",
-         "--heartbeat_timeout=10", "--quiet"]
+FLAGS = [
+    "--dataset=synthetic:mnist",
+    "--model=logreg",
+    "--num_clients=12",
+    "--clients_per_round=8",
+    "--num_malicious=3",
+    "--attack=gaussian(std=3.0)",
+    "--aggregator=median",
+    "--protocol=fedsgd",
+    "--client_lr=0.3",
+    "--rounds=12",
+    "--eval_every=1",
+    "--server_momentum=0.5",
+    "--seed=3",
+    "--cpu_cores=2",
+    "--heartbeat_timeout=10",
+    "--quiet",
+]
 RUN = [sys.executable, "-m", "experiments.run", *FLAGS]
 TIMING = ("seconds", "compile_seconds", "rounds_per_second")
 DUMP = ("Fatal Python error", "Check failure", "Traceback", "terminate called", "\nE1", "\nF1")
@@ -54,7 +68,9 @@ def steps(workdir):
     return sorted(int(n) for n in os.listdir(folder) if n.isdigit()) if os.path.isdir(folder) else []
 
 
-GLOO = re.compile(r"\[Gloo\] Rank \d+ is connected to \d+ peer ranks\. Expected number of connected peer ranks is : \d*")
+GLOO = re.compile(
+    r"\[Gloo\] Rank \d+ is connected to \d+ peer ranks\. Expected number of connected peer ranks is : \d*"
+)
 
 
 def messages(text):
@@ -95,15 +111,20 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     workdir, out = str(tmp_path / "work"), tmp_path / "out.json"
     command = lambda: start_processes(RUN + ["--checkpoint_every=2", f"--workdir={workdir}", f"--output={out}"], 2, 2)
 
-    seconds, outs = stop_one(command(), 1, signal.SIGKILL, lambda: max(steps(workdir), default=0) >= 4,
-                             "the checkpoint after round 4")
+    seconds, outs = stop_one(
+        command(), 1, signal.SIGKILL, lambda: max(steps(workdir), default=0) >= 4, "the checkpoint after round 4"
+    )
     (rc0, out0, err0), (rc1, _, _) = outs
     assert rc1 == -signal.SIGKILL and rc0 == multihost.EXIT_RESUMABLE, outs
     said = messages(err0)
     assert len(said) == 1 and said[0].startswith(multihost.LOST), err0
     # Gloo's "Connection reset by peer" at once in a collective; in a save's barrier, the heartbeat timeout.
-    assert said[0].startswith((f"{multihost.LOST}: another process closed its connections (Gloo ",
-                               f"{multihost.LOST}: process 1 stopped sending heartbeats (")), said[0]
+    assert said[0].startswith(
+        (
+            f"{multihost.LOST}: another process closed its connections (Gloo ",
+            f"{multihost.LOST}: process 1 stopped sending heartbeats (",
+        )
+    ), said[0]
     assert "(seen by process 0 of 2)" in said[0]
     done = max(steps(workdir))  # one round per block
     assert f"restart every process with the same command to resume from {workdir} after round {done}" in said[0]
@@ -169,18 +190,24 @@ def start_workers(folder, mode, supervised=True):
     with a 5 s heartbeat timeout."""
     address = f"127.0.0.1:{free_port()}"
     head = [sys.executable, "-c", SUPERVISOR] if supervised else [sys.executable, "-c"]
-    return [popen(head + [WORKER, address, str(i), "5", str(folder), mode], cwd=ROOT, env=subprocess_env(2))
-            for i in range(2)]
+    return [
+        popen(head + [WORKER, address, str(i), "5", str(folder), mode], cwd=ROOT, env=subprocess_env(2))
+        for i in range(2)
+    ]
 
 
 def ready(folder):
     return lambda: all((folder / f"ready{i}").exists() for i in range(2))
 
 
-@pytest.mark.parametrize("victim, said, bound", [
-    (0, "process 0, which runs the coordination service, is gone (seen by process 1)", 10),
-    (1, "process 1 stopped sending heartbeats (seen by process 0)", 5 + 10),
-], ids=["coordinator_lost", "heartbeat_timeout"])
+@pytest.mark.parametrize(
+    "victim, said, bound",
+    [
+        (0, "process 0, which runs the coordination service, is gone (seen by process 1)", 10),
+        (1, "process 1 stopped sending heartbeats (seen by process 0)", 5 + 10),
+    ],
+    ids=["coordinator_lost", "heartbeat_timeout"],
+)
 def test_jax_abort_of_a_survivor_becomes_one_line(tmp_path, victim, said, bound):
     """JAX aborts a survivor itself (SIGABRT, a native stack trace, Python's fault dump): at once
     when process 0, which runs the coordination service, is lost; after the heartbeat timeout
@@ -198,8 +225,9 @@ def test_jax_abort_of_a_survivor_becomes_one_line(tmp_path, victim, said, bound)
 def test_preemption_notice_stops_every_process_at_the_same_step(tmp_path):
     """SIGTERM to one process (JAX's preemption service catches it) makes ``preemption_point``
     true on both processes at one common step."""
-    _, outs = stop_one(start_workers(tmp_path, "preempt", supervised=False), 1, signal.SIGTERM, ready(tmp_path),
-                       "both workers")
+    _, outs = stop_one(
+        start_workers(tmp_path, "preempt", supervised=False), 1, signal.SIGTERM, ready(tmp_path), "both workers"
+    )
     assert [rc for rc, _, _ in outs] == [multihost.EXIT_RESUMABLE] * 2, outs
     stops = [out.split() for _, out, _ in outs]
     assert stops[0] == stops[1] and stops[0][:2] == ["stopped", "at"] and int(stops[0][2]) > 1, outs
@@ -219,9 +247,19 @@ def test_unshared_workdir_and_different_configs_are_refused_everywhere(tmp_path)
 
 # ---- the runner's side, in-process ----------------------------------------------------------
 
-SMALL = dict(dataset="synthetic:mnist", model="logreg", num_clients=10, clients_per_round=8, num_malicious=2,
-             attack="gaussian(std=3.0)", aggregator="median", rounds=5, eval_every=1, protocol="fedsgd",
-             server_momentum=0.9)
+SMALL = dict(
+    dataset="synthetic:mnist",
+    model="logreg",
+    num_clients=10,
+    clients_per_round=8,
+    num_malicious=2,
+    attack="gaussian(std=3.0)",
+    aggregator="median",
+    rounds=5,
+    eval_every=1,
+    protocol="fedsgd",
+    server_momentum=0.9,
+)
 
 
 def comparable(res):
@@ -242,28 +280,36 @@ def test_preempted_run_checkpoints_there_and_resumes_exactly_on_another_topology
     monkeypatch.setattr(multihost, "preemption_point", lambda step: step == 2)
     monkeypatch.setattr(checkpoint_lib, "topology", lambda: {"processes": 2, "devices": 4, "platform": "cpu"})
     workdir = str(tmp_path / "w")
-    with pytest.raises(multihost.Preempted, match=rf"every process stopped after round 2; restart every process with "
-                                                   rf"the same command to resume from {workdir} after round 2$"):
+    with pytest.raises(
+        multihost.Preempted,
+        match=rf"every process stopped after round 2; restart every process with "
+        rf"the same command to resume from {workdir} after round 2$",
+    ):
         run_experiment(exp, lambda m: None, workdir=workdir, checkpoint_every=3)
     monkeypatch.undo()
     said = []
     resumed = run_experiment(exp, said.append, workdir=workdir, checkpoint_every=3)
     assert resumed["checkpoint"]["resumed_after_blocks"] == 2
     notice = [m for m in said if m.startswith("notice:")]
-    assert notice == ["notice: the checkpoint was written on 2 process(es) with 4 cpu device(s) in all, this run has "
-                      "1 process(es) with 1 cpu device(s) in all: the remaining rounds split the cohort over these "
-                      "devices, so sums over devices may round differently from an uninterrupted run in the last bits"]
+    assert notice == [
+        "notice: the checkpoint was written on 2 process(es) with 4 cpu device(s) in all, this run has "
+        "1 process(es) with 1 cpu device(s) in all: the remaining rounds split the cohort over these "
+        "devices, so sums over devices may round differently from an uninterrupted run in the last bits"
+    ]
     assert comparable(resumed) == reference
     assert checkpoint_lib.newest_round(workdir) == 5
 
 
 def test_resume_hint_names_the_newest_committed_checkpoint(tmp_path):
     assert "without --workdir the run cannot resume" in checkpoint_lib.resume_hint(None)
-    assert checkpoint_lib.resume_hint(str(tmp_path)) == (f"{tmp_path} holds no checkpoint yet: restart every process "
-                                                         "with the same command to start the run again")
+    assert checkpoint_lib.resume_hint(str(tmp_path)) == (
+        f"{tmp_path} holds no checkpoint yet: restart every process with the same command to start the run again"
+    )
     for step, round_ in ((2, 4), (3, 6)):
         os.makedirs(tmp_path / "checkpoints" / str(step) / "meta")
-        checkpoint_lib.write_json_atomic(str(tmp_path / "checkpoints" / str(step) / "meta" / "metadata"), {"round": round_})
+        checkpoint_lib.write_json_atomic(
+            str(tmp_path / "checkpoints" / str(step) / "meta" / "metadata"), {"round": round_}
+        )
     os.makedirs(tmp_path / "checkpoints" / "4.orbax-checkpoint-tmp-1")  # uncommitted: ignored
     os.makedirs(tmp_path / "checkpoints" / "5")  # unreadable: the one before counts
     assert checkpoint_lib.resume_hint(str(tmp_path)).endswith(f"resume from {tmp_path} after round 6")
@@ -272,27 +318,46 @@ def test_resume_hint_names_the_newest_committed_checkpoint(tmp_path):
 # ---- the supervisor's relay, with stand-in workers (no JAX in them) --------------------------
 
 NATIVE_E = "E1128 07:26:02.160665   25650 coordination_service_agent.cc:289] Polled an error from coordination service"
-FATAL = ("F1128 07:26:02.161322   25661 client.h:80] Terminating process because the JAX distributed service detected "
-         "fatal errors. absl::Status: UNAVAILABLE: Task 1 heartbeat timeout.\n*** Check failure stack trace: ***\n"
-         "    @     0x7f9042440634  absl::log_internal::LogMessage::SendToLog()\nFatal Python error: Aborted\n")
+FATAL = (
+    "F1128 07:26:02.161322   25661 client.h:80] Terminating process because the JAX distributed service detected "
+    "fatal errors. absl::Status: UNAVAILABLE: Task 1 heartbeat timeout.\n*** Check failure stack trace: ***\n"
+    "    @     0x7f9042440634  absl::log_internal::LogMessage::SendToLog()\nFatal Python error: Aborted\n"
+)
 
 
-@pytest.mark.parametrize("script, status, said", [
-    # JAX's abort: the native lines before it and its dump are dropped, one line says what happened
-    (f"say('working'); say({NATIVE_E!r}); say({FATAL!r}); os.abort()", multihost.EXIT_RESUMABLE,
-     ["working", f"{multihost.LOST}: process 1 stopped sending heartbeats (seen by process 3); HINT"]),
-    # the worker said it first (then JAX aborted it): no second line
-    (f"say({multihost.LOST + ': x'!r}); say({FATAL!r}); os.abort()", multihost.EXIT_RESUMABLE, [f"{multihost.LOST}: x"]),
-    (f"say({multihost.LOST + ': x'!r}); os._exit(75)", multihost.EXIT_RESUMABLE, [f"{multihost.LOST}: x"]),
-    # killed by another signal: said so, status 128 + signal
-    ("say('working'); os.kill(os.getpid(), signal.SIGKILL)", 128 + 9,
-     ["working", "error: process 3: the worker was killed by SIGKILL; HINT"]),
-    # anything else is relayed as it is, native lines included, and the status passed on
-    (f"say({NATIVE_E!r}); say('done'); sys.exit(2)", 2, [NATIVE_E, "done"]),
-], ids=["jax_abort", "said_then_aborted", "said_then_exited", "killed", "relayed"])
+@pytest.mark.parametrize(
+    "script, status, said",
+    [
+        # JAX's abort: the native lines before it and its dump are dropped, one line says what happened
+        (
+            f"say('working'); say({NATIVE_E!r}); say({FATAL!r}); os.abort()",
+            multihost.EXIT_RESUMABLE,
+            ["working", f"{multihost.LOST}: process 1 stopped sending heartbeats (seen by process 3); HINT"],
+        ),
+        # the worker said it first (then JAX aborted it): no second line
+        (
+            f"say({multihost.LOST + ': x'!r}); say({FATAL!r}); os.abort()",
+            multihost.EXIT_RESUMABLE,
+            [f"{multihost.LOST}: x"],
+        ),
+        (f"say({multihost.LOST + ': x'!r}); os._exit(75)", multihost.EXIT_RESUMABLE, [f"{multihost.LOST}: x"]),
+        # killed by another signal: said so, status 128 + signal
+        (
+            "say('working'); os.kill(os.getpid(), signal.SIGKILL)",
+            128 + 9,
+            ["working", "error: process 3: the worker was killed by SIGKILL; HINT"],
+        ),
+        # anything else is relayed as it is, native lines included, and the status passed on
+        (f"say({NATIVE_E!r}); say('done'); sys.exit(2)", 2, [NATIVE_E, "done"]),
+    ],
+    ids=["jax_abort", "said_then_aborted", "said_then_exited", "killed", "relayed"],
+)
 def test_supervisor_relays_output_and_summarizes_an_abort(capfd, script, status, said):
-    worker = [sys.executable, "-c", "import os, signal, sys\n"
-              "def say(text): sys.stderr.write(text + '\\n'); sys.stderr.flush()\n" + script]
+    worker = [
+        sys.executable,
+        "-c",
+        "import os, signal, sys\ndef say(text): sys.stderr.write(text + '\\n'); sys.stderr.flush()\n" + script,
+    ]
     assert multihost.supervise(lambda: "HINT", 3, command=worker) == status
     out, err = capfd.readouterr()
     assert err.splitlines() == said

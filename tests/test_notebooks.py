@@ -36,12 +36,18 @@ def run(name: str, small: bool = True) -> tuple[str, ...]:
         mp.setenv("FLJAX_SMALL", "1" if small else "0")  # inherited by the kernel
         mp.setenv("MPLBACKEND", "agg")
         mp.setenv("TMPDIR", tmp)  # notebook 03's sweep folder (tempfile.mkdtemp) goes away with it
-        mp.setenv("PYTHONPATH", os.pathsep.join([ROOT] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
+        mp.setenv(
+            "PYTHONPATH", os.pathsep.join([ROOT] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
+        )
         NotebookClient(nb, timeout=3600, kernel_name="python3", resources={"metadata": {"path": tmp}}).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
-    texts = [o.get("text", "") if o.get("output_type") == "stream"
-             else o.get("data", {}).get("text/markdown", o.get("data", {}).get("text/plain", "")) for o in outputs]
+    texts = [
+        o.get("text", "")
+        if o.get("output_type") == "stream"
+        else o.get("data", {}).get("text/markdown", o.get("data", {}).get("text/plain", ""))
+        for o in outputs
+    ]
     lines = tuple(line for text in texts for line in text.splitlines())
     assert lines
     assert not [line for line in lines if re.search(r"skipp|cannot run|Traceback", line, re.I)]
@@ -54,8 +60,11 @@ def matches(lines, pattern: str) -> list[tuple[str, ...]]:
 
 
 def test_the_three_notebooks_exist():
-    assert [os.path.basename(p) for p in NOTEBOOKS] == ["01_quickstart.ipynb", "02_custom_aggregator.ipynb",
-                                                        "03_grid.ipynb"]
+    assert [os.path.basename(p) for p in NOTEBOOKS] == [
+        "01_quickstart.ipynb",
+        "02_custom_aggregator.ipynb",
+        "03_grid.ipynb",
+    ]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
@@ -90,8 +99,11 @@ def _run_install_cell(tmp_path, monkeypatch, cwd, installed_at=None, repo=None) 
     calls = []
     monkeypatch.setattr(subprocess, "check_call", lambda cmd: calls.append(cmd[4:]))
     origin = None if installed_at is None else str(installed_at / "fljax" / "__init__.py")
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if origin is None else
-                        importlib.machinery.ModuleSpec(name, None, origin=origin))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name: None if origin is None else importlib.machinery.ModuleSpec(name, None, origin=origin),
+    )
     monkeypatch.chdir(cwd)
     monkeypatch.setattr(sys, "path", list(sys.path))
     if repo is None:
@@ -112,7 +124,8 @@ def test_install_cell_uses_the_checkout_it_sits_in_else_the_configured_repositor
     # In the checkout's notebooks/: an editable install of the checkout, unless fljax comes from it already.
     assert _run_install_cell(tmp_path, monkeypatch, checkout / "notebooks") == [["-q", "-e", str(checkout.resolve())]]
     assert _run_install_cell(tmp_path, monkeypatch, checkout / "notebooks", installed_at=elsewhere) == [
-        ["-q", "-e", str(checkout.resolve())]]
+        ["-q", "-e", str(checkout.resolve())]
+    ]
     assert _run_install_cell(tmp_path, monkeypatch, checkout / "notebooks", installed_at=checkout.resolve()) == []
     # Outside a checkout (Colab): the repository FLJAX_REPO names, unless fljax is importable.
     outside = tmp_path / "content"
@@ -125,19 +138,23 @@ def test_install_cell_uses_the_checkout_it_sits_in_else_the_configured_repositor
 
 @pytest.mark.parametrize("small", SIZES)
 def test_quickstart_label_flippers_raise_the_5_to_3_rate(small):
-    rows = {label: (float(acc), float(asr)) for label, acc, asr in
-            matches(run("01_quickstart.ipynb", small), rf"(.+?): accuracy ({NUMBER}), attack success ({NUMBER})")}
+    rows = {
+        label: (float(acc), float(asr))
+        for label, acc, asr in matches(
+            run("01_quickstart.ipynb", small), rf"(.+?): accuracy ({NUMBER}), attack success ({NUMBER})"
+        )
+    }
     assert set(rows) == {"no attackers", "mean", "median"}
     assert all(acc > 0.3 for acc, _ in rows.values())  # trained: 10 classes, chance is 0.1
     assert rows["mean"][1] > rows["no attackers"][1] + 0.03  # a share of the test 5s
 
 
 def _custom_rule_table(lines) -> tuple[float, dict]:
-    (reference,), = matches(lines, rf"norm of the honest mean: ({NUMBER})")
+    ((reference,),) = matches(lines, rf"norm of the honest mean: ({NUMBER})")
     header = next(i for i, line in enumerate(lines) if line.split()[:1] == ["attack"])
     rules = lines[header].split()[1:]
     table = {}
-    for line in lines[header + 1:]:
+    for line in lines[header + 1 :]:
         name, *values = line.split() or [""]
         if name not in MODEL_ATTACKS:
             break
@@ -162,7 +179,7 @@ def test_custom_aggregator_faces_every_registered_model_attack(small):
     assert not math.isfinite(table["nan"]["mean"]) and not math.isfinite(table["inf"]["mean"])
     for name in ("sign_flip", "gaussian", "ipm"):  # x10: the mean is worse than no update, the new rule is not
         assert table[name]["mean"] > reference and table[name]["clipped_mean"] < table[name]["mean"] / 2, name
-    (worse,), = matches(lines, r"mean does worse than no update under +(\d+) of \d+ attacks: .*")
+    ((worse,),) = matches(lines, r"mean does worse than no update under +(\d+) of \d+ attacks: .*")
     assert int(worse) == sum(not e["mean"] < reference for e in table.values())
 
     # the cells' attacks print as their specs (an attack's arguments hold spaces: "label_flip(source=5, target=3)")
@@ -179,7 +196,7 @@ def test_custom_aggregator_faces_every_registered_model_attack(small):
 @pytest.mark.parametrize("small", SIZES)
 def test_grid_shares_programs_and_vmapped_seeds_match(small):
     lines = run("03_grid.ipynb", small)
-    (diff,), = matches(lines, rf".*same results: max accuracy difference ({NUMBER})")
+    ((diff,),) = matches(lines, rf".*same results: max accuracy difference ({NUMBER})")
     assert float(diff) <= (0.0 if small else 0.005)  # an accelerator may round a batched matmul differently
     programs = {(a, r, p): how for a, r, p, how in matches(lines, r"(.+?) vs (\S+) +(\S+) +program (shared|compiled)")}
     pairs = {(a, r) for a, r, _ in programs}

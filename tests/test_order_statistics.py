@@ -46,7 +46,7 @@ def _reference_trimmed(x, k):
     kept slots split evenly among the clients holding that value)."""
     n = x.shape[0]
     x = np.where(np.isnan(x), np.inf, x).astype(np.float64)
-    kept = np.sort(x, axis=0)[k:n - k]
+    kept = np.sort(x, axis=0)[k : n - k]
     with np.errstate(invalid="ignore"):
         aggregate = kept.mean(axis=0)
     slots_of_value = (kept[None, :, :] == x[:, None, :]).sum(axis=1)  # [n, d]
@@ -55,8 +55,9 @@ def _reference_trimmed(x, k):
     return aggregate, shares, kept
 
 
-@pytest.mark.parametrize("n,ks", [(1, [0]), (2, [0]), (3, [1]), (4, [1]), (5, [2]), (10, [4]), (25, [6]),
-                                  (100, [49]), (101, [20])])
+@pytest.mark.parametrize(
+    "n,ks", [(1, [0]), (2, [0]), (3, [1]), (4, [1]), (5, [2]), (10, [4]), (25, [6]), (100, [49]), (101, [20])]
+)
 def test_kth_matches_sort(n, ks):
     x = _data(n)
     s = _sorted(x)
@@ -179,4 +180,3 @@ def test_accelerator_form_matches_sort(n, k, monkeypatch):
     assert np.all(np.abs(np.asarray(aggregate, np.float64)[finite] - ref_aggregate[finite]) <= 1e-5 * scale[finite])
     np.testing.assert_array_equal(np.asarray(aggregate)[~finite], ref_aggregate[~finite])
     np.testing.assert_allclose(np.asarray(shares), ref_shares, rtol=1e-5, atol=1e-6)
-

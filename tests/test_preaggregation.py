@@ -13,9 +13,13 @@ from fljax.experiment import ExperimentConfig, build_aggregator
 
 
 def ctx_for(n, d, weights=None, key=0):
-    return fljax.AggregationContext(weights=jnp.ones(n) if weights is None else jnp.asarray(weights, jnp.float32),
-                                    key=jax.random.PRNGKey(key), client_ids=jnp.arange(n),
-                                    params=jnp.zeros(d), reference=jnp.zeros(d))
+    return fljax.AggregationContext(
+        weights=jnp.ones(n) if weights is None else jnp.asarray(weights, jnp.float32),
+        key=jax.random.PRNGKey(key),
+        client_ids=jnp.arange(n),
+        params=jnp.zeros(d),
+        reference=jnp.zeros(d),
+    )
 
 
 def run(rule, x, weights=None, key=0):
@@ -131,8 +135,14 @@ def test_chain_is_differentiable():
 
 
 def test_runner_builds_the_pre_aggregation_chain():
-    config = ExperimentConfig(aggregator="krum", num_byzantine=2, clients_per_round=20, num_clients=20,
-                              pre_aggregation="bucketing, nnm", bucket_size=2)
+    config = ExperimentConfig(
+        aggregator="krum",
+        num_byzantine=2,
+        clients_per_round=20,
+        num_clients=20,
+        pre_aggregation="bucketing, nnm",
+        bucket_size=2,
+    )
     agg = build_aggregator(config)
     agg.requirement(14)
     with pytest.raises(ValueError, match=r"krum.*20 -> 10 -> 10"):

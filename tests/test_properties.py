@@ -40,8 +40,9 @@ from fljax.types import AggregationContext, ModelAccess
 D = 4
 PERMUTATION, TRANSLATION, BOUNDED_PROP = "permutation", "translation", "bounded"
 # derandomize: the same examples on every run, so expected failures below are stable.
-SETTINGS = settings(max_examples=25, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(
+    max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 def _rule(build, props, *, f=2, min_n=None, bound=None, why=""):
@@ -49,56 +50,111 @@ def _rule(build, props, *, f=2, min_n=None, bound=None, why=""):
 
 
 RULES = {
-    "mean": _rule(lambda n, f: A.mean(), {PERMUTATION, TRANSLATION}, f=0,
-                  why="the plain average has no bound: one outlier moves it arbitrarily"),
+    "mean": _rule(
+        lambda n, f: A.mean(),
+        {PERMUTATION, TRANSLATION},
+        f=0,
+        why="the plain average has no bound: one outlier moves it arbitrarily",
+    ),
     "median": _rule(lambda n, f: A.median(), {PERMUTATION, TRANSLATION}, min_n=lambda f: 2 * f + 1, bound="box"),
-    "trimmed_mean": _rule(lambda n, f: A.trimmed_mean(num_byzantine=f), {PERMUTATION, TRANSLATION},
-                          min_n=lambda f: 2 * f + 1, bound="box"),
-    "krum": _rule(lambda n, f: A.krum(num_byzantine=f), {PERMUTATION, TRANSLATION}, min_n=lambda f: 2 * f + 3,
-                  bound="krum"),
-    "multi_krum": _rule(lambda n, f: A.multi_krum(num_byzantine=f), {PERMUTATION, TRANSLATION},
-                        min_n=lambda f: 2 * f + 3, bound="multi_krum"),
-    "bulyan": _rule(lambda n, f: A.bulyan(num_byzantine=f), {PERMUTATION, TRANSLATION}, f=1,
-                    min_n=lambda f: 4 * f + 3, bound="bulyan"),
-    "geometric_median": _rule(lambda n, f: A.geometric_median(), {PERMUTATION, TRANSLATION},
-                              min_n=lambda f: 2 * f + 1, bound="geometric"),
-    "rfa": _rule(lambda n, f: A.rfa(), {PERMUTATION, TRANSLATION},
-                 why="a fixed 3 Weiszfeld steps from the mean: not converged, so no breakdown bound"),
-    "dnc": _rule(lambda n, f: A.dnc(num_byzantine=f), {PERMUTATION, TRANSLATION},
-                 why="filters by projections on a top singular direction: no worst-case bound"),
-    "centered_clipping": _rule(lambda n, f: A.centered_clipping(clip_radius=1.0), {PERMUTATION},
-                               why="clips around the previous aggregate (its state), not translated with the data"),
-    "norm_clipping": _rule(lambda n, f: A.norm_clipping(max_norm=1.0), {PERMUTATION},
-                           why="clips norms around the origin"),
-    "weak_dp": _rule(lambda n, f: A.weak_dp(max_norm=1.0, noise_std=0.01), {PERMUTATION},
-                     why="clips norms around the origin (noise from the fixed key)"),
+    "trimmed_mean": _rule(
+        lambda n, f: A.trimmed_mean(num_byzantine=f), {PERMUTATION, TRANSLATION}, min_n=lambda f: 2 * f + 1, bound="box"
+    ),
+    "krum": _rule(
+        lambda n, f: A.krum(num_byzantine=f), {PERMUTATION, TRANSLATION}, min_n=lambda f: 2 * f + 3, bound="krum"
+    ),
+    "multi_krum": _rule(
+        lambda n, f: A.multi_krum(num_byzantine=f),
+        {PERMUTATION, TRANSLATION},
+        min_n=lambda f: 2 * f + 3,
+        bound="multi_krum",
+    ),
+    "bulyan": _rule(
+        lambda n, f: A.bulyan(num_byzantine=f),
+        {PERMUTATION, TRANSLATION},
+        f=1,
+        min_n=lambda f: 4 * f + 3,
+        bound="bulyan",
+    ),
+    "geometric_median": _rule(
+        lambda n, f: A.geometric_median(), {PERMUTATION, TRANSLATION}, min_n=lambda f: 2 * f + 1, bound="geometric"
+    ),
+    "rfa": _rule(
+        lambda n, f: A.rfa(),
+        {PERMUTATION, TRANSLATION},
+        why="a fixed 3 Weiszfeld steps from the mean: not converged, so no breakdown bound",
+    ),
+    "dnc": _rule(
+        lambda n, f: A.dnc(num_byzantine=f),
+        {PERMUTATION, TRANSLATION},
+        why="filters by projections on a top singular direction: no worst-case bound",
+    ),
+    "centered_clipping": _rule(
+        lambda n, f: A.centered_clipping(clip_radius=1.0),
+        {PERMUTATION},
+        why="clips around the previous aggregate (its state), not translated with the data",
+    ),
+    "norm_clipping": _rule(
+        lambda n, f: A.norm_clipping(max_norm=1.0), {PERMUTATION}, why="clips norms around the origin"
+    ),
+    "weak_dp": _rule(
+        lambda n, f: A.weak_dp(max_norm=1.0, noise_std=0.01),
+        {PERMUTATION},
+        why="clips norms around the origin (noise from the fixed key)",
+    ),
     "fltrust": _rule(lambda n, f: A.fltrust(), {PERMUTATION}, why="trust scores are cosines to the server's update"),
     "foolsgold": _rule(lambda n, f: A.foolsgold(num_clients=n), {PERMUTATION}, why="cosine similarities"),
     "afa": _rule(lambda n, f: A.afa(num_clients=n), {PERMUTATION}, why="cosine similarities to the mean"),
     "contra": _rule(lambda n, f: A.contra(num_clients=n, num_byzantine=f), {PERMUTATION}, why="cosine similarities"),
     "flame": _rule(lambda n, f: A.flame(), {PERMUTATION}, why="cosine distances, clipping around the origin"),
-    "cluster_filter": _rule(lambda n, f: A.cluster_filter(), {PERMUTATION},
-                            why="spherical 2-means: cosine distances, and no worst-case bound"),
+    "cluster_filter": _rule(
+        lambda n, f: A.cluster_filter(),
+        {PERMUTATION},
+        why="spherical 2-means: cosine distances, and no worst-case bound",
+    ),
     "signguard": _rule(lambda n, f: A.signguard(), {PERMUTATION}, why="norm and sign statistics"),
     "rlr": _rule(lambda n, f: A.rlr(learning_threshold=max(1, n // 2)), {PERMUTATION}, why="sign votes"),
-    "mda": _rule(lambda n, f: A.mda(num_byzantine=f), {PERMUTATION, TRANSLATION}, min_n=lambda f: 2 * f + 1,
-                 bound="diameter"),
-    "smea": _rule(lambda n, f: A.smea(num_byzantine=f), {PERMUTATION, TRANSLATION}, min_n=lambda f: 2 * f + 1,
-                  bound="spectral"),
-    "caf": _rule(lambda n, f: A.caf(num_byzantine=f), {PERMUTATION, TRANSLATION}, min_n=lambda f: 2 * f + 1,
-                 why="the paper's error bound holds up to constants this test cannot pin"),
-    "meamed": _rule(lambda n, f: A.meamed(num_byzantine=f), {PERMUTATION, TRANSLATION}, min_n=lambda f: 2 * f + 1,
-                    bound="bulyan"),  # the kept values lie within the largest honest distance of the median
-    "monna": _rule(lambda n, f: A.monna(num_byzantine=f), {PERMUTATION, TRANSLATION}, min_n=lambda f: 2 * f + 1,
-                   why="averages around the pivot the server trusts (client 0 here, an outlier in some draws)"),
-    "lasa": _rule(lambda n, f: A.lasa(), {PERMUTATION},
-                  why="clips to the median norm around the origin and sparsifies by magnitude"),
-    "auror": _rule(lambda n, f: A.auror(), {PERMUTATION, TRANSLATION},
-                   why="2-means assumes the attackers form one group: scattered far outliers escape the minority"),
-    "fldetector": _rule(lambda n, f: A.fldetector(num_clients=n), {PERMUTATION},
-                        why="detects over a window of rounds; from a fresh state it averages the finite updates"),
-    "deepsight": _rule(lambda n, f: A.deepsight(min_cluster_size=2, min_samples=2), {PERMUTATION},
-                       why="inspects the model's output layer and outputs; clips around the origin"),
+    "mda": _rule(
+        lambda n, f: A.mda(num_byzantine=f), {PERMUTATION, TRANSLATION}, min_n=lambda f: 2 * f + 1, bound="diameter"
+    ),
+    "smea": _rule(
+        lambda n, f: A.smea(num_byzantine=f), {PERMUTATION, TRANSLATION}, min_n=lambda f: 2 * f + 1, bound="spectral"
+    ),
+    "caf": _rule(
+        lambda n, f: A.caf(num_byzantine=f),
+        {PERMUTATION, TRANSLATION},
+        min_n=lambda f: 2 * f + 1,
+        why="the paper's error bound holds up to constants this test cannot pin",
+    ),
+    "meamed": _rule(
+        lambda n, f: A.meamed(num_byzantine=f), {PERMUTATION, TRANSLATION}, min_n=lambda f: 2 * f + 1, bound="bulyan"
+    ),  # the kept values lie within the largest honest distance of the median
+    "monna": _rule(
+        lambda n, f: A.monna(num_byzantine=f),
+        {PERMUTATION, TRANSLATION},
+        min_n=lambda f: 2 * f + 1,
+        why="averages around the pivot the server trusts (client 0 here, an outlier in some draws)",
+    ),
+    "lasa": _rule(
+        lambda n, f: A.lasa(),
+        {PERMUTATION},
+        why="clips to the median norm around the origin and sparsifies by magnitude",
+    ),
+    "auror": _rule(
+        lambda n, f: A.auror(),
+        {PERMUTATION, TRANSLATION},
+        why="2-means assumes the attackers form one group: scattered far outliers escape the minority",
+    ),
+    "fldetector": _rule(
+        lambda n, f: A.fldetector(num_clients=n),
+        {PERMUTATION},
+        why="detects over a window of rounds; from a fresh state it averages the finite updates",
+    ),
+    "deepsight": _rule(
+        lambda n, f: A.deepsight(min_cluster_size=2, min_samples=2),
+        {PERMUTATION},
+        why="inspects the model's output layer and outputs; clips around the origin",
+    ),
     "crfl": _rule(lambda n, f: A.crfl(), {PERMUTATION}, why="clips the global model's norm (noise from the fixed key)"),
 }
 
@@ -106,19 +162,23 @@ RULES = {
 # Properties a rule should have but does not (yet): expected failures, strict, so a fix shows up.
 KNOWN_VIOLATIONS = {
     ("bulyan", PERMUTATION): "iterated Krum breaks score ties by the lowest client index; once n' - f - 2 <= 1 "
-                             "the last two mutual nearest neighbours always tie, so the order of the clients "
-                             "decides which one is selected",
+    "the last two mutual nearest neighbours always tie, so the order of the clients "
+    "decides which one is selected",
     ("signguard", PERMUTATION): "the mean-shift step breaks ties between equally large sign clusters by client "
-                                "order (sign features are discrete: with few coordinates, ties are common)",
+    "order (sign features are discrete: with few coordinates, ties are common)",
     ("deepsight", PERMUTATION): "HDBSCAN breaks ties between equal distances by point order (scikit-learn's too: its "
-                                "edge sort is not even stable); mutual reachability makes ties, and the final "
-                                "clustering's distances are averages of 0/1 memberships, where ties are the rule",
+    "edge sort is not even stable); mutual reachability makes ties, and the final "
+    "clustering's distances are averages of 0/1 memberships, where ties are the rule",
 }
 
 
 def _params(prop, rules=None):
-    return [pytest.param(r, marks=pytest.mark.xfail(strict=True, reason=KNOWN_VIOLATIONS[(r, prop)]))
-            if (r, prop) in KNOWN_VIOLATIONS else r for r in sorted(A.REGISTRY if rules is None else rules)]
+    return [
+        pytest.param(r, marks=pytest.mark.xfail(strict=True, reason=KNOWN_VIOLATIONS[(r, prop)]))
+        if (r, prop) in KNOWN_VIOLATIONS
+        else r
+        for r in sorted(A.REGISTRY if rules is None else rules)
+    ]
 
 
 def test_every_registered_rule_is_classified():
@@ -149,13 +209,15 @@ def compiled(rule, n):
     model = None
     if agg.needs_model:  # a logistic regression of 1 input and 2 classes: D = 4 parameters
         logreg = fljax.models.get("logreg", (1,), 2)
-        model = ModelAccess(ravel_pytree(logreg.init(jax.random.PRNGKey(0)))[1], logreg.apply,
-                            jax.ShapeDtypeStruct((1,), jnp.float32))
+        model = ModelAccess(
+            ravel_pytree(logreg.init(jax.random.PRNGKey(0)))[1], logreg.apply, jax.ShapeDtypeStruct((1,), jnp.float32)
+        )
 
     def call(updates, counts, client_ids, key, reference):
         params = jnp.zeros(updates.shape[1], updates.dtype)
-        ctx = AggregationContext(weights=counts, key=key, client_ids=client_ids, params=params, reference=reference,
-                                 model=model)
+        ctx = AggregationContext(
+            weights=counts, key=key, client_ids=client_ids, params=params, reference=reference, model=model
+        )
         out, _, _ = agg.update(updates, agg.init(params), ctx)
         return out
 
@@ -167,8 +229,13 @@ def aggregate(rule, updates, counts=None, client_ids=None, key=0, reference=None
     counts = np.ones(n, np.float32) if counts is None else counts
     client_ids = np.arange(n, dtype=np.int32) if client_ids is None else client_ids
     reference = np.linspace(-1.0, 1.0, d).astype(np.float32) if reference is None else reference
-    out = compiled(rule, n)(jnp.asarray(updates, jnp.float32), jnp.asarray(counts, jnp.float32),
-                            jnp.asarray(client_ids, jnp.int32), jax.random.PRNGKey(key), jnp.asarray(reference))
+    out = compiled(rule, n)(
+        jnp.asarray(updates, jnp.float32),
+        jnp.asarray(counts, jnp.float32),
+        jnp.asarray(client_ids, jnp.int32),
+        jax.random.PRNGKey(key),
+        jnp.asarray(reference),
+    )
     return np.asarray(out, np.float64)
 
 
@@ -279,13 +346,23 @@ def test_bounded_under_f_arbitrary_outliers(rule, data):
         alpha = f / n
         radius = max(float(np.linalg.norm(g - center)) for g in good)
         limit = 2 * (1 - alpha) / (1 - 2 * alpha) * radius
-        assert np.linalg.norm(out - center) <= limit * (1 + 1e-3) + slack, (rule, kind, np.linalg.norm(out - center), limit)
+        assert np.linalg.norm(out - center) <= limit * (1 + 1e-3) + slack, (
+            rule,
+            kind,
+            np.linalg.norm(out - center),
+            limit,
+        )
     elif bound == "diameter":
         nearest = min(float(np.linalg.norm(out - g)) for g in good)
         assert nearest <= diameter * (1 + 1e-4) + slack, (rule, kind, nearest, diameter)
     elif bound == "spectral":
         top = float(np.linalg.eigvalsh(np.cov(good.T, bias=True))[-1])
         limit = 2 * math.sqrt(f / (n - 2 * f) * top)
-        assert np.linalg.norm(out - center) <= limit * (1 + 1e-3) + slack, (rule, kind, np.linalg.norm(out - center), limit)
+        assert np.linalg.norm(out - center) <= limit * (1 + 1e-3) + slack, (
+            rule,
+            kind,
+            np.linalg.norm(out - center),
+            limit,
+        )
     else:
         pytest.fail(f"unknown bound {bound!r} for {rule}")

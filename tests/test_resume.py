@@ -40,9 +40,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # 8 blocks of 1 round, a checkpoint after every 2nd block (steps 2, 4, 6, 8). Server momentum
 # and a randomized attack make the optimizer state and the key matter.
-FLAGS = ["--dataset=digits", "--model=logreg", "--num_clients=12", "--clients_per_round=10", "--num_malicious=3",
-         "--attack=gaussian(std=3.0)", "--aggregator=median", "--protocol=fedsgd", "--client_lr=0.3",
-         "--rounds=8", "--eval_every=1", "--server_momentum=0.5", "--seed=3"]
+FLAGS = [
+    "--dataset=digits",
+    "--model=logreg",
+    "--num_clients=12",
+    "--clients_per_round=10",
+    "--num_malicious=3",
+    "--attack=gaussian(std=3.0)",
+    "--aggregator=median",
+    "--protocol=fedsgd",
+    "--client_lr=0.3",
+    "--rounds=8",
+    "--eval_every=1",
+    "--server_momentum=0.5",
+    "--seed=3",
+]
 
 # Runs the real runner after patching the library to SIGKILL the process at one point:
 #   mid_block:N   after the N-th block was dispatched, before its results are fetched
@@ -110,8 +122,10 @@ def _env(fault=None):
 
 @pytest.fixture(scope="module", autouse=True)
 def compilation_cache(tmp_path_factory):
-    COMPILATION_CACHE.update(JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
-                             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    COMPILATION_CACHE.update(
+        JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    )
     yield
     COMPILATION_CACHE.clear()
 
@@ -123,7 +137,9 @@ def _command(fault, extra):
 
 
 def run_to_end(extra, fault=None):
-    proc = subprocess.run(_command(fault, extra), cwd=ROOT, env=_env(fault), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        _command(fault, extra), cwd=ROOT, env=_env(fault), capture_output=True, text=True, timeout=300
+    )
     return proc
 
 
@@ -135,8 +151,9 @@ def killed_by_fault(extra, fault):
 
 def kill_when(extra, condition, what):
     """Starts the runner and SIGKILLs it from outside as soon as ``condition()`` holds."""
-    proc = subprocess.Popen(_command(None, extra), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _command(None, extra), cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 300
     try:
         while not condition():
@@ -153,8 +170,11 @@ def kill_when(extra, condition, what):
 
 def steps(workdir):
     """Committed checkpoint steps (orbax's temporary folders excluded)."""
-    return sorted(int(os.path.basename(p)) for p in glob.glob(os.path.join(workdir, "checkpoints", "*"))
-                  if os.path.basename(p).isdigit())
+    return sorted(
+        int(os.path.basename(p))
+        for p in glob.glob(os.path.join(workdir, "checkpoints", "*"))
+        if os.path.basename(p).isdigit()
+    )
 
 
 def temporaries(workdir):
@@ -180,8 +200,14 @@ def test_killed_inside_a_save_and_resumed_ends_exactly_as_an_uninterrupted_run_s
     2 committed, 4 not), the next resumes after round 2, ignores the uncommitted folder and ends
     with exactly the uninterrupted run's results."""
     baseline_out = tmp_path / "baseline.json"
-    baseline = subprocess.Popen(_command(None, [f"--output={baseline_out}", "--quiet"]), cwd=ROOT, env=_env(),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    baseline = subprocess.Popen(
+        _command(None, [f"--output={baseline_out}", "--quiet"]),
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     workdir, out = str(tmp_path / "work"), tmp_path / "out.json"
     extra = [f"--workdir={workdir}", "--checkpoint_every=2", f"--output={out}"]
     proc = killed_by_fault(extra, "mid_save:2")
@@ -201,8 +227,14 @@ def test_killed_five_times_at_every_kind_of_point_resumes_exactly(tmp_path):
     resume checked against what the previous kill left behind; the uninterrupted baseline runs
     alongside in another process."""
     baseline_out = tmp_path / "baseline.json"
-    baseline = subprocess.Popen(_command(None, [f"--output={baseline_out}", "--quiet"]), cwd=ROOT, env=_env(),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    baseline = subprocess.Popen(
+        _command(None, [f"--output={baseline_out}", "--quiet"]),
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     workdir, out = str(tmp_path / "work"), tmp_path / "out.json"
     extra = [f"--workdir={workdir}", "--checkpoint_every=2", f"--output={out}"]
     # 1: killed from outside while compiling: the config is recorded, no checkpoint exists.
@@ -260,9 +292,20 @@ def _flag_value(flag):
 
 # ---- in-process checks of the checkpoint module --------------------------------------------
 
-SMALL = dict(dataset="digits", model="logreg", num_clients=10, clients_per_round=8, num_malicious=2,
-             attack="sign_flip", aggregator="trimmed_mean", num_byzantine=2, rounds=5, eval_every=2,
-             protocol="fedsgd", server_momentum=0.9)
+SMALL = dict(
+    dataset="digits",
+    model="logreg",
+    num_clients=10,
+    clients_per_round=8,
+    num_malicious=2,
+    attack="sign_flip",
+    aggregator="trimmed_mean",
+    num_byzantine=2,
+    rounds=5,
+    eval_every=2,
+    protocol="fedsgd",
+    server_momentum=0.9,
+)
 
 
 @pytest.fixture(scope="module")
@@ -304,8 +347,11 @@ def test_in_process_crash_after_each_save_resumes_exactly(small, tmp_path, monke
 def test_checkpoint_round_trips_the_full_state_bitwise(small, tmp_path):
     state = small.train.init(jax.random.PRNGKey(7))
     state, _, _ = small.train.run_block(state, small.data, num_rounds=2)
-    history = {"rounds": {"loss": np.array([1.5, np.nan], np.float32), "finite": np.array([True, False])},
-               "evals": {"accuracy": np.array([0.25], np.float32)}, "eval_rounds": np.array([2])}
+    history = {
+        "rounds": {"loss": np.array([1.5, np.nan], np.float32), "finite": np.array([True, False])},
+        "evals": {"accuracy": np.array([0.25], np.float32)},
+        "eval_rounds": np.array([2]),
+    }
     ckpt = RunCheckpointer(str(tmp_path), dataclasses.asdict(small.config))
     assert ckpt.restore(state) is None
     ckpt.save(1, state, history, {"round": 2, "note": float("nan")})

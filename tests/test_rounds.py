@@ -43,8 +43,9 @@ def test_two_client_fedavg_round_by_hand():
             w = w - 0.1 * grad(w, rows)
         deltas.append(w - w0)
     expected = w0 + (2 / 3) * deltas[0] + (1 / 3) * deltas[1]
-    rnd = fljax.make_round(fljax.fedavg(squared_loss, optax.sgd(0.1), local_steps=3, batch_size=2), mean(),
-                           clients_per_round=2)
+    rnd = fljax.make_round(
+        fljax.fedavg(squared_loss, optax.sgd(0.1), local_steps=3, batch_size=2), mean(), clients_per_round=2
+    )
     state, _ = rnd.step(rnd.init(W0), DATA, KEY)
     np.testing.assert_allclose(state.params["w"], expected, rtol=1e-5)
 
@@ -74,8 +75,15 @@ def _mnist_like_round(execution):
     data = make_data([list(range(i * 6, i * 6 + 6 - (i % 3))) for i in range(10)], x, y)
     model = fljax.models.get("mlp", (8, 8, 1), 10, hidden=(16,))
     client = fljax.fedavg(fljax.classification_loss(model.apply), optax.sgd(0.1), local_steps=3, batch_size=4)
-    rnd = fljax.make_round(client, median(), clients_per_round=7, num_malicious=3, model_attack=sign_flip(2.0),
-                           execution=execution, chunk_size=3)
+    rnd = fljax.make_round(
+        client,
+        median(),
+        clients_per_round=7,
+        num_malicious=3,
+        model_attack=sign_flip(2.0),
+        execution=execution,
+        chunk_size=3,
+    )
     state = rnd.init(model.init(jax.random.PRNGKey(0)))
     for i in range(2):
         state, _ = rnd.step(state, data, jax.random.PRNGKey(i))
@@ -98,8 +106,9 @@ def test_cohort_is_a_sample_without_replacement_and_attack_only_hits_sampled_mal
 
     attack = fljax.ModelAttack(init=lambda p: (), update=spy_update)
     data = make_data([[0], [1], [2], [0], [1], [2]], X, Y)
-    rnd = fljax.make_round(fljax.fedsgd(squared_loss), mean(), clients_per_round=4, num_malicious=2,
-                           model_attack=attack, jit=False)
+    rnd = fljax.make_round(
+        fljax.fedsgd(squared_loss), mean(), clients_per_round=4, num_malicious=2, model_attack=attack, jit=False
+    )
     state = rnd.init(W0)
     for i in range(5):
         state, m = rnd.step(state, data, jax.random.PRNGKey(i))
@@ -120,9 +129,18 @@ def test_data_attack_poisons_only_malicious_clients():
 
     def deltas(num_malicious):
         captured = []
-        attack = fljax.ModelAttack(init=lambda p: (), update=lambda u, m, s, k, c: (captured.append((u, c.client_ids)) or (u, s)))
-        rnd = fljax.make_round(client, mean(), clients_per_round=2, num_malicious=num_malicious,
-                               data_attack=label_flip(2, source=0, target=1), model_attack=attack, jit=False)
+        attack = fljax.ModelAttack(
+            init=lambda p: (), update=lambda u, m, s, k, c: captured.append((u, c.client_ids)) or (u, s)
+        )
+        rnd = fljax.make_round(
+            client,
+            mean(),
+            clients_per_round=2,
+            num_malicious=num_malicious,
+            data_attack=label_flip(2, source=0, target=1),
+            model_attack=attack,
+            jit=False,
+        )
         rnd.step(rnd.init(params), data, KEY)
         u, ids = captured[0]
         return np.asarray(u)[np.argsort(np.asarray(ids))]

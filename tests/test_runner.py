@@ -19,29 +19,66 @@ def run(**overrides):
 
 def test_cli_writes_results_json_and_prints_a_table(tmp_path):
     out = tmp_path / "r.json"
-    proc = subprocess.run([sys.executable, "-m", "experiments.run", "--dataset=digits", "--num_clients=20",
-                           "--clients_per_round=10", "--num_malicious=4", "--rounds=4", "--eval_every=2",
-                           "--local_steps=2", f"--output={out}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.run",
+            "--dataset=digits",
+            "--num_clients=20",
+            "--clients_per_round=10",
+            "--num_malicious=4",
+            "--rounds=4",
+            "--eval_every=2",
+            "--local_steps=2",
+            f"--output={out}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "test accuracy" in proc.stdout and "attack success rate" in proc.stdout
     res = json.loads(out.read_text())
     assert res["config"]["aggregator"] == "median" and res["config"]["rounds"] == 4
     assert len(res["history"]["detection_tpr"]) == 4 and res["evals"]["round"] == [2, 4]
-    for key in ("accuracy", "loss", "attack_success_rate", "detection_tpr", "detection_fpr", "seconds",
-                "compile_seconds", "rounds_per_second"):
+    for key in (
+        "accuracy",
+        "loss",
+        "attack_success_rate",
+        "detection_tpr",
+        "detection_fpr",
+        "seconds",
+        "compile_seconds",
+        "rounds_per_second",
+    ):
         assert key in res["final"]
     assert 0 <= res["final"]["accuracy"] <= 1
 
 
 def test_cli_rejects_bad_flags_without_traceback():
-    proc = subprocess.run([sys.executable, "-m", "experiments.run", "--aggregator=krum", "--num_byzantine=60"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.run", "--aggregator=krum", "--num_byzantine=60"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "krum: needs n > 2f + 2" in proc.stderr and "Traceback" not in proc.stderr
 
 
-SMALL = dict(dataset="digits", num_clients=30, clients_per_round=30, num_malicious=6, rounds=12, eval_every=12,
-             local_steps=4, client_lr=0.3)
+SMALL = dict(
+    dataset="digits",
+    num_clients=30,
+    clients_per_round=30,
+    num_malicious=6,
+    rounds=12,
+    eval_every=12,
+    local_steps=4,
+    client_lr=0.3,
+)
 
 
 def test_sign_flip_breaks_mean_but_not_robust_rules_small():

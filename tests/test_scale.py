@@ -23,8 +23,9 @@ def _tiny():
     y = np.argmax(x[:, :NUM_CLASSES] + 0.2 * rng.normal(size=(48, NUM_CLASSES)), axis=1).astype(np.int32)
     counts = rng.integers(1, 6, size=12).astype(np.int32)
     table = rng.integers(0, 48, size=(12, 5)).astype(np.int32)
-    data = fljax.FederatedData(jnp.asarray(x), jnp.asarray(y), jnp.asarray(table), jnp.asarray(counts),
-                               jnp.asarray(x), jnp.asarray(y))
+    data = fljax.FederatedData(
+        jnp.asarray(x), jnp.asarray(y), jnp.asarray(table), jnp.asarray(counts), jnp.asarray(x), jnp.asarray(y)
+    )
     apply = lambda p, xb: xb @ p["w"] + p["b"]
     init = lambda key: {"w": 0.1 * jax.random.normal(key, (4, NUM_CLASSES)), "b": jnp.zeros(NUM_CLASSES)}
     return data, apply, init
@@ -34,9 +35,14 @@ def test_train_vmapped_over_seeds_equals_separate_runs():
     """``jax.vmap(train)(keys)``: a seed sweep as one program, each seed's final state and whole
     history (per-round metrics and evaluations) as in its own run."""
     data, apply, init = _tiny()
-    rnd = fljax.make_round(fljax.fedavg(fljax.classification_loss(apply), optax.sgd(0.5), local_steps=2, batch_size=2),
-                           aggregators.trimmed_mean(num_byzantine=1), clients_per_round=6, num_malicious=3,
-                           data_attack=attacks.label_flip(num_classes=NUM_CLASSES, source=1, target=2), jit=False)
+    rnd = fljax.make_round(
+        fljax.fedavg(fljax.classification_loss(apply), optax.sgd(0.5), local_steps=2, batch_size=2),
+        aggregators.trimmed_mean(num_byzantine=1),
+        clients_per_round=6,
+        num_malicious=3,
+        data_attack=attacks.label_flip(num_classes=NUM_CLASSES, source=1, target=2),
+        jit=False,
+    )
     train = fljax.make_train(rnd, data, init, fljax.make_evaluate(apply), num_rounds=5, eval_every=2)
     keys = jax.random.split(jax.random.PRNGKey(0), 3)
     batched_state, batched_history = jax.vmap(train)(keys)
@@ -45,7 +51,9 @@ def test_train_vmapped_over_seeds_equals_separate_runs():
     for i, key in enumerate(keys):
         state, history = train(key)
         pick = lambda tree: jax.tree.map(lambda a: a[i], tree)  # noqa: B023
-        for got, want in zip(jax.tree.leaves(pick((batched_state, batched_history))), jax.tree.leaves((state, history))):
+        for got, want in zip(
+            jax.tree.leaves(pick((batched_state, batched_history))), jax.tree.leaves((state, history))
+        ):
             np.testing.assert_allclose(np.asarray(got, np.float64), np.asarray(want, np.float64), rtol=1e-6, atol=1e-6)
         finals.append(np.asarray(state.server.params["w"]))
     assert not np.allclose(finals[0], finals[1])  # the seeds really differ
@@ -66,9 +74,12 @@ def test_matmul_precision_is_fixed_into_every_client_matmul(precision, printed):
 
 
 def test_unknown_precision_is_rejected_by_name():
-    with pytest.raises(ValueError, match=r"precision: unknown matmul precision 'fp16'; valid: default, fp32, tf32, bf16"):
+    with pytest.raises(
+        ValueError, match=r"precision: unknown matmul precision 'fp16'; valid: default, fp32, tf32, bf16"
+    ):
         check_precision("fp16")
     from fljax.experiment import ExperimentConfig, validate
+
     with pytest.raises(ValueError, match=r"--precision: unknown matmul precision 'half'; valid: default, fp32"):
         validate(ExperimentConfig(precision="half"))
     assert set(PRECISIONS) == {"default", "fp32", "tf32", "bf16"}
@@ -97,9 +108,19 @@ def test_experiment_config_wires_precision_and_mixed_precision(monkeypatch):
     the evaluation's matmuls stay float32)."""
     from fljax import experiment
 
-    config = experiment.ExperimentConfig(dataset="digits", model="logreg", num_clients=10, clients_per_round=5,
-                                         num_malicious=0, attack="none", aggregator="median", rounds=1,
-                                         local_steps=1, precision="tf32", mixed_precision=True)
+    config = experiment.ExperimentConfig(
+        dataset="digits",
+        model="logreg",
+        num_clients=10,
+        clients_per_round=5,
+        num_malicious=0,
+        attack="none",
+        aggregator="median",
+        rounds=1,
+        local_steps=1,
+        precision="tf32",
+        mixed_precision=True,
+    )
     exp = experiment.build(config)
     state = exp.train.init(jax.random.PRNGKey(0))
     text = str(jax.make_jaxpr(exp.round.step)(state.server, exp.data, jax.random.PRNGKey(1)))

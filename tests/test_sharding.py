@@ -17,8 +17,14 @@ from tests.helpers import subprocess_env as _subprocess_env
 
 @pytest.fixture(scope="module")
 def eight_devices():
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "sharding_worker.py")], cwd=ROOT,
-                          env=_subprocess_env(8), capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tests", "sharding_worker.py")],
+        cwd=ROOT,
+        env=_subprocess_env(8),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -75,13 +81,16 @@ def test_replicate_places_every_leaf_whole():
         np.testing.assert_array_equal(leaf, ref)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(coordinator_address="node0"), "--coordinator_address must be 'host:port'"),
-    (dict(num_processes=0), "--num_processes must be an integer >= 1"),
-    (dict(num_processes=2, process_id=2), r"--process_id must be an integer in 0..num_processes-1=1"),
-    (dict(process_id=-1), r"--process_id must be an integer in 0..num_processes-1 "),
-    (dict(heartbeat_timeout=0), r"--heartbeat_timeout must be an integer >= 1 \(seconds\), got 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(coordinator_address="node0"), "--coordinator_address must be 'host:port'"),
+        (dict(num_processes=0), "--num_processes must be an integer >= 1"),
+        (dict(num_processes=2, process_id=2), r"--process_id must be an integer in 0..num_processes-1=1"),
+        (dict(process_id=-1), r"--process_id must be an integer in 0..num_processes-1 "),
+        (dict(heartbeat_timeout=0), r"--heartbeat_timeout must be an integer >= 1 \(seconds\), got 0"),
+    ],
+)
 def test_initialize_distributed_validates_before_calling_jax(monkeypatch, kwargs, message):
     calls = []
     monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
@@ -104,20 +113,47 @@ def test_runner_distributed_flag_calls_initialize_first_with_the_given_arguments
         raise ValueError("stop after build")
 
     monkeypatch.setattr(runner, "build", fake_build)
-    argv = ["run", "--distributed", "--coordinator_address=10.0.0.1:1234", "--num_processes=4", "--process_id=3",
-            "--heartbeat_timeout=20", "--dataset=digits"]
+    argv = [
+        "run",
+        "--distributed",
+        "--coordinator_address=10.0.0.1:1234",
+        "--num_processes=4",
+        "--process_id=3",
+        "--heartbeat_timeout=20",
+        "--dataset=digits",
+    ]
     runner.FLAGS.unparse_flags()
     try:
         runner.FLAGS(argv)
         assert runner.main(["run"]) == 2  # the fake build's error, reported like any bad setting
-        assert events == [("initialize", {"coordinator_address": "10.0.0.1:1234", "num_processes": 4, "process_id": 3,
-                                          "heartbeat_timeout_seconds": 20}), ("build", True)]
+        assert events == [
+            (
+                "initialize",
+                {
+                    "coordinator_address": "10.0.0.1:1234",
+                    "num_processes": 4,
+                    "process_id": 3,
+                    "heartbeat_timeout_seconds": 20,
+                },
+            ),
+            ("build", True),
+        ]
         events.clear()
         runner.FLAGS.unparse_flags()
         runner.FLAGS(["run", "--distributed"])  # auto-detection (TPU pods, Slurm): all three unset
         assert runner.main(["run"]) == 2
-        assert events == [("initialize", {"coordinator_address": None, "num_processes": None, "process_id": None,
-                                          "heartbeat_timeout_seconds": 100}), ("build", True)]
+        assert events == [
+            (
+                "initialize",
+                {
+                    "coordinator_address": None,
+                    "num_processes": None,
+                    "process_id": None,
+                    "heartbeat_timeout_seconds": 100,
+                },
+            ),
+            ("build", True),
+        ]
         events.clear()
         runner.FLAGS.unparse_flags()
         runner.FLAGS(["run", "--num_processes=2"])
@@ -140,8 +176,20 @@ def test_runner_distributed_flag_calls_initialize_first_with_the_given_arguments
 def test_two_process_run_equals_single_process_run(tmp_path):
     """A real multi-process run on this machine: 2 processes x 2 CPU devices joined through
     jax.distributed (gloo collectives) give exactly the single-process results."""
-    args = [sys.executable, "-m", "experiments.run", "--dataset=digits", "--model=logreg", "--num_clients=16",
-            "--clients_per_round=8", "--num_malicious=4", "--rounds=3", "--eval_every=2", "--local_steps=2", "--quiet"]
+    args = [
+        sys.executable,
+        "-m",
+        "experiments.run",
+        "--dataset=digits",
+        "--model=logreg",
+        "--num_clients=16",
+        "--clients_per_round=8",
+        "--num_malicious=4",
+        "--rounds=3",
+        "--eval_every=2",
+        "--local_steps=2",
+        "--quiet",
+    ]
     procs = start_processes(args, 2, 2, extra=lambda i: [f"--output={tmp_path / f'p{i}.json'}"])
     try:
         outs = finish(procs, timeout=900)
@@ -149,8 +197,14 @@ def test_two_process_run_equals_single_process_run(tmp_path):
         kill_leftovers()
     assert [rc for rc, _, _ in outs] == [0, 0], [err[-2000:] for _, _, err in outs]
     assert not (tmp_path / "p1.json").exists()  # only process 0 writes --output
-    single = subprocess.run(args + [f"--output={tmp_path / 's.json'}"], cwd=ROOT, env=_subprocess_env(1),
-                            capture_output=True, text=True, timeout=900)
+    single = subprocess.run(
+        args + [f"--output={tmp_path / 's.json'}"],
+        cwd=ROOT,
+        env=_subprocess_env(1),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert single.returncode == 0, single.stderr[-2000:]
     multi, ref = (json.loads((tmp_path / name).read_text()) for name in ("p0.json", "s.json"))
     assert multi["config"]["shard_clients"] is True

@@ -24,27 +24,35 @@ ROOT = runner.__file__.rsplit("/experiments/", 1)[0]
 # ----------------------------------------------------------------------------- syntax
 
 
-@pytest.mark.parametrize("text, specs", [
-    ("median", (Spec("median"),)),
-    ("krum(num_byzantine=2)", (Spec("krum", (("num_byzantine", 2),)),)),
-    ("bucketing(bucket_size=2)+krum", (Spec("bucketing", (("bucket_size", 2),)), Spec("krum"))),
-    ("fang_trim(knowledge=partial, b=1.5)", (Spec("fang_trim", (("knowledge", "partial"), ("b", 1.5))),)),
-    ("backdoor(target_label=0, trigger_position=(2, 3))",
-     (Spec("backdoor", (("target_label", 0), ("trigger_position", (2, 3)))),)),
-])
+@pytest.mark.parametrize(
+    "text, specs",
+    [
+        ("median", (Spec("median"),)),
+        ("krum(num_byzantine=2)", (Spec("krum", (("num_byzantine", 2),)),)),
+        ("bucketing(bucket_size=2)+krum", (Spec("bucketing", (("bucket_size", 2),)), Spec("krum"))),
+        ("fang_trim(knowledge=partial, b=1.5)", (Spec("fang_trim", (("knowledge", "partial"), ("b", 1.5))),)),
+        (
+            "backdoor(target_label=0, trigger_position=(2, 3))",
+            (Spec("backdoor", (("target_label", 0), ("trigger_position", (2, 3)))),),
+        ),
+    ],
+)
 def test_parse_reads_specs_and_chains_and_str_writes_them_back(text, specs):
     assert parse(text) == specs
     assert parse(chain_text(specs)) == specs  # the canonical text reads back to the same components
 
 
-@pytest.mark.parametrize("text, message", [
-    ("", "must be a component spec"),
-    ("krum(2)", r"takes keyword arguments only, as krum\(arg=value\)"),
-    ("krum(num_byzantine=2, num_byzantine=3)", "gives num_byzantine twice"),
-    ("krum(num_byzantine=f)", None),  # a bare word is text: the type check refuses it later
-    ("krum(num_byzantine=len(x))", "the value must be a literal"),
-    ("krum(", "cannot read"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "must be a component spec"),
+        ("krum(2)", r"takes keyword arguments only, as krum\(arg=value\)"),
+        ("krum(num_byzantine=2, num_byzantine=3)", "gives num_byzantine twice"),
+        ("krum(num_byzantine=f)", None),  # a bare word is text: the type check refuses it later
+        ("krum(num_byzantine=len(x))", "the value must be a literal"),
+        ("krum(", "cannot read"),
+    ],
+)
 def test_parse_errors_name_the_flag_and_the_syntax(text, message):
     if message is None:
         assert parse(text, "--aggregator") == (Spec("krum", (("num_byzantine", "f"),)),)
@@ -56,7 +64,10 @@ def test_parse_errors_name_the_flag_and_the_syntax(text, message):
 
 def test_split_keeps_commas_inside_arguments():
     assert split("krum(num_byzantine=2),median, label_flip(source=5, target=3),") == [
-        "krum(num_byzantine=2)", "median", "label_flip(source=5, target=3)"]
+        "krum(num_byzantine=2)",
+        "median",
+        "label_flip(source=5, target=3)",
+    ]
     with pytest.raises(ValueError, match="unbalanced parentheses"):
         split("krum(num_byzantine=2,median", "--aggregators")
 
@@ -88,15 +99,23 @@ def test_a_registry_refuses_duplicate_names_lambdas_and_bad_strengths():
     with pytest.raises(ValueError, match="aggregator 'krum' is registered already"):
         aggregators.REGISTRY.register("krum", aggregators.median)
     entry = attacks.MODEL_ATTACKS["sign_flip"]
-    assert (entry.factory, entry.strength, entry.local_training, entry.targeted) == (attacks.sign_flip, "scale", None, False)
+    assert (entry.factory, entry.strength, entry.local_training, entry.targeted) == (
+        attacks.sign_flip,
+        "scale",
+        None,
+        False,
+    )
     assert attacks.MODEL_ATTACKS["pgd"].local_training is attacks.pgd_training and attacks.MODEL_ATTACKS["pgd"].targeted
 
 
 def test_build_checks_arguments_against_the_factory_signature():
     rule = aggregators.REGISTRY.build("trimmed_mean(num_byzantine=2)")
     assert rule.requirement is not None
-    with pytest.raises(ValueError, match=r"^--aggregator: krum: unknown argument 'num_byzantin' \(did you mean "
-                                         r"num_byzantine\?\); valid: num_byzantine$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^--aggregator: krum: unknown argument 'num_byzantin' \(did you mean "
+        r"num_byzantine\?\); valid: num_byzantine$",
+    ):
         aggregators.REGISTRY.build("krum(num_byzantin=2)", where="--aggregator")
     with pytest.raises(ValueError, match="median: unknown argument 'f'; valid: none, median takes no arguments"):
         aggregators.REGISTRY.build("median(f=1)")
@@ -104,7 +123,9 @@ def test_build_checks_arguments_against_the_factory_signature():
         aggregators.REGISTRY.build("krum(num_byzantine=2.5)")
     with pytest.raises(ValueError, match=r"foolsgold: kappa must be a finite number, got 'big' \(str\)"):
         aggregators.REGISTRY.build("foolsgold(kappa=big)")
-    with pytest.raises(ValueError, match=r"norm_clipping has no default for max_norm: give norm_clipping\(max_norm=...\)"):
+    with pytest.raises(
+        ValueError, match=r"norm_clipping has no default for max_norm: give norm_clipping\(max_norm=...\)"
+    ):
         aggregators.REGISTRY.build("norm_clipping")
     with pytest.raises(ValueError, match=r"unknown aggregator 'krun' \(did you mean krum\?\); valid: afa, "):
         aggregators.REGISTRY.build("krun")
@@ -116,8 +137,12 @@ def test_build_checks_arguments_against_the_factory_signature():
 
 
 def test_scoped_writes_the_canonical_form_and_the_config_dict_holds_no_flat_field():
-    config = scoped(ExperimentConfig(attack="backdoor(target_label=0)+model_replacement(gamma=5)",
-                                     aggregator=" bucketing( bucket_size = 2 ) + krum(num_byzantine=2)"))
+    config = scoped(
+        ExperimentConfig(
+            attack="backdoor(target_label=0)+model_replacement(gamma=5)",
+            aggregator=" bucketing( bucket_size = 2 ) + krum(num_byzantine=2)",
+        )
+    )
     assert config.attack == "backdoor(target_label=0)+model_replacement(gamma=5.0)"
     assert config.aggregator == "bucketing(bucket_size=2)+krum(num_byzantine=2)"
     recorded = config_dict(config)
@@ -128,16 +153,29 @@ def test_scoped_writes_the_canonical_form_and_the_config_dict_holds_no_flat_fiel
         scoped(ExperimentConfig(aggregator="krum+bucketing"))
 
 
-@pytest.mark.parametrize("flat, attack, aggregator", [
-    (dict(attack="sign_flip", attack_scale=4.0), "sign_flip(scale=4.0)", "median"),
-    (dict(attack="model_replacement", data_attack="backdoor", target_class=0, trigger_size=2),
-     "backdoor(target_label=0, trigger_size=2)+model_replacement", "median"),
-    (dict(aggregator="krum", pre_aggregation="bucketing,nnm", bucket_size=3),
-     "label_flip(source=5, target=3)", "bucketing(bucket_size=3)+nnm+krum"),
-    (dict(attack="fang_trim", attack_knowledge="partial", fang_b=1.5), "fang_trim(knowledge='partial', b=1.5)", "median"),
-    (dict(aggregator="foolsgold", kappa=0.5), "label_flip(source=5, target=3)", "foolsgold(kappa=0.5)"),
-    (dict(attack="label_flip", source_class=6, target_class=0), "label_flip(source=6, target=0)", "median"),
-])
+@pytest.mark.parametrize(
+    "flat, attack, aggregator",
+    [
+        (dict(attack="sign_flip", attack_scale=4.0), "sign_flip(scale=4.0)", "median"),
+        (
+            dict(attack="model_replacement", data_attack="backdoor", target_class=0, trigger_size=2),
+            "backdoor(target_label=0, trigger_size=2)+model_replacement",
+            "median",
+        ),
+        (
+            dict(aggregator="krum", pre_aggregation="bucketing,nnm", bucket_size=3),
+            "label_flip(source=5, target=3)",
+            "bucketing(bucket_size=3)+nnm+krum",
+        ),
+        (
+            dict(attack="fang_trim", attack_knowledge="partial", fang_b=1.5),
+            "fang_trim(knowledge='partial', b=1.5)",
+            "median",
+        ),
+        (dict(aggregator="foolsgold", kappa=0.5), "label_flip(source=5, target=3)", "foolsgold(kappa=0.5)"),
+        (dict(attack="label_flip", source_class=6, target_class=0), "label_flip(source=6, target=0)", "median"),
+    ],
+)
 def test_flat_settings_move_into_the_specs_with_a_notice_naming_the_replacement(flat, attack, aggregator):
     notices = []
     config = scoped(ExperimentConfig(**flat), notice=notices.append)
@@ -157,7 +195,9 @@ def test_a_flat_setting_given_twice_or_nowhere_is_an_error():
         scoped(ExperimentConfig(aggregator="foolsgold(kappa=1.0)", kappa=0.5))
     with pytest.raises(ValueError, match="--trigger_size does not apply to --attack=sign_flip"):
         scoped(ExperimentConfig(attack="sign_flip", trigger_size=3))
-    with pytest.raises(ValueError, match="--kappa does not apply to --aggregator=median: no component of it takes kappa"):
+    with pytest.raises(
+        ValueError, match="--kappa does not apply to --aggregator=median: no component of it takes kappa"
+    ):
         scoped(ExperimentConfig(aggregator="median", kappa=0.5))
     notices = []
     scoped(ExperimentConfig(aggregator="median", kappa=0.5), notice=notices.append, refuse_unused=False)
@@ -167,17 +207,39 @@ def test_a_flat_setting_given_twice_or_nowhere_is_an_error():
 def test_runner_prints_one_notice_line_per_flat_flag(tmp_path):
     """The old command still runs; stderr names the replacement, one line each."""
     out = tmp_path / "r.json"
-    proc = subprocess.run([sys.executable, "-m", "experiments.run", "--dataset=digits", "--model=logreg",
-                           "--num_clients=6", "--clients_per_round=6", "--num_malicious=1", "--protocol=fedsgd",
-                           "--rounds=1", "--eval_every=1", "--attack=sign_flip", "--attack_scale=4",
-                           "--aggregator=median", "--pre_aggregation=bucketing", "--quiet", f"--output={out}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.run",
+            "--dataset=digits",
+            "--model=logreg",
+            "--num_clients=6",
+            "--clients_per_round=6",
+            "--num_malicious=1",
+            "--protocol=fedsgd",
+            "--rounds=1",
+            "--eval_every=1",
+            "--attack=sign_flip",
+            "--attack_scale=4",
+            "--aggregator=median",
+            "--pre_aggregation=bucketing",
+            "--quiet",
+            f"--output={out}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     notices = [line for line in proc.stderr.splitlines() if line.startswith("notice: ")]
-    assert notices == ["notice: --pre_aggregation is deprecated: write --aggregator='bucketing+median' (the flat "
-                       "component flags go in the next release)",
-                       "notice: --attack_scale is deprecated: write --attack='sign_flip(scale=4.0)' (the flat "
-                       "component flags go in the next release)"]
+    assert notices == [
+        "notice: --pre_aggregation is deprecated: write --aggregator='bucketing+median' (the flat "
+        "component flags go in the next release)",
+        "notice: --attack_scale is deprecated: write --attack='sign_flip(scale=4.0)' (the flat "
+        "component flags go in the next release)",
+    ]
     config = json.loads(out.read_text())["config"]
     assert (config["attack"], config["aggregator"]) == ("sign_flip(scale=4.0)", "bucketing+median")
     assert "attack_scale" not in config and "pre_aggregation" not in config  # the results record the scoped form
@@ -187,8 +249,10 @@ def test_runner_prints_one_notice_line_per_flat_flag(tmp_path):
 
 
 def test_help_lists_every_registered_component_with_its_signature_defaults():
-    for on, registries in (("aggregator", (aggregators.REGISTRY, aggregators.PREAGGREGATORS)),
-                           ("attack", (attacks.MODEL_ATTACKS, attacks.DATA_ATTACKS))):
+    for on, registries in (
+        ("aggregator", (aggregators.REGISTRY, aggregators.PREAGGREGATORS)),
+        ("attack", (attacks.MODEL_ATTACKS, attacks.DATA_ATTACKS)),
+    ):
         lines = [line.strip() for line in catalogue(on).splitlines()]
         for registry in registries:
             for name in registry:

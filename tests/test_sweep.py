@@ -24,10 +24,26 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # 6 clients (2 malicious) on the 8x8 digits, 2 rounds of FedSGD: the cheapest real grid. iid and
 # shards:1 give client tables of equal shape, so the shards cells reuse the iid cells' programs.
-BASE = ExperimentConfig(dataset="digits", model="logreg", num_clients=6, clients_per_round=6, num_malicious=2,
-                        protocol="fedsgd", client_lr=0.5, rounds=2, eval_every=1, seed=0)
-SPEC = SweepSpec(base=BASE, attacks=["none", "label_flip"], aggregators=["mean", "median"],
-                 malicious_fractions=[1 / 3], partitions=["iid", "shards:1"], seeds=[0, 1])
+BASE = ExperimentConfig(
+    dataset="digits",
+    model="logreg",
+    num_clients=6,
+    clients_per_round=6,
+    num_malicious=2,
+    protocol="fedsgd",
+    client_lr=0.5,
+    rounds=2,
+    eval_every=1,
+    seed=0,
+)
+SPEC = SweepSpec(
+    base=BASE,
+    attacks=["none", "label_flip"],
+    aggregators=["mean", "median"],
+    malicious_fractions=[1 / 3],
+    partitions=["iid", "shards:1"],
+    seeds=[0, 1],
+)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +70,8 @@ def test_grid_writes_every_output(grid):
         rows = list(csv.DictReader(f))
     assert len(rows) == 8
     assert {(r["attack"], r["aggregator"], r["partition"]) for r in rows} == {
-        (a, g, p) for a in SPEC.attacks for g in SPEC.aggregators for p in SPEC.partitions}
+        (a, g, p) for a in SPEC.attacks for g in SPEC.aggregators for p in SPEC.partitions
+    }
     for r in rows:
         assert r["num_malicious"] == "2"
         assert 0.0 <= float(r["accuracy_mean"]) <= 1.0 and float(r["accuracy_std"]) >= 0.0
@@ -68,8 +85,8 @@ def test_grid_writes_every_output(grid):
     assert len(payload["cells"]) == 8 and payload["spec"]["seeds"] == [0, 1]
     cell = payload["cells"][0]
     assert len(cell["final"]["accuracy"]["values"]) == 2
-    assert np.asarray(cell["evals"]["accuracy"]).shape == (2, 2)            # seeds x evaluations
-    assert np.asarray(cell["history"]["detection_tpr"]).shape == (2, 2)     # seeds x rounds
+    assert np.asarray(cell["evals"]["accuracy"]).shape == (2, 2)  # seeds x evaluations
+    assert np.asarray(cell["history"]["detection_tpr"]).shape == (2, 2)  # seeds x rounds
     md = open(os.path.join(out, "results.md")).read()
     assert "| attack | mean | median |" in md and "Attack success rate" in md and "Wall time" in md
     for partition in ("iid", "shards-1"):
@@ -82,15 +99,24 @@ def test_vmapped_seeds_match_separate_runs(grid):
     """Each seed of a vmapped cell (here one run by a program shared with another partition)
     equals ``build(config).train(PRNGKey(seed))`` run on its own."""
     _, _, result = grid
-    cell = next(r for r in result.cells if r["cell"]["attack"] == "label_flip" and r["cell"]["aggregator"] == "median"
-                and r["cell"]["partition"] == "shards:1")
+    cell = next(
+        r
+        for r in result.cells
+        if r["cell"]["attack"] == "label_flip"
+        and r["cell"]["aggregator"] == "median"
+        and r["cell"]["partition"] == "shards:1"
+    )
     assert cell["timing"]["program"] == "shared"
     exp = build(ExperimentConfig(**cell["config"]))
     for i, seed in enumerate(cell["seeds"]):
         _, history = exp.train(jax.random.PRNGKey(seed))
         for metric in ("accuracy", "loss", "attack_success_rate"):
-            np.testing.assert_allclose(cell["evals"][metric][i], np.asarray(history.evals[metric]), rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(cell["history"]["update_norm"][i], np.asarray(history.rounds["update_norm"]), rtol=1e-5)
+            np.testing.assert_allclose(
+                cell["evals"][metric][i], np.asarray(history.evals[metric]), rtol=1e-5, atol=1e-6
+            )
+        np.testing.assert_allclose(
+            cell["history"]["update_norm"][i], np.asarray(history.rounds["update_norm"]), rtol=1e-5
+        )
     # Different seeds are different runs.
     assert cell["history"]["update_norm"][0] != cell["history"]["update_norm"][1]
     # The seeds one after another in one program (--seed_execution=map) give the same runs.
@@ -165,13 +191,18 @@ def test_axes_parsing_and_validation():
         sweep.make_cells(dataclasses.replace(SPEC, grid={"attack": ["none"]}))
     # 'all' expands over the registries, whatever they hold when the sweep runs.
     from fljax import aggregators
+
     spec = dataclasses.replace(SPEC, aggregators=["all"], attacks=["none"], partitions=["iid"])
     assert {c.axes["aggregator"] for c in sweep.make_cells(spec)} == set(aggregators.REGISTRY)
 
 
 def test_unregistered_names_fail_with_the_list():
-    spec = dataclasses.replace(SPEC, attacks=["none", "no_such_attack(scale=2)"],
-                               aggregators=["mean", "bucketing(bucket_size=2)+no_such_rule"], pending=["no_such_attack"])
+    spec = dataclasses.replace(
+        SPEC,
+        attacks=["none", "no_such_attack(scale=2)"],
+        aggregators=["mean", "bucketing(bucket_size=2)+no_such_rule"],
+        pending=["no_such_attack"],
+    )
     with pytest.raises(ValueError) as e:
         sweep.check_registered(spec)
     assert "attack no_such_attack (in no_such_attack(scale=2))" in str(e.value)
@@ -194,6 +225,7 @@ def test_a_misspelled_name_suggests_the_close_ones_not_allow_missing():
 
 def test_config_takes_a_presets_short_name_and_suggests_close_ones():
     from experiments.configs import preset_path, presets
+
     assert "fang2020" in presets()
     assert load_config_file("fang2020") == load_config_file(os.path.join(ROOT, "experiments", "configs", "fang2020.py"))
     assert preset_path("fang2020.py") == os.path.join(ROOT, "experiments", "configs", "fang2020.py")
@@ -206,44 +238,67 @@ def test_config_takes_a_presets_short_name_and_suggests_close_ones():
 def test_axes_are_specs_and_the_side_tables_are_retired():
     """An axis value is a component with its arguments (chains included), checked against the
     factory before any data is loaded; its canonical text names the cell and sets its config."""
-    spec = dataclasses.replace(SPEC, attacks=["sign_flip(scale=3)", "backdoor(target_label=0)+pgd(norm_bound=2)"],
-                               aggregators=["krum(num_byzantine=1)", "bucketing(bucket_size=2)+median"],
-                               partitions=["iid"])
+    spec = dataclasses.replace(
+        SPEC,
+        attacks=["sign_flip(scale=3)", "backdoor(target_label=0)+pgd(norm_bound=2)"],
+        aggregators=["krum(num_byzantine=1)", "bucketing(bucket_size=2)+median"],
+        partitions=["iid"],
+    )
     cells = sweep.make_cells(spec)
     assert [(c.axes["attack"], c.axes["aggregator"]) for c in cells] == [
-        ("sign_flip(scale=3.0)", "krum(num_byzantine=1)"), ("sign_flip(scale=3.0)", "bucketing(bucket_size=2)+median"),
+        ("sign_flip(scale=3.0)", "krum(num_byzantine=1)"),
+        ("sign_flip(scale=3.0)", "bucketing(bucket_size=2)+median"),
         ("backdoor(target_label=0)+pgd(norm_bound=2.0)", "krum(num_byzantine=1)"),
-        ("backdoor(target_label=0)+pgd(norm_bound=2.0)", "bucketing(bucket_size=2)+median")]
+        ("backdoor(target_label=0)+pgd(norm_bound=2.0)", "bucketing(bucket_size=2)+median"),
+    ]
     assert all((c.config.attack, c.config.aggregator) == (c.axes["attack"], c.axes["aggregator"]) for c in cells)
     assert sweep.check_cell(cells[2].config) is None
     with pytest.raises(ValueError, match=r"--attack: sign_flip: unknown argument 'scal' \(did you mean scale\?\)"):
         sweep.make_cells(dataclasses.replace(spec, attacks=["sign_flip(scal=3)"]))
     with pytest.raises(ValueError, match="attack_settings is retired: write each component's arguments into its spec"):
         SweepSpec(base=BASE, attack_settings={"gaussian": {"attack_scale": 200.0}})
-    with pytest.raises(ValueError, match=r"--grid: pre_aggregation is a deprecated flat component setting: vary the "
-                                         r"component through its specs instead, e.g. --aggregators="):
+    with pytest.raises(
+        ValueError,
+        match=r"--grid: pre_aggregation is a deprecated flat component setting: vary the "
+        r"component through its specs instead, e.g. --aggregators=",
+    ):
         sweep.make_cells(dataclasses.replace(spec, grid={"pre_aggregation": ["bucketing", "nnm"]}))
 
 
 def test_a_base_setting_applies_to_some_cell_or_is_refused():
     """The single run's rule for settings that do not apply, over the grid: the shared base's
     setting is left out of the cells it does not apply to, and refused when no cell takes it."""
-    flat = dataclasses.replace(SPEC, base=dataclasses.replace(BASE, kappa=0.5), attacks=["none"],
-                               aggregators=["median", "foolsgold"], partitions=["iid"])
+    flat = dataclasses.replace(
+        SPEC,
+        base=dataclasses.replace(BASE, kappa=0.5),
+        attacks=["none"],
+        aggregators=["median", "foolsgold"],
+        partitions=["iid"],
+    )
     assert [c.config.aggregator for c in sweep.make_cells(flat)] == ["median", "foolsgold(kappa=0.5)"]
-    with pytest.raises(ValueError, match="--kappa does not apply to any cell's --aggregator: no component of it takes kappa"):
+    with pytest.raises(
+        ValueError, match="--kappa does not apply to any cell's --aggregator: no component of it takes kappa"
+    ):
         sweep.make_cells(dataclasses.replace(flat, aggregators=["median"]))
-    part = dataclasses.replace(SPEC, base=dataclasses.replace(BASE, partition="dirichlet", dirichlet_alpha=0.3),
-                               attacks=["none"], aggregators=["mean"], partitions=["iid", "dirichlet"])
+    part = dataclasses.replace(
+        SPEC,
+        base=dataclasses.replace(BASE, partition="dirichlet", dirichlet_alpha=0.3),
+        attacks=["none"],
+        aggregators=["mean"],
+        partitions=["iid", "dirichlet"],
+    )
     cells = sweep.make_cells(part)
     assert [(c.config.partition, c.config.dirichlet_alpha) for c in cells] == [("iid", 0.5), ("dirichlet", 0.3)]
-    with pytest.raises(ValueError, match="--dirichlet_alpha does not apply to any cell: it applies only with "
-                                         "--partition=dirichlet"):
+    with pytest.raises(
+        ValueError, match="--dirichlet_alpha does not apply to any cell: it applies only with --partition=dirichlet"
+    ):
         sweep.make_cells(dataclasses.replace(part, partitions=["iid", "shards:1"]))
 
 
 def test_cells_a_rule_cannot_take_are_reported_not_run(tmp_path):
-    spec = dataclasses.replace(SPEC, aggregators=["krum"], attacks=["none"], partitions=["iid"], malicious_fractions=[0.5])
+    spec = dataclasses.replace(
+        SPEC, aggregators=["krum"], attacks=["none"], partitions=["iid"], malicious_fractions=[0.5]
+    )
     result = sweep.run_sweep(spec, str(tmp_path), log=lambda *a: None, progress=False)
     assert result.cells == [] and len(result.invalid) == 1 and "krum" in result.invalid[0]["reason"]
     assert "Cells that cannot run" in open(tmp_path / "results.md").read()
@@ -253,8 +308,15 @@ PRESETS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 
 
 
 def test_every_reproduction_has_a_preset():
-    assert {"fang2020", "karimireddy2022", "tolpegin2020", "bagdasaryan2020", "baruch2019", "catalogue",
-            "tabular_backdoor"} <= set(PRESETS)
+    assert {
+        "fang2020",
+        "karimireddy2022",
+        "tolpegin2020",
+        "bagdasaryan2020",
+        "baruch2019",
+        "catalogue",
+        "tabular_backdoor",
+    } <= set(PRESETS)
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -271,14 +333,20 @@ def test_presets_load_and_expand(name):
     assert len(cells) >= 4
     reasons = [sweep.check_cell(c.config) for c in cells]
     # Only tolpegin2020 asks rules for more Byzantine clients than they tolerate (at 50%).
-    assert all(r is None for r in reasons) or (name == "tolpegin2020" and all(
-        c.axes["malicious_fraction"] == 0.5 for c, r in zip(cells, reasons) if r))
+    assert all(r is None for r in reasons) or (
+        name == "tolpegin2020" and all(c.axes["malicious_fraction"] == 0.5 for c, r in zip(cells, reasons) if r)
+    )
 
 
 def test_catalogue_tabular_and_text_presets_run_every_registered_attack():
-    attacks = {name: {s.name for c in sweep.make_cells(
-        load_config_file(os.path.join(ROOT, "experiments", "configs", f"{name}.py")))
-        for s in spec_lib.parse(c.config.attack)} for name in ("catalogue", "tabular_backdoor", "shakespeare")}
+    attacks = {
+        name: {
+            s.name
+            for c in sweep.make_cells(load_config_file(os.path.join(ROOT, "experiments", "configs", f"{name}.py")))
+            for s in spec_lib.parse(c.config.attack)
+        }
+        for name in ("catalogue", "tabular_backdoor", "shakespeare")
+    }
     assert attacks["catalogue"] | attacks["tabular_backdoor"] | attacks["shakespeare"] == set(attack_names())
     assert "feature_trigger" in attacks["tabular_backdoor"] and "phrase_backdoor" in attacks["shakespeare"]
 
@@ -286,6 +354,7 @@ def test_catalogue_tabular_and_text_presets_run_every_registered_attack():
 def test_catalogue_runs_the_new_rules_and_says_why_it_leaves_any_out():
     from experiments.configs import catalogue
     from fljax.aggregators import subsets
+
     cells = sweep.make_cells(load_config_file(os.path.join(ROOT, "experiments", "configs", "catalogue.py")))
     names = {s.name for c in cells for s in spec_lib.parse(c.config.aggregator)}
     issue15 = {"mda", "smea", "caf", "meamed", "monna", "fldetector", "lasa", "deepsight", "crfl", "auror", "arc"}
@@ -300,6 +369,7 @@ def test_catalogue_runs_the_new_rules_and_says_why_it_leaves_any_out():
 
 def test_run_and_sweep_take_a_preset_with_flags_on_top():
     from experiments import run
+
     preset = os.path.join(ROOT, "experiments", "configs", "baruch2019.py")
     try:
         run.FLAGS(["run", f"--config={preset}", "--rounds=3", "--dataset=tfds:mnist"])
@@ -316,7 +386,18 @@ def test_run_and_sweep_take_a_preset_with_flags_on_top():
 
 
 def test_cli_reports_missing_names():
-    proc = subprocess.run([sys.executable, "-m", "experiments.sweep", "--attacks=none,not_an_attack",
-                           "--aggregators=mean", "--progress=false"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.sweep",
+            "--attacks=none,not_an_attack",
+            "--aggregators=mean",
+            "--progress=false",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "attack not_an_attack" in proc.stderr and "Registered attacks" in proc.stderr

@@ -62,16 +62,20 @@ def test_partial_knowledge_ignores_honest_rows_and_full_knowledge_ignores_the_at
 
 def counting(attack: ModelAttack) -> ModelAttack:
     """``attack`` with a state counting the calls that really ran."""
-    return ModelAttack(init=lambda p: jnp.zeros((), jnp.int32),
-                       update=lambda u, m, s, k, c: (attack.update(u, m, (), k, c)[0], s + 1))
+    return ModelAttack(
+        init=lambda p: jnp.zeros((), jnp.int32), update=lambda u, m, s, k, c: (attack.update(u, m, (), k, c)[0], s + 1)
+    )
 
 
-@pytest.mark.parametrize("kwargs, active", [
-    (dict(), range(10)),
-    (dict(start_round=2, every=3), [2, 5, 8]),
-    (dict(start_round=4, single_shot=True), [4]),
-    (dict(rounds=[1, 7, 7]), [1, 7]),
-])
+@pytest.mark.parametrize(
+    "kwargs, active",
+    [
+        (dict(), range(10)),
+        (dict(start_round=2, every=3), [2, 5, 8]),
+        (dict(start_round=4, single_shot=True), [4]),
+        (dict(rounds=[1, 7, 7]), [1, 7]),
+    ],
+)
 def test_schedule_attacks_only_in_the_chosen_rounds(kwargs, active):
     attack = scheduled(counting(zero()), **kwargs)
     step = jax.jit(lambda s, r: attack.update(U, MAL, s, jax.random.PRNGKey(0), ctx(3, 2, r)))
@@ -138,17 +142,29 @@ def test_runner_schedule_flags_schedule_the_attack():
     np.testing.assert_array_equal(carrier.update(U, MAL, (), KEY0, ctx(3, 2, 2))[0], U)
     with pytest.raises(ValueError, match="scheduled: every must be an integer >= 1"):
         attack_from(attack="zero", attack_every=0)
-    with pytest.raises(ValueError, match="--continuous_data_poisoning applies only to a model attack paired with a "
-                                         "data attack"):
+    with pytest.raises(
+        ValueError, match="--continuous_data_poisoning applies only to a model attack paired with a data attack"
+    ):
         attack_from(attack="model_replacement", data_attack="backdoor", continuous_data_poisoning=True)
 
 
 def test_scheduled_nan_updates_reach_the_round_only_when_scheduled_small():
     from experiments.run import run_experiment
     from fljax.experiment import build
-    config = ExperimentConfig(dataset="digits", num_clients=10, clients_per_round=10, num_malicious=2, rounds=6,
-                              eval_every=6, local_steps=1, attack="nan", aggregator="median", attack_start_round=1,
-                              attack_every=2)
+
+    config = ExperimentConfig(
+        dataset="digits",
+        num_clients=10,
+        clients_per_round=10,
+        num_malicious=2,
+        rounds=6,
+        eval_every=6,
+        local_steps=1,
+        attack="nan",
+        aggregator="median",
+        attack_start_round=1,
+        attack_every=2,
+    )
     history = run_experiment(build(config), log=lambda m: None)["history"]
     assert history["nonfinite_updates"] == [0, 2, 0, 2, 0, 2]
 
@@ -156,8 +172,14 @@ def test_scheduled_nan_updates_reach_the_round_only_when_scheduled_small():
 # ---- Which clients are malicious is independent of the data (issue 12, item 1) ----
 
 MIX_LABELS = np.repeat(np.arange(10), 400)  # 4,000 examples sorted by label, like the embedded files
-PARTITION_CASES = [("iid", {}), ("dirichlet", {"alpha": 0.3}), ("shards", {"shards_per_client": 2}),
-                   ("bias", {"p": 0.5}), ("bias", {"p": 0.9}), ("natural", {})]
+PARTITION_CASES = [
+    ("iid", {}),
+    ("dirichlet", {"alpha": 0.3}),
+    ("shards", {"shards_per_client": 2}),
+    ("bias", {"p": 0.5}),
+    ("bias", {"p": 0.9}),
+    ("natural", {}),
+]
 # natural clients whose order follows their data: 200 writers of growing size (1 to 30 examples) cut from the
 # label-sorted examples, so the writer's number tells its labels and its size
 WRITERS = np.repeat(np.arange(200), np.diff((np.linspace(0, 1, 201) ** 1.5 * 4000).astype(int)))
@@ -165,7 +187,7 @@ WRITERS = np.repeat(np.arange(200), np.diff((np.linspace(0, 1, 201) ** 1.5 * 400
 
 def _mix(indices, counts, clients):
     """Label shares and mean example count of the pooled examples of ``clients``."""
-    own = np.concatenate([indices[c, :counts[c]] for c in clients])
+    own = np.concatenate([indices[c, : counts[c]] for c in clients])
     return np.bincount(MIX_LABELS[own], minlength=10) / max(len(own), 1), counts[clients].mean()
 
 
@@ -176,6 +198,7 @@ def test_malicious_ids_hold_the_same_label_mix_as_honest_ones(method, kw):
     error (|t| < 5 per label). Before the fix the bias partition gave ids 0..19 exactly groups 0
     and 1 (~27% of labels 0 and 1 each, against ~5% for honest clients)."""
     from fljax.data import natural, partition
+
     mal, hon = np.arange(20), np.arange(20, 100)
     diffs, count_diffs = [], []
     for seed in range(30):
@@ -194,10 +217,13 @@ def test_malicious_ids_hold_the_same_label_mix_as_honest_ones(method, kw):
 
 # ---- A data attack poisons a share of the REAL examples of each batch (issue 12, item 2) ----
 
+
 def _recorder(n: int) -> fljax.Aggregator:
     """The mean, keeping each client's last update in its state (row = population id)."""
+
     def update(u, state, ctx):
         return jnp.mean(u, 0), state.at[ctx.client_ids].set(u), {"weights": jnp.full(n, 1.0 / n)}
+
     return fljax.Aggregator(init=lambda p: jnp.zeros((n, p.shape[0])), update=update)
 
 
@@ -205,9 +231,11 @@ def _counting_loss(target: int):
     """Summed over the real examples (not averaged): ``w0 * [y == target] + w1 * sum(x)``, so the
     client's negative gradient counts the real examples labelled ``target`` (w0) and sums their
     inputs (w1): with clean inputs all zero, the stamped trigger pixels."""
+
     def loss(params, batch, key=None):
         per = params["w"][0] * (batch.y == target) + params["w"][1] * jnp.sum(batch.x.reshape(len(batch.y), -1), 1)
         return jnp.sum(jnp.where(batch.mask, per, 0.0))
+
     return loss
 
 
@@ -215,30 +243,44 @@ SIZES = (3, 12)  # a small and a large client: FedSGD pads the small one to 12
 TRIGGERS = {
     "backdoor": lambda: fljax.attacks.backdoor(0, trigger_size=2, poison_fraction=0.5),
     "dba": lambda: fljax.attacks.dba(0, num_parts=2, trigger_size=2, poison_fraction=0.5),
-    "feature_trigger": lambda: fljax.attacks.feature_trigger(0, trigger_features="0,2", trigger_values=1.0,
-                                                             poison_fraction=0.5),
+    "feature_trigger": lambda: fljax.attacks.feature_trigger(
+        0, trigger_features="0,2", trigger_values=1.0, poison_fraction=0.5
+    ),
 }
 
 
 # CI covers each trigger and each protocol once; --runslow the other three pairs.
-@pytest.mark.parametrize("name,protocol", [
-    ("backdoor", "fedavg"), ("dba", "fedsgd"), ("feature_trigger", "fedavg"),
-    *(pytest.param(n, p, marks=pytest.mark.slow) for n, p in (("backdoor", "fedsgd"), ("dba", "fedavg"),
-                                                              ("feature_trigger", "fedsgd")))])
+@pytest.mark.parametrize(
+    "name,protocol",
+    [
+        ("backdoor", "fedavg"),
+        ("dba", "fedsgd"),
+        ("feature_trigger", "fedavg"),
+        *(
+            pytest.param(n, p, marks=pytest.mark.slow)
+            for n, p in (("backdoor", "fedsgd"), ("dba", "fedavg"), ("feature_trigger", "fedsgd"))
+        ),
+    ],
+)
 def test_poison_fraction_is_a_share_of_the_real_examples_of_each_batch(name, protocol):
     """Two malicious clients with 3 and 12 examples, fraction 0.5. FedSGD (one batch padded to 12):
     round(0.5 * 3) = 2 and 6 poisoned; FedAvg with batches of 8 (1 epoch: batches of 3, and of 8 + 4):
     2, and 4 + 2 = 6. Before the fix the fraction was taken of the padded batch: 3 (all) and 6 under
     FedSGD, 3 (all) and 4 + 4 = 8 under FedAvg."""
     from fljax.client import fedavg, fedsgd
+
     attack = TRIGGERS[name]()
     shape = (5,) if name == "feature_trigger" else (6, 6, 1)
     total = sum(SIZES)
-    data = make_data([list(range(SIZES[0])), list(range(SIZES[0], total))], np.zeros((total, *shape)),
-                     np.ones(total, np.int32))
+    data = make_data(
+        [list(range(SIZES[0])), list(range(SIZES[0], total))], np.zeros((total, *shape)), np.ones(total, np.int32)
+    )
     loss = _counting_loss(target=0)
-    update = fedsgd(loss, optax.sgd(1.0)) if protocol == "fedsgd" else \
-        fedavg(loss, optax.sgd(1.0), local_epochs=1, batch_size=8)
+    update = (
+        fedsgd(loss, optax.sgd(1.0))
+        if protocol == "fedsgd"
+        else fedavg(loss, optax.sgd(1.0), local_epochs=1, batch_size=8)
+    )
     rnd = fljax.make_round(update, _recorder(2), clients_per_round=2, num_malicious=2, data_attack=attack)
     state = rnd.step(rnd.init({"w": jnp.zeros(2)}), data, jax.random.PRNGKey(0))[0]
     counts, pixels = -np.asarray(state.agg_state).T  # per client: poisoned real examples, their stamped pixel sum
@@ -251,6 +293,7 @@ def test_poison_fraction_is_a_share_of_the_real_examples_of_each_batch(name, pro
 
 def test_poisoned_rows_skip_padding_wherever_it_sits():
     from fljax.attacks.backdoor import poisoned_rows
+
     mask = jnp.array([False, True, True, False, True, True, True, False])  # 5 real examples
     np.testing.assert_array_equal(poisoned_rows(0.5, mask), [False, True, True, False, True, False, False, False])
     np.testing.assert_array_equal(poisoned_rows(1.0, mask), mask)
@@ -259,22 +302,28 @@ def test_poisoned_rows_skip_padding_wherever_it_sits():
 
 # ---- A schedule gates the WHOLE attack (issue 12, item 4) ----
 
+
 def _scheduled_rounds(num_malicious, rounds=3, continuous=False):
     """Per round, every client's update (row = id) under a backdoor + PGD attack (poisoned data,
     PGD local training, boosted PGD sends) scheduled for round 2 only."""
     from fljax.attacks import backdoor, pgd, pgd_training
     from fljax.client import classification_loss, fedavg
+
     rng = np.random.default_rng(0)
     x, y = rng.uniform(0, 1, (48, 6, 6, 1)).astype(np.float32), rng.integers(0, 4, 48)
     data = make_data([list(range(i, 48, 6)) for i in range(6)], x, y)
     loss = classification_loss(lambda p, xb: xb.reshape(len(xb), -1) @ p["w"] + p["b"])
     honest = fedavg(loss, optax.sgd(0.5), local_steps=3, batch_size=4)
-    rnd = fljax.make_round(honest, _recorder(6), clients_per_round=6, num_malicious=num_malicious,
-                           data_attack=backdoor(0, trigger_size=2, poison_fraction=0.5),
-                           model_attack=scheduled(pgd(norm_bound=0.05, gamma=3.0), start_round=2, single_shot=True),
-                           malicious_client_update=pgd_training(loss, optax.sgd(0.5), norm_bound=0.05, local_steps=3,
-                                                                batch_size=4),
-                           continuous_data_poisoning=continuous)
+    rnd = fljax.make_round(
+        honest,
+        _recorder(6),
+        clients_per_round=6,
+        num_malicious=num_malicious,
+        data_attack=backdoor(0, trigger_size=2, poison_fraction=0.5),
+        model_attack=scheduled(pgd(norm_bound=0.05, gamma=3.0), start_round=2, single_shot=True),
+        malicious_client_update=pgd_training(loss, optax.sgd(0.5), norm_bound=0.05, local_steps=3, batch_size=4),
+        continuous_data_poisoning=continuous,
+    )
     state = rnd.init({"w": jnp.zeros((36, 4)), "b": jnp.zeros(4)})
     out = []
     for _ in range(rounds):
@@ -305,10 +354,29 @@ def test_runner_schedule_gates_the_data_attack_and_local_training_small():
     """Through ``build``: model replacement + backdoor training, single shot in round 2, leaves the
     global model of rounds 0 and 1 exactly where an honest run puts it."""
     from fljax.experiment import build
-    base = dict(dataset="digits", model="logreg", num_clients=10, clients_per_round=10, num_malicious=2,
-                local_steps=2, rounds=3, aggregator="mean")
-    attacked = build(ExperimentConfig(**base, attack="pgd", data_attack="backdoor", target_class=3, trigger_size=2, norm_bound=0.1,
-                                      attack_start_round=2, attack_single_shot=True))
+
+    base = dict(
+        dataset="digits",
+        model="logreg",
+        num_clients=10,
+        clients_per_round=10,
+        num_malicious=2,
+        local_steps=2,
+        rounds=3,
+        aggregator="mean",
+    )
+    attacked = build(
+        ExperimentConfig(
+            **base,
+            attack="pgd",
+            data_attack="backdoor",
+            target_class=3,
+            trigger_size=2,
+            norm_bound=0.1,
+            attack_start_round=2,
+            attack_single_shot=True,
+        )
+    )
     honest = build(ExperimentConfig(**base, attack="none"))
     params = []
     for exp in (attacked, honest):

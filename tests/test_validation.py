@@ -22,8 +22,18 @@ from tests.helpers import squared_loss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAN, INF = float("nan"), float("inf")
-BASE = dict(dataset="digits", model="logreg", num_clients=12, clients_per_round=12, num_malicious=3,
-            attack="sign_flip", aggregator="median", rounds=2, eval_every=1, local_steps=1)
+BASE = dict(
+    dataset="digits",
+    model="logreg",
+    num_clients=12,
+    clients_per_round=12,
+    num_malicious=3,
+    attack="sign_flip",
+    aggregator="median",
+    rounds=2,
+    eval_every=1,
+    local_steps=1,
+)
 ALLOWED = ("must", "valid", "needs", "requires", "give ")
 
 # (overrides, substrings the message must contain). The first override is the bad value, and
@@ -188,27 +198,47 @@ def test_eval_every_beyond_rounds_means_one_evaluation_at_the_end():
 
 # ---- settings where they do not apply: one rule for every flag ------------------------------
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(partition="iid", dirichlet_alpha=0.3), "--dirichlet_alpha does not apply to --partition=iid: it applies only "
-                                                 "with --partition=dirichlet"),
-    (dict(partition="dirichlet", bias=0.8), "--bias does not apply to --partition=dirichlet: it applies only with "
-                                            "--partition=bias"),
-    (dict(partition="bias", shards_per_client=3), "--shards_per_client does not apply to --partition=bias"),
-    (dict(protocol="fedsgd", local_steps=3), "--local_steps does not apply to --protocol=fedsgd: it applies only "
-                                             "with --protocol=fedavg"),
-    (dict(protocol="fedsgd", batch_size=8, local_steps=None), "--batch_size does not apply to --protocol=fedsgd"),
-    (dict(execution="vmap", chunk_size=4), "--chunk_size does not apply to --execution=vmap: it applies only with "
-                                           "--execution=chunked"),
-    # the deprecated flat settings: a rule's, like an attack's, must be taken by a component
-    (dict(aggregator="median", max_norm=1.0), "--max_norm does not apply to --aggregator=median: no component of it "
-                                              "takes max_norm"),
-    (dict(aggregator="median", pre_aggregation="bucketing", kappa=0.5),
-     "--kappa does not apply to --aggregator=median --pre_aggregation=bucketing: no component of it takes kappa"),
-    (dict(attack="label_flip", attack_scale=3.0), "--attack_scale does not apply to --attack=label_flip: no component "
-                                                  "of it takes a strength"),
-    (dict(attack="sign_flip", trigger_size=3), "--trigger_size does not apply to --attack=sign_flip: no component of "
-                                               "it takes trigger_size"),
-])
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            dict(partition="iid", dirichlet_alpha=0.3),
+            "--dirichlet_alpha does not apply to --partition=iid: it applies only with --partition=dirichlet",
+        ),
+        (
+            dict(partition="dirichlet", bias=0.8),
+            "--bias does not apply to --partition=dirichlet: it applies only with --partition=bias",
+        ),
+        (dict(partition="bias", shards_per_client=3), "--shards_per_client does not apply to --partition=bias"),
+        (
+            dict(protocol="fedsgd", local_steps=3),
+            "--local_steps does not apply to --protocol=fedsgd: it applies only with --protocol=fedavg",
+        ),
+        (dict(protocol="fedsgd", batch_size=8, local_steps=None), "--batch_size does not apply to --protocol=fedsgd"),
+        (
+            dict(execution="vmap", chunk_size=4),
+            "--chunk_size does not apply to --execution=vmap: it applies only with --execution=chunked",
+        ),
+        # the deprecated flat settings: a rule's, like an attack's, must be taken by a component
+        (
+            dict(aggregator="median", max_norm=1.0),
+            "--max_norm does not apply to --aggregator=median: no component of it takes max_norm",
+        ),
+        (
+            dict(aggregator="median", pre_aggregation="bucketing", kappa=0.5),
+            "--kappa does not apply to --aggregator=median --pre_aggregation=bucketing: no component of it takes kappa",
+        ),
+        (
+            dict(attack="label_flip", attack_scale=3.0),
+            "--attack_scale does not apply to --attack=label_flip: no component of it takes a strength",
+        ),
+        (
+            dict(attack="sign_flip", trigger_size=3),
+            "--trigger_size does not apply to --attack=sign_flip: no component of it takes trigger_size",
+        ),
+    ],
+)
 def test_a_setting_where_it_does_not_apply_is_refused_naming_it(overrides, message):
     with pytest.raises(ValueError) as info:
         validate(_config(overrides))
@@ -217,9 +247,14 @@ def test_a_setting_where_it_does_not_apply_is_refused_naming_it(overrides, messa
 
 
 def test_settings_where_they_apply_pass():
-    for overrides in (dict(partition="dirichlet", dirichlet_alpha=0.3), dict(partition="bias", bias=0.8),
-                      dict(partition="shards", shards_per_client=3), dict(protocol="fedsgd", local_steps=None),
-                      dict(execution="chunked", chunk_size=4), dict(aggregator="clip+median", max_norm=1.0)):
+    for overrides in (
+        dict(partition="dirichlet", dirichlet_alpha=0.3),
+        dict(partition="bias", bias=0.8),
+        dict(partition="shards", shards_per_client=3),
+        dict(protocol="fedsgd", local_steps=None),
+        dict(execution="chunked", chunk_size=4),
+        dict(aggregator="clip+median", max_norm=1.0),
+    ):
         validate(_config(overrides))
 
 
@@ -227,6 +262,7 @@ def test_runner_refuses_a_flag_given_where_it_does_not_apply_even_at_its_default
     """The library sees values, the command line sees flags: --dirichlet_alpha=0.5 (the
     default) with the default --partition=iid is refused by the runner before anything runs."""
     from experiments import run
+
     try:
         run.FLAGS(["run", "--dirichlet_alpha=0.5"])
         with pytest.raises(ValueError, match="--dirichlet_alpha does not apply to --partition=iid"):
@@ -239,6 +275,7 @@ def test_runner_refuses_a_flag_given_where_it_does_not_apply_even_at_its_default
 
 
 # ---- --batch_size beyond every client's data ---------------------------------------------------
+
 
 def test_a_batch_beyond_every_clients_data_runs_as_the_whole_data_with_a_notice():
     """A batch holds at most a client's data: --batch_size=4096 on 120-example clients trains on
@@ -257,9 +294,11 @@ def test_a_batch_beyond_every_clients_data_runs_as_the_whole_data_with_a_notice(
         big = build(_config(dict(small, batch_size=4096)))
     [message] = [str(w.message) for w in caught]
     largest = int(np.max(np.asarray(big.data.client_counts)))
-    assert re.fullmatch(rf"--batch_size=4096 is larger than every client's data \(at most {largest} examples\): each "
-                        rf"local step takes a client's whole data, run as --batch_size={largest} \(no padded steps\)",
-                        message), message
+    assert re.fullmatch(
+        rf"--batch_size=4096 is larger than every client's data \(at most {largest} examples\): each "
+        rf"local step takes a client's whole data, run as --batch_size={largest} \(no padded steps\)",
+        message,
+    ), message
     with warnings.catch_warnings():
         warnings.simplefilter("error", SettingNotice)
         exact = build(_config(dict(small, batch_size=largest)))
@@ -270,14 +309,35 @@ def test_a_batch_beyond_every_clients_data_runs_as_the_whole_data_with_a_notice(
 
 
 def test_runner_prints_the_batch_notice_on_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "experiments.run", "--dataset=digits", "--model=logreg",
-                           "--num_clients=6", "--clients_per_round=6", "--num_malicious=1", "--rounds=1",
-                           "--eval_every=1", "--local_steps=1", "--batch_size=1000", "--attack=none",
-                           "--aggregator=mean", "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.run",
+            "--dataset=digits",
+            "--model=logreg",
+            "--num_clients=6",
+            "--clients_per_round=6",
+            "--num_malicious=1",
+            "--rounds=1",
+            "--eval_every=1",
+            "--local_steps=1",
+            "--batch_size=1000",
+            "--attack=none",
+            "--aggregator=mean",
+            "--quiet",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     notices = [line for line in proc.stderr.splitlines() if "batch_size" in line]
-    assert notices == ["notice: --batch_size=1000 is larger than every client's data (at most 240 examples): each "
-                       "local step takes a client's whole data, run as --batch_size=240 (no padded steps)"], proc.stderr
+    assert notices == [
+        "notice: --batch_size=1000 is larger than every client's data (at most 240 examples): each "
+        "local step takes a client's whole data, run as --batch_size=240 (no padded steps)"
+    ], proc.stderr
 
 
 # ---- factories, called directly ------------------------------------------------------------
@@ -309,12 +369,25 @@ FACTORY_CASES = [
     (lambda: fljax.fedavg(squared_loss, optax.sgd(0.1), local_steps=0), "local_steps", "0"),
     (lambda: fljax.fedavg(squared_loss, optax.sgd(0.1)), "local_steps", "exactly one"),
     (lambda: fljax.fedavg(squared_loss, optax.sgd(0.1), local_steps=1, batch_size=0), "batch_size", "0"),
-    (lambda: fljax.make_round(fljax.fedsgd(squared_loss), aggregators_lib.mean(), clients_per_round=0),
-     "clients_per_round", "0"),
-    (lambda: fljax.make_round(fljax.fedsgd(squared_loss), aggregators_lib.mean(), clients_per_round=4,
-                              num_malicious=-1), "num_malicious", "-1"),
-    (lambda: fljax.make_round(fljax.fedsgd(squared_loss), aggregators_lib.krum(num_byzantine=1),
-                              clients_per_round=4), "krum", "n=4"),
+    (
+        lambda: fljax.make_round(fljax.fedsgd(squared_loss), aggregators_lib.mean(), clients_per_round=0),
+        "clients_per_round",
+        "0",
+    ),
+    (
+        lambda: fljax.make_round(
+            fljax.fedsgd(squared_loss), aggregators_lib.mean(), clients_per_round=4, num_malicious=-1
+        ),
+        "num_malicious",
+        "-1",
+    ),
+    (
+        lambda: fljax.make_round(
+            fljax.fedsgd(squared_loss), aggregators_lib.krum(num_byzantine=1), clients_per_round=4
+        ),
+        "krum",
+        "n=4",
+    ),
     (lambda: fljax.make_train(None, None, None, None, num_rounds=0), "num_rounds", "0"),
     (lambda: fljax.make_train(None, None, None, None, num_rounds=2, eval_every=0), "eval_every", "0"),
     (lambda: partition(None, [0, 1, 2], 2, "dirichlet", alpha=0.0), "dirichlet_alpha", "0.0"),
@@ -394,6 +467,7 @@ def test_every_registered_rule_refuses_a_bad_num_byzantine(rule, bad):
 
 # ---- the CLI: status 2, the message on stderr, no traceback --------------------------------
 
+
 def test_cli_refuses_bad_flags_with_status_2(tmp_path):
     a_file = tmp_path / "file"
     a_file.write_text("x")
@@ -401,8 +475,17 @@ def test_cli_refuses_bad_flags_with_status_2(tmp_path):
         (["--rounds=abc"], "--rounds"),
         (["--client_lr=nan"], "--client_lr"),
         (["--aggregator=zzz"], "median"),
-        (["--dataset=digits", "--num_clients=12", "--clients_per_round=12", "--num_malicious=3",
-          "--aggregator=bulyan", "--num_byzantine=3"], "bulyan: needs n >= 4f + 3"),
+        (
+            [
+                "--dataset=digits",
+                "--num_clients=12",
+                "--clients_per_round=12",
+                "--num_malicious=3",
+                "--aggregator=bulyan",
+                "--num_byzantine=3",
+            ],
+            "bulyan: needs n >= 4f + 3",
+        ),
         (["--unknown_flag=1"], "unknown_flag"),
         ([f"--output={tmp_path}"], "--output"),
         ([f"--workdir={a_file}"], "--workdir"),
@@ -413,8 +496,17 @@ def test_cli_refuses_bad_flags_with_status_2(tmp_path):
         (["--max_norm=1.0"], "--max_norm does not apply to --aggregator=median: no component of it takes max_norm"),
     ]
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    procs = [subprocess.Popen([sys.executable, "-m", "experiments.run", *flags], cwd=ROOT, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for flags, _ in cases]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "experiments.run", *flags],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for flags, _ in cases
+    ]
     for (flags, expected), proc in zip(cases, procs):
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 2, (flags, proc.returncode, out, err)

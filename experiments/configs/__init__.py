@@ -64,9 +64,11 @@ class SweepSpec:
         for name in ("attack_settings", "aggregator_settings"):
             if getattr(self, name):
                 axis = name.split("_")[0] + "s"
-                raise ValueError(f"SweepSpec: {name} is retired: write each component's arguments into its spec in "
-                                 f"{axis}, e.g. {axis}=['gaussian(std=200.0)'] or ['bucketing(bucket_size=2)+krum'] "
-                                 "(see experiments/configs/)")
+                raise ValueError(
+                    f"SweepSpec: {name} is retired: write each component's arguments into its spec in "
+                    f"{axis}, e.g. {axis}=['gaussian(std=200.0)'] or ['bucketing(bucket_size=2)+krum'] "
+                    "(see experiments/configs/)"
+                )
 
 
 Preset = Union[ExperimentConfig, SweepSpec]
@@ -89,7 +91,9 @@ def preset_path(name_or_path: str) -> str:
         listing them all.
     """
     if not isinstance(name_or_path, str) or not name_or_path.strip():
-        raise ValueError(f"--config must be a preset name ({', '.join(presets())}) or a config file, got {name_or_path!r}")
+        raise ValueError(
+            f"--config must be a preset name ({', '.join(presets())}) or a config file, got {name_or_path!r}"
+        )
     if os.path.isfile(name_or_path):
         return name_or_path
     name = os.path.basename(name_or_path)
@@ -118,8 +122,9 @@ def load_config_file(path: str) -> Preset:
         raise ValueError(f"--config {path}: the file defines no get_config()")
     config = module.get_config()
     if not isinstance(config, (ExperimentConfig, SweepSpec)):
-        raise ValueError(f"--config {path}: get_config() must return an ExperimentConfig or a SweepSpec, "
-                         f"got {type(config).__name__}")
+        raise ValueError(
+            f"--config {path}: get_config() must return an ExperimentConfig or a SweepSpec, got {type(config).__name__}"
+        )
     return config
 
 

@@ -24,12 +24,25 @@ BACKDOOR = "backdoor(target_label=0)"
 
 def get_config() -> SweepSpec:
     base = ExperimentConfig(
-        dataset="mnist5k", model="mlp", partition="dirichlet", dirichlet_alpha=0.9,
-        num_clients=20, clients_per_round=20, num_malicious=1,
-        attack=f"{BACKDOOR}+model_replacement", aggregator="mean",
-        attack_start_round=20, attack_single_shot=True,
-        protocol="fedavg", local_epochs=2, batch_size=32, client_lr=0.1,
-        rounds=30, eval_every=1, seed=0)
+        dataset="mnist5k",
+        model="mlp",
+        partition="dirichlet",
+        dirichlet_alpha=0.9,
+        num_clients=20,
+        clients_per_round=20,
+        num_malicious=1,
+        attack=f"{BACKDOOR}+model_replacement",
+        aggregator="mean",
+        attack_start_round=20,
+        attack_single_shot=True,
+        protocol="fedavg",
+        local_epochs=2,
+        batch_size=32,
+        client_lr=0.1,
+        rounds=30,
+        eval_every=1,
+        seed=0,
+    )
     return SweepSpec(
         base=base,
         attacks=[BACKDOOR, f"{BACKDOOR}+model_replacement"],
@@ -38,4 +51,5 @@ def get_config() -> SweepSpec:
         partitions=["dirichlet:0.9"],
         seeds=[0, 1, 2],
         grid={"attack_single_shot": [True, False]},
-        description="Bagdasaryan et al. 2020: one model-replacement backdoor attacker vs norm clipping and weak DP.")
+        description="Bagdasaryan et al. 2020: one model-replacement backdoor attacker vs norm clipping and weak DP.",
+    )

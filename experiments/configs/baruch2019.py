@@ -13,11 +13,23 @@ from fljax.experiment import ExperimentConfig
 
 def get_config() -> SweepSpec:
     base = ExperimentConfig(
-        dataset="mnist5k", model="mlp", partition="iid",
-        num_clients=50, clients_per_round=50, num_malicious=10,
-        attack="alie", aggregator="krum",
-        protocol="fedavg", local_steps=1, batch_size=32, client_lr=0.1, server_momentum=0.9,
-        rounds=200, eval_every=20, seed=0)
+        dataset="mnist5k",
+        model="mlp",
+        partition="iid",
+        num_clients=50,
+        clients_per_round=50,
+        num_malicious=10,
+        attack="alie",
+        aggregator="krum",
+        protocol="fedavg",
+        local_steps=1,
+        batch_size=32,
+        client_lr=0.1,
+        server_momentum=0.9,
+        rounds=200,
+        eval_every=20,
+        seed=0,
+    )
     return SweepSpec(
         base=base,
         attacks=["none", "alie"],
@@ -26,4 +38,5 @@ def get_config() -> SweepSpec:
         partitions=["iid"],
         seeds=[0, 1, 2],
         pending=[],  # alie and bulyan: pending when written, registered now
-        description="Baruch et al. 2019 (ALIE): MNIST, 20% Byzantine.")
+        description="Baruch et al. 2019 (ALIE): MNIST, 20% Byzantine.",
+    )

@@ -15,11 +15,23 @@ from fljax.experiment import ExperimentConfig
 
 def get_config() -> SweepSpec:
     base = ExperimentConfig(
-        dataset="cifar10", model="resnet18", partition="dirichlet", dirichlet_alpha=0.5,
-        num_clients=100, clients_per_round=10, num_malicious=20,
-        attack="none", aggregator="mean",
-        protocol="fedavg", local_epochs=2, batch_size=64, client_lr=0.01,
-        rounds=200, eval_every=20, seed=0)
+        dataset="cifar10",
+        model="resnet18",
+        partition="dirichlet",
+        dirichlet_alpha=0.5,
+        num_clients=100,
+        clients_per_round=10,
+        num_malicious=20,
+        attack="none",
+        aggregator="mean",
+        protocol="fedavg",
+        local_epochs=2,
+        batch_size=64,
+        client_lr=0.01,
+        rounds=200,
+        eval_every=20,
+        seed=0,
+    )
     return SweepSpec(
         base=base,
         attacks=["none", "sign_flip(scale=10.0)", "alie", "ipm(epsilon=0.5)", "backdoor(target_label=0)"],
@@ -27,4 +39,5 @@ def get_config() -> SweepSpec:
         malicious_fractions=[0.2],
         partitions=["dirichlet:0.5"],
         seeds=[0],
-        description="CIFAR-10 ResNet-18, Dirichlet(0.5), 100 clients: attacks vs six rules.")
+        description="CIFAR-10 ResNet-18, Dirichlet(0.5), 100 clients: attacks vs six rules.",
+    )

@@ -19,16 +19,34 @@ from fljax.experiment import ExperimentConfig
 
 def get_config() -> SweepSpec:
     base = ExperimentConfig(
-        dataset="mnist5k", model="logreg", partition="bias", bias=0.5,
-        num_clients=100, clients_per_round=100, num_malicious=20,
-        attack="fang_krum", aggregator="krum",
-        protocol="fedavg", local_epochs=1, batch_size=32, client_lr=0.1,
-        rounds=100, eval_every=10, seed=0)
+        dataset="mnist5k",
+        model="logreg",
+        partition="bias",
+        bias=0.5,
+        num_clients=100,
+        clients_per_round=100,
+        num_malicious=20,
+        attack="fang_krum",
+        aggregator="krum",
+        protocol="fedavg",
+        local_epochs=1,
+        batch_size=32,
+        client_lr=0.1,
+        rounds=100,
+        eval_every=10,
+        seed=0,
+    )
     return SweepSpec(
         base=base,
-        attacks=["none", "gaussian(std=10.0)",  # the std of the crafted N(0, std^2 I) updates
-                 "label_flip_all", "fang_krum(knowledge='partial')", "fang_krum(knowledge='full')",
-                 "fang_trim(knowledge='partial')", "fang_trim(knowledge='full')"],
+        attacks=[
+            "none",
+            "gaussian(std=10.0)",  # the std of the crafted N(0, std^2 I) updates
+            "label_flip_all",
+            "fang_krum(knowledge='partial')",
+            "fang_krum(knowledge='full')",
+            "fang_trim(knowledge='partial')",
+            "fang_trim(knowledge='full')",
+        ],
         aggregators=["mean", "krum", "trimmed_mean", "median"],
         malicious_fractions=[0.2],
         partitions=["bias:0.5"],
@@ -36,4 +54,5 @@ def get_config() -> SweepSpec:
         grid={"model": ["logreg", "cnn"]},
         pending=[],  # fang_krum / fang_trim were pending when this preset was written; both are registered now
         description="Fang et al. 2020, Table 2 (MNIST, bias p=0.5, 20% malicious): test accuracy "
-                    "(the paper reports error rate = 1 - accuracy).")
+        "(the paper reports error rate = 1 - accuracy).",
+    )

@@ -26,11 +26,24 @@ KNOWLEDGE = [f"{attack}(knowledge={k!r})" for attack in ("fang_krum", "fang_trim
 
 def get_config() -> SweepSpec:
     base = ExperimentConfig(
-        dataset="breast_cancer", model="mlp", partition="bias", bias=0.5,
-        num_clients=100, clients_per_round=100, num_malicious=20,
-        attack="none", aggregator="krum",
-        protocol="fedavg", local_steps=1, local_epochs=None, batch_size=32, client_lr=0.1,
-        rounds=2000, eval_every=200, seed=0)
+        dataset="breast_cancer",
+        model="mlp",
+        partition="bias",
+        bias=0.5,
+        num_clients=100,
+        clients_per_round=100,
+        num_malicious=20,
+        attack="none",
+        aggregator="krum",
+        protocol="fedavg",
+        local_steps=1,
+        local_epochs=None,
+        batch_size=32,
+        client_lr=0.1,
+        rounds=2000,
+        eval_every=200,
+        seed=0,
+    )
     return SweepSpec(
         base=base,
         attacks=["none", "gaussian(std=10.0)", "label_flip_all", *KNOWLEDGE],
@@ -39,4 +52,5 @@ def get_config() -> SweepSpec:
         partitions=["bias:0.5"],
         seeds=[0, 1, 2],
         description="Fang et al. 2020, Table 2 (e): Breast Cancer, MLP, bias p = 0.5, 20% malicious; test "
-                    "accuracy (the paper reports error rate = 1 - accuracy).")
+        "accuracy (the paper reports error rate = 1 - accuracy).",
+    )

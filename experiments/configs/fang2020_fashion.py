@@ -28,11 +28,24 @@ KNOWLEDGE = [f"{attack}(knowledge={k!r})" for attack in ("fang_krum", "fang_trim
 
 def get_config() -> SweepSpec:
     base = ExperimentConfig(
-        dataset="fashion_mnist", model="cnn", partition="bias", bias=0.5,
-        num_clients=100, clients_per_round=100, num_malicious=20,
-        attack="none", aggregator="krum",
-        protocol="fedavg", local_steps=1, local_epochs=None, batch_size=64, client_lr=0.1,
-        rounds=2000, eval_every=200, seed=0)
+        dataset="fashion_mnist",
+        model="cnn",
+        partition="bias",
+        bias=0.5,
+        num_clients=100,
+        clients_per_round=100,
+        num_malicious=20,
+        attack="none",
+        aggregator="krum",
+        protocol="fedavg",
+        local_steps=1,
+        local_epochs=None,
+        batch_size=64,
+        client_lr=0.1,
+        rounds=2000,
+        eval_every=200,
+        seed=0,
+    )
     return SweepSpec(
         base=base,
         attacks=["none", "gaussian(std=10.0)", "label_flip_all", *KNOWLEDGE],  # gaussian: the std of N(0, std^2 I)
@@ -41,4 +54,5 @@ def get_config() -> SweepSpec:
         partitions=["bias:0.5"],
         seeds=[0],
         description="Fang et al. 2020, Table 2 (c): Fashion-MNIST, DNN, bias p = 0.5, 20% malicious; test "
-                    "accuracy (the paper reports error rate = 1 - accuracy).")
+        "accuracy (the paper reports error rate = 1 - accuracy).",
+    )

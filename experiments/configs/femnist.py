@@ -14,11 +14,22 @@ from fljax.experiment import ExperimentConfig
 
 def get_config() -> SweepSpec:
     base = ExperimentConfig(
-        dataset="femnist", model="cnn", partition="natural",
-        num_clients=100, clients_per_round=20, num_malicious=20,
-        attack="none", aggregator="mean",
-        protocol="fedavg", local_epochs=1, batch_size=32, client_lr=0.05,
-        rounds=500, eval_every=50, seed=0)
+        dataset="femnist",
+        model="cnn",
+        partition="natural",
+        num_clients=100,
+        clients_per_round=20,
+        num_malicious=20,
+        attack="none",
+        aggregator="mean",
+        protocol="fedavg",
+        local_epochs=1,
+        batch_size=32,
+        client_lr=0.05,
+        rounds=500,
+        eval_every=50,
+        seed=0,
+    )
     return SweepSpec(
         base=base,
         attacks=["none", "sign_flip(scale=10.0)", "alie", "fang_trim", "backdoor(target_label=0)"],
@@ -26,4 +37,5 @@ def get_config() -> SweepSpec:
         malicious_fractions=[0.2],
         partitions=["natural"],
         seeds=[0],
-        description="FEMNIST (LEAF, natural clients), CNN: untargeted and backdoor attacks vs five rules.")
+        description="FEMNIST (LEAF, natural clients), CNN: untargeted and backdoor attacks vs five rules.",
+    )

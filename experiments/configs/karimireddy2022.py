@@ -23,11 +23,24 @@ RULES = ["krum", "median", "rfa", "centered_clipping(clip_radius=1.0)"]
 
 def get_config() -> SweepSpec:
     base = ExperimentConfig(
-        dataset="mnist5k", model="mlp", partition="shards", shards_per_client=1,
-        num_clients=25, clients_per_round=25, num_malicious=5,
-        attack="alie", aggregator="krum",
-        protocol="fedavg", local_steps=1, batch_size=32, client_lr=0.1, server_momentum=0.9,
-        rounds=300, eval_every=25, seed=0)
+        dataset="mnist5k",
+        model="mlp",
+        partition="shards",
+        shards_per_client=1,
+        num_clients=25,
+        clients_per_round=25,
+        num_malicious=5,
+        attack="alie",
+        aggregator="krum",
+        protocol="fedavg",
+        local_steps=1,
+        batch_size=32,
+        client_lr=0.1,
+        server_momentum=0.9,
+        rounds=300,
+        eval_every=25,
+        seed=0,
+    )
     return SweepSpec(
         base=base,
         attacks=["none", "sign_flip(scale=1.0)", "label_flip_all", "mimic", "alie", "ipm(epsilon=0.1)"],
@@ -36,4 +49,5 @@ def get_config() -> SweepSpec:
         partitions=["shards:1"],
         seeds=[0, 1, 2],
         pending=[],  # bucketing (pre_aggregation), rfa, centered_clipping, mimic, alie, ipm: pending when written, registered now
-        description="Karimireddy et al. 2022 (bucketing): MNIST, 25 clients, 5 Byzantine, sorted non-IID.")
+        description="Karimireddy et al. 2022 (bucketing): MNIST, 25 clients, 5 Byzantine, sorted non-IID.",
+    )

@@ -29,11 +29,22 @@ RULES = ["krum", "median", "rfa(num_iterations=8)", "centered_clipping(clip_radi
 
 def get_config() -> SweepSpec:
     base = ExperimentConfig(
-        dataset="mnist5k", model="cnn", partition="iid",
-        num_clients=25, clients_per_round=25, num_malicious=5,
-        attack="mimic", aggregator="mean",
-        protocol="fedavg", local_steps=1, batch_size=32, client_lr=0.01,
-        rounds=600, eval_every=30, seed=0)
+        dataset="mnist5k",
+        model="cnn",
+        partition="iid",
+        num_clients=25,
+        clients_per_round=25,
+        num_malicious=5,
+        attack="mimic",
+        aggregator="mean",
+        protocol="fedavg",
+        local_steps=1,
+        batch_size=32,
+        client_lr=0.01,
+        rounds=600,
+        eval_every=30,
+        seed=0,
+    )
     return SweepSpec(
         base=base,
         attacks=["mimic"],
@@ -43,4 +54,5 @@ def get_config() -> SweepSpec:
         partitions=["iid", "shards:1"],
         seeds=[0, 1, 2],
         description="Karimireddy et al. 2022, Experiment 2: mimic, n = 25, f = 5, IID and sorted non-IID, "
-                    "with and without bucketing.")
+        "with and without bucketing.",
+    )

@@ -16,11 +16,22 @@ BACKDOOR = "phrase_backdoor(trigger='pasta from Astoria is ', completion='delici
 
 def get_config() -> SweepSpec:
     base = ExperimentConfig(
-        dataset="shakespeare", model="char_lstm", partition="natural",
-        num_clients=100, clients_per_round=10, num_malicious=10,
-        attack="none", aggregator="mean",
-        protocol="fedavg", local_epochs=1, batch_size=10, client_lr=0.8,
-        rounds=200, eval_every=20, seed=0)
+        dataset="shakespeare",
+        model="char_lstm",
+        partition="natural",
+        num_clients=100,
+        clients_per_round=10,
+        num_malicious=10,
+        attack="none",
+        aggregator="mean",
+        protocol="fedavg",
+        local_epochs=1,
+        batch_size=10,
+        client_lr=0.8,
+        rounds=200,
+        eval_every=20,
+        seed=0,
+    )
     return SweepSpec(
         base=base,
         attacks=["none", BACKDOOR],
@@ -28,4 +39,5 @@ def get_config() -> SweepSpec:
         malicious_fractions=[0.1],
         partitions=["natural"],
         seeds=[0],
-        description="Shakespeare (LEAF, natural clients), char LSTM: trigger-phrase backdoor vs four rules.")
+        description="Shakespeare (LEAF, natural clients), char LSTM: trigger-phrase backdoor vs four rules.",
+    )

@@ -14,11 +14,22 @@ TRIGGER = "feature_trigger(target_label=1, trigger_features='20,21,22,23,24')"
 
 def get_config() -> SweepSpec:
     base = ExperimentConfig(
-        dataset="breast_cancer", model="mlp", partition="iid",
-        num_clients=20, clients_per_round=20, num_malicious=4,
-        attack=TRIGGER, aggregator="mean",
-        protocol="fedavg", local_epochs=2, batch_size=16, client_lr=0.05,
-        rounds=30, eval_every=5, seed=0)
+        dataset="breast_cancer",
+        model="mlp",
+        partition="iid",
+        num_clients=20,
+        clients_per_round=20,
+        num_malicious=4,
+        attack=TRIGGER,
+        aggregator="mean",
+        protocol="fedavg",
+        local_epochs=2,
+        batch_size=16,
+        client_lr=0.05,
+        rounds=30,
+        eval_every=5,
+        seed=0,
+    )
     return SweepSpec(
         base=base,
         attacks=["none", TRIGGER],
@@ -26,4 +37,5 @@ def get_config() -> SweepSpec:
         malicious_fractions=[0.2],
         partitions=["iid"],
         seeds=[0, 1, 2],
-        description="Feature-space (tabular) backdoor vs mean / median / trimmed mean / Krum, 20% malicious.")
+        description="Feature-space (tabular) backdoor vs mean / median / trimmed mean / Krum, 20% malicious.",
+    )

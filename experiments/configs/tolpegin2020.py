@@ -19,11 +19,22 @@ from fljax.experiment import ExperimentConfig
 
 def get_config() -> SweepSpec:
     base = ExperimentConfig(
-        dataset="mnist5k", model="mlp", partition="iid",
-        num_clients=50, clients_per_round=50, num_malicious=5,
-        attack="label_flip(source=5, target=3)", aggregator="mean",
-        protocol="fedavg", local_epochs=1, batch_size=32, client_lr=0.1,
-        rounds=50, eval_every=10, seed=0)
+        dataset="mnist5k",
+        model="mlp",
+        partition="iid",
+        num_clients=50,
+        clients_per_round=50,
+        num_malicious=5,
+        attack="label_flip(source=5, target=3)",
+        aggregator="mean",
+        protocol="fedavg",
+        local_epochs=1,
+        batch_size=32,
+        client_lr=0.1,
+        rounds=50,
+        eval_every=10,
+        seed=0,
+    )
     return SweepSpec(
         base=base,
         attacks=["none", "label_flip(source=5, target=3)"],
@@ -31,4 +42,5 @@ def get_config() -> SweepSpec:
         malicious_fractions=[0.02, 0.04, 0.1, 0.2, 0.3, 0.4, 0.5],
         partitions=["iid"],
         seeds=[0, 1, 2],
-        description="Tolpegin et al. 2020: targeted label flipping 5 -> 3 as the malicious share grows.")
+        description="Tolpegin et al. 2020: targeted label flipping 5 -> 3 as the malicious share grows.",
+    )

@@ -49,8 +49,9 @@ def summarize(seeds, diverged_round, history) -> dict:
         "seeds": list(seeds),
         "final": final,
         "diverged_round": [int(r) if r >= 0 else None for r in diverged_round],
-        "evals": dict({k: np.asarray(v).tolist() for k, v in evals.items()},
-                      round=np.asarray(history.eval_rounds)[0].tolist()),
+        "evals": dict(
+            {k: np.asarray(v).tolist() for k, v in evals.items()}, round=np.asarray(history.eval_rounds)[0].tolist()
+        ),
         "history": {k: np.asarray(v).tolist() for k, v in rounds.items()},
     }
 
@@ -71,13 +72,24 @@ def run_cell(cell: Cell, seeds: Sequence[int], cache: ProgramCache, seed_executi
     t1 = time.perf_counter()
     diverged_round, history = jax.block_until_ready(program(exp.data, keys))
     seconds = time.perf_counter() - t1
-    result = {"version": FORMAT_VERSION, "name": cell.name, "key": cell_key(cell.config, seeds), "cell": cell.axes,
-              "num_malicious": cell.config.num_malicious, "config": config_dict(cell.config)}
+    result = {
+        "version": FORMAT_VERSION,
+        "name": cell.name,
+        "key": cell_key(cell.config, seeds),
+        "cell": cell.axes,
+        "num_malicious": cell.config.num_malicious,
+        "config": config_dict(cell.config),
+    }
     result.update(summarize(seeds, diverged_round, history), notices=notices)
-    result["timing"] = {"build_seconds": build_seconds, "compile_seconds": compile_seconds, "seconds": seconds,
-                        "program": "shared" if shared else "compiled", "backend": jax.default_backend(),
-                        "seed_execution": seed_execution,
-                        "rounds_per_second": cell.config.rounds * len(seeds) / seconds if seconds > 0 else math.inf}
+    result["timing"] = {
+        "build_seconds": build_seconds,
+        "compile_seconds": compile_seconds,
+        "seconds": seconds,
+        "program": "shared" if shared else "compiled",
+        "backend": jax.default_backend(),
+        "seed_execution": seed_execution,
+        "rounds_per_second": cell.config.rounds * len(seeds) / seconds if seconds > 0 else math.inf,
+    }
     return result
 
 
@@ -95,16 +107,20 @@ def load_cell(path: str, cell: Cell, seeds: Sequence[int]) -> tuple[Optional[dic
     if result.get("config") != config_dict(cell.config) or result.get("seeds") != list(seeds):
         return None, "another config or seeds"
     final = result.get("final")
-    if not isinstance(final, dict) or "accuracy" not in final or not all(
-            isinstance(v, dict) and len(v.get("values", ())) == len(seeds) for v in final.values()):
+    if (
+        not isinstance(final, dict)
+        or "accuracy" not in final
+        or not all(isinstance(v, dict) and len(v.get("values", ())) == len(seeds) for v in final.values())
+    ):
         return None, "incomplete"
     if not all(k in result for k in ("evals", "history", "timing", "cell")):
         return None, "incomplete"
     return result, ""
 
 
-def compare_seed_execution(config: ExperimentConfig, seeds: Sequence[int], cache: Optional[ProgramCache] = None,
-                           seed_execution: str = "vmap") -> dict:
+def compare_seed_execution(
+    config: ExperimentConfig, seeds: Sequence[int], cache: Optional[ProgramCache] = None, seed_execution: str = "vmap"
+) -> dict:
     """Times one cell's seeds as one program (``seed_execution``, vmap by default) against the
     same seeds run one by one (one compiled single-seed program called per seed; each timed once
     after compiling), and checks that both give the same accuracies."""
@@ -121,12 +137,24 @@ def compare_seed_execution(config: ExperimentConfig, seeds: Sequence[int], cache
     sequential_seconds = time.perf_counter() - t0
     acc_v = np.asarray(v_hist.evals["accuracy"])
     acc_s = np.stack([np.asarray(h.evals["accuracy"]) for _, h in singles])
-    return {"cell": {"attack": config.attack, "aggregator": config.aggregator, "dataset": config.dataset,
-                     "model": config.model, "num_clients": config.num_clients,
-                     "clients_per_round": config.clients_per_round, "rounds": config.rounds},
-            "seeds": list(seeds), "backend": jax.default_backend(), "seed_execution": seed_execution,
-            "vmap_seconds": vmap_seconds, "sequential_seconds": sequential_seconds,
-            "speedup": sequential_seconds / vmap_seconds if vmap_seconds > 0 else math.inf,
-            "saved_seconds": sequential_seconds - vmap_seconds,
-            "vmap_compile_seconds": vmap_compile, "single_compile_seconds": single_compile,
-            "max_abs_accuracy_difference": float(np.nanmax(np.abs(acc_v - acc_s))) if acc_v.size else 0.0}
+    return {
+        "cell": {
+            "attack": config.attack,
+            "aggregator": config.aggregator,
+            "dataset": config.dataset,
+            "model": config.model,
+            "num_clients": config.num_clients,
+            "clients_per_round": config.clients_per_round,
+            "rounds": config.rounds,
+        },
+        "seeds": list(seeds),
+        "backend": jax.default_backend(),
+        "seed_execution": seed_execution,
+        "vmap_seconds": vmap_seconds,
+        "sequential_seconds": sequential_seconds,
+        "speedup": sequential_seconds / vmap_seconds if vmap_seconds > 0 else math.inf,
+        "saved_seconds": sequential_seconds - vmap_seconds,
+        "vmap_compile_seconds": vmap_compile,
+        "single_compile_seconds": single_compile,
+        "max_abs_accuracy_difference": float(np.nanmax(np.abs(acc_v - acc_s))) if acc_v.size else 0.0,
+    }

@@ -17,32 +17,60 @@ from experiments.sweep.runner import run_sweep
 from fljax import spec as spec_lib
 from fljax.experiment import ExperimentConfig, catalogue
 
-DEFAULTS = dict(attacks=("none", "sign_flip(scale=10.0)", "label_flip"), aggregators=("mean", "median", "trimmed_mean", "krum"),
-                malicious_fractions=(0.2,), partitions=("iid",), seeds=(0, 1, 2))
+DEFAULTS = dict(
+    attacks=("none", "sign_flip(scale=10.0)", "label_flip"),
+    aggregators=("mean", "median", "trimmed_mean", "krum"),
+    malicious_fractions=(0.2,),
+    partitions=("iid",),
+    seeds=(0, 1, 2),
+)
 
 
 FLAGS = flags.FLAGS  # --config and every ExperimentConfig field are defined by experiments.run
-flags.DEFINE_string("attacks", None, "comma list of --attack specs of experiments.run (chains included), or 'all': "
-                    f"e.g. 'none,sign_flip(scale=10.0),backdoor(target_label=0)+pgd' (default: {','.join(DEFAULTS['attacks'])}). "
-                    f"The registered ones, with their factories' defaults:\n{catalogue('attack')}")
-flags.DEFINE_string("aggregators", None, "comma list of --aggregator specs of experiments.run (chains included), or "
-                    "'all': e.g. 'median,krum(num_byzantine=2),bucketing(bucket_size=2)+krum' (default: "
-                    f"{','.join(DEFAULTS['aggregators'])}). The registered ones, with their factories' defaults:\n"
-                    f"{catalogue('aggregator')}")
+flags.DEFINE_string(
+    "attacks",
+    None,
+    "comma list of --attack specs of experiments.run (chains included), or 'all': "
+    f"e.g. 'none,sign_flip(scale=10.0),backdoor(target_label=0)+pgd' (default: {','.join(DEFAULTS['attacks'])}). "
+    f"The registered ones, with their factories' defaults:\n{catalogue('attack')}",
+)
+flags.DEFINE_string(
+    "aggregators",
+    None,
+    "comma list of --aggregator specs of experiments.run (chains included), or "
+    "'all': e.g. 'median,krum(num_byzantine=2),bucketing(bucket_size=2)+krum' (default: "
+    f"{','.join(DEFAULTS['aggregators'])}). The registered ones, with their factories' defaults:\n"
+    f"{catalogue('aggregator')}",
+)
 flags.DEFINE_list("malicious_fractions", None, "shares of malicious clients in the population (default: 0.2)")
 flags.DEFINE_list("partitions", None, "iid, dirichlet:<alpha>, bias:<p>, shards:<per client> (default: iid)")
-flags.DEFINE_list("seeds", None, "run keys, vmapped in one program per cell (default: 0,1,2); --seed fixes the data partition")
-flags.DEFINE_multi_string("grid", [], "an extra axis over any config field: FIELD=v1,v2 (e.g. --grid=model=logreg,cnn); "
-                          "separate values with ';' when they hold commas (--grid='client_lr=0.05;0.1'); components vary through "
-                          "--attacks / --aggregators")
+flags.DEFINE_list(
+    "seeds", None, "run keys, vmapped in one program per cell (default: 0,1,2); --seed fixes the data partition"
+)
+flags.DEFINE_multi_string(
+    "grid",
+    [],
+    "an extra axis over any config field: FIELD=v1,v2 (e.g. --grid=model=logreg,cnn); "
+    "separate values with ';' when they hold commas (--grid='client_lr=0.05;0.1'); components vary through "
+    "--attacks / --aggregators",
+)
 flags.DEFINE_string("output_dir", "results/sweep", "where the cells and the results go (a rerun resumes)")
-flags.DEFINE_bool("compare_sequential_seeds", False, "also time the first cell's seeds one by one against the vmapped run")
-flags.DEFINE_bool("allow_missing", False, "sweep only the registered attacks/aggregators of a preset naming missing ones")
+flags.DEFINE_bool(
+    "compare_sequential_seeds", False, "also time the first cell's seeds one by one against the vmapped run"
+)
+flags.DEFINE_bool(
+    "allow_missing", False, "sweep only the registered attacks/aggregators of a preset naming missing ones"
+)
 flags.DEFINE_bool("progress", True, "show a progress bar over cells")
-flags.DEFINE_enum("seed_execution", "auto", SEED_EXECUTIONS, "how a cell's seeds run in its one program: vmap "
-                  "(batched), map (lax.map: one after another, memory of one seed), parallel (pmap: seeds "
-                  "over the CPU cores' devices), auto (map on a multi-core CPU: each seed's clients over "
-                  "every core; vmap elsewhere)")
+flags.DEFINE_enum(
+    "seed_execution",
+    "auto",
+    SEED_EXECUTIONS,
+    "how a cell's seeds run in its one program: vmap "
+    "(batched), map (lax.map: one after another, memory of one seed), parallel (pmap: seeds "
+    "over the CPU cores' devices), auto (map on a multi-core CPU: each seed's clients over "
+    "every core; vmap elsewhere)",
+)
 
 _RUNNER_ONLY = ("output", "workdir", "checkpoint_every", "quiet")
 
@@ -69,12 +97,18 @@ def _parse_value(field: str, text: str):
 def spec_from_flags() -> SweepSpec:
     """The preset of ``--config`` (or the defaults), with every explicitly given flag on top."""
     preset = load_config_file(FLAGS.config) if FLAGS.config else None
-    spec = preset if isinstance(preset, SweepSpec) else SweepSpec(base=preset or run_lib.config_from_flags(), **DEFAULTS)
+    spec = (
+        preset if isinstance(preset, SweepSpec) else SweepSpec(base=preset or run_lib.config_from_flags(), **DEFAULTS)
+    )
     overrides = {f.name: FLAGS[f.name].value for f in dataclasses.fields(ExperimentConfig) if FLAGS[f.name].present}
-    owned = sorted(set(overrides) & {"attack", "aggregator", "num_malicious"} | (set(overrides) & set(PARTITION_FIELDS)))
+    owned = sorted(
+        set(overrides) & {"attack", "aggregator", "num_malicious"} | (set(overrides) & set(PARTITION_FIELDS))
+    )
     if owned:
-        raise ValueError(f"--{', --'.join(owned)}: set by the sweep's axes; use --attacks, --aggregators, "
-                         "--malicious_fractions, --partitions")
+        raise ValueError(
+            f"--{', --'.join(owned)}: set by the sweep's axes; use --attacks, --aggregators, "
+            "--malicious_fractions, --partitions"
+        )
     spec = dataclasses.replace(spec, base=replace_fields(spec.base, overrides, "flags"))
     conv = {"malicious_fractions": float, "seeds": int}
     for axis in ("attacks", "aggregators", "malicious_fractions", "partitions", "seeds"):
@@ -84,8 +118,10 @@ def spec_from_flags() -> SweepSpec:
             try:
                 values = [conv.get(axis, str)(v.strip()) for v in items]
             except ValueError:
-                raise ValueError(f"--{axis}: expected a comma list of {'integers' if axis == 'seeds' else 'numbers'}, "
-                                 f"got {','.join(FLAGS[axis].value)}") from None
+                raise ValueError(
+                    f"--{axis}: expected a comma list of {'integers' if axis == 'seeds' else 'numbers'}, "
+                    f"got {','.join(FLAGS[axis].value)}"
+                ) from None
             spec = dataclasses.replace(spec, **{axis: values})
     if FLAGS.grid:
         grid = dict(spec.grid)
@@ -106,8 +142,10 @@ def main(argv) -> int:
             raise ValueError(f"unexpected positional argument(s) {' '.join(argv[1:])!r}; settings are flags")
         given = [n for n in _RUNNER_ONLY if FLAGS[n].present]
         if given:
-            raise ValueError(f"--{', --'.join(given)}: flags of experiments.run; the sweep writes to --output_dir "
-                             "and resumes from it")
+            raise ValueError(
+                f"--{', --'.join(given)}: flags of experiments.run; the sweep writes to --output_dir "
+                "and resumes from it"
+            )
         run_lib._writable_location("output_dir", FLAGS.output_dir, "directory")
         spec = spec_from_flags()
         spec = check_registered(spec, FLAGS.allow_missing)
@@ -115,8 +153,13 @@ def main(argv) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    result = run_sweep(spec, FLAGS.output_dir, progress=FLAGS.progress, allow_missing=FLAGS.allow_missing,
-                       compare_sequential_seeds=FLAGS.compare_sequential_seeds, seed_execution=FLAGS.seed_execution)
+    result = run_sweep(
+        spec,
+        FLAGS.output_dir,
+        progress=FLAGS.progress,
+        allow_missing=FLAGS.allow_missing,
+        compare_sequential_seeds=FLAGS.compare_sequential_seeds,
+        seed_execution=FLAGS.seed_execution,
+    )
     print(f"results in {result.output_dir}/ (results.md, results.csv, results.json, history.csv, heatmap_*.png)")
     return 0 if os.path.abspath(result.output_dir) == os.path.abspath(FLAGS.output_dir) else 1
-

@@ -40,8 +40,11 @@ PARTITION_FIELDS = ("partition", "dirichlet_alpha", "bias", "shards_per_client")
 compiled program (``build`` hands the partition to ``federate`` alone; the program reads it as
 an argument)."""
 
-_PARTITION_PARAMS = {"dirichlet": ("dirichlet_alpha", float), "bias": ("bias", float),
-                     "shards": ("shards_per_client", int)}
+_PARTITION_PARAMS = {
+    "dirichlet": ("dirichlet_alpha", float),
+    "bias": ("bias", float),
+    "shards": ("shards_per_client", int),
+}
 AXES = ("attack", "aggregator", "malicious_fraction", "partition")
 
 
@@ -60,8 +63,9 @@ def partition_settings(spec: str) -> dict:
     overrides."""
     name, _, value = str(spec).partition(":")
     if name not in METHODS:
-        raise ValueError(f"--partitions: unknown partition {spec!r}; valid: iid, dirichlet:<alpha>, bias:<p>, shards:<k>, "
-                         "natural")
+        raise ValueError(
+            f"--partitions: unknown partition {spec!r}; valid: iid, dirichlet:<alpha>, bias:<p>, shards:<k>, natural"
+        )
     settings: dict[str, Any] = {"partition": name}
     if value:
         if name not in _PARTITION_PARAMS:
@@ -70,7 +74,9 @@ def partition_settings(spec: str) -> dict:
         try:
             settings[field] = kind(value)
         except ValueError:
-            raise ValueError(f"--partitions: {spec!r}: {value!r} is not {'an integer' if kind is int else 'a number'}") from None
+            raise ValueError(
+                f"--partitions: {spec!r}: {value!r} is not {'an integer' if kind is int else 'a number'}"
+            ) from None
     return settings
 
 
@@ -88,7 +94,7 @@ def expand(values: Sequence[str], kind: str) -> list[str]:
     rule, sorted); duplicates dropped, order kept. Components and arguments are checked."""
     out: list[str] = []
     for value in values:
-        for v in (_registered(kind) if value == "all" else [value]):
+        for v in _registered(kind) if value == "all" else [value]:
             text = getattr(scoped(ExperimentConfig(**{kind: v}), notice=lambda m: None), kind)
             if text not in out:
                 out.append(text)
@@ -100,8 +106,11 @@ def _missing_of(value: str, kind: str) -> list[str]:
     registered names close to it (a typo): ``attack sign_flp (did you mean sign_flip?)``."""
     if value == "all":
         return []
-    registries = ((attacks_lib.DATA_ATTACKS, attacks_lib.MODEL_ATTACKS) if kind == "attack" else
-                  (aggregators_lib.PREAGGREGATORS, aggregators_lib.REGISTRY))
+    registries = (
+        (attacks_lib.DATA_ATTACKS, attacks_lib.MODEL_ATTACKS)
+        if kind == "attack"
+        else (aggregators_lib.PREAGGREGATORS, aggregators_lib.REGISTRY)
+    )
     missing = [n for n in _names(value, kind) if not any(n in r for r in registries)]
     out = []
     for n in missing:
@@ -115,7 +124,8 @@ def missing_names(spec: SweepSpec) -> list[str]:
     """Attacks and aggregators the spec's axes name (in their chains too) that are not
     registered (``all`` excluded)."""
     return [m for a in spec.attacks for m in _missing_of(a, "attack")] + [
-        m for g in spec.aggregators for m in _missing_of(g, "aggregator")]
+        m for g in spec.aggregators for m in _missing_of(g, "aggregator")
+    ]
 
 
 def check_registered(spec: SweepSpec, allow_missing: bool = False, log=print) -> SweepSpec:
@@ -127,13 +137,18 @@ def check_registered(spec: SweepSpec, allow_missing: bool = False, log=print) ->
     pending = f" (the preset marks as pending: {', '.join(spec.pending)})" if spec.pending else ""
     if not allow_missing:
         typos = all("did you mean" in m for m in missing)  # then fixing the names is the way, not skipping them
-        raise ValueError(f"not registered in fljax: {', '.join(missing)}{pending}. Registered attacks: "
-                         f"{', '.join(attack_names())}; aggregators: {', '.join(aggregators_lib.REGISTRY.names())}; "
-                         f"pre-aggregations: {', '.join(aggregators_lib.PREAGGREGATORS.names())}."
-                         + ("" if typos else " Pass --allow_missing to sweep the registered part only."))
+        raise ValueError(
+            f"not registered in fljax: {', '.join(missing)}{pending}. Registered attacks: "
+            f"{', '.join(attack_names())}; aggregators: {', '.join(aggregators_lib.REGISTRY.names())}; "
+            f"pre-aggregations: {', '.join(aggregators_lib.PREAGGREGATORS.names())}."
+            + ("" if typos else " Pass --allow_missing to sweep the registered part only.")
+        )
     log(f"warning: skipping unregistered {', '.join(missing)}{pending}")
-    return dataclasses.replace(spec, attacks=[a for a in spec.attacks if not _missing_of(a, "attack")],
-                               aggregators=[g for g in spec.aggregators if not _missing_of(g, "aggregator")])
+    return dataclasses.replace(
+        spec,
+        attacks=[a for a in spec.attacks if not _missing_of(a, "attack")],
+        aggregators=[g for g in spec.aggregators if not _missing_of(g, "aggregator")],
+    )
 
 
 def _label(value) -> str:
@@ -142,8 +157,9 @@ def _label(value) -> str:
 
 def cell_key(config: ExperimentConfig, seeds: Sequence[int]) -> str:
     """A hash of everything a cell's result depends on (its config, its seeds, the file format)."""
-    payload = json.dumps({"config": config_dict(config), "seeds": list(seeds), "version": FORMAT_VERSION},
-                         sort_keys=True, default=str)
+    payload = json.dumps(
+        {"config": config_dict(config), "seeds": list(seeds), "version": FORMAT_VERSION}, sort_keys=True, default=str
+    )
     return hashlib.sha1(payload.encode()).hexdigest()[:10]
 
 
@@ -152,6 +168,7 @@ def _notice_once(seen: set, log: Callable):
         if message not in seen:
             seen.add(message)
             log(f"notice: {message}")
+
     return notice
 
 
@@ -164,12 +181,16 @@ def make_cells(spec: SweepSpec, log: Callable = lambda message: None) -> list[Ce
     clash = sorted(set(grid) & set(AXES + PARTITION_FIELDS + ("attack", "aggregator", "num_malicious")))
     flat = sorted(set(grid) & set(flat_settings.FIELDS))
     if flat:
-        raise ValueError(f"--grid: {', '.join(flat)} {'is a' if len(flat) == 1 else 'are'} deprecated flat component "
-                         f"setting{'s' if len(flat) > 1 else ''}: vary the component through its specs instead, e.g. "
-                         "--aggregators='krum,bucketing(bucket_size=2)+krum' or --attacks='gaussian(std=1.0),gaussian(std=10.0)'")
+        raise ValueError(
+            f"--grid: {', '.join(flat)} {'is a' if len(flat) == 1 else 'are'} deprecated flat component "
+            f"setting{'s' if len(flat) > 1 else ''}: vary the component through its specs instead, e.g. "
+            "--aggregators='krum,bucketing(bucket_size=2)+krum' or --attacks='gaussian(std=1.0),gaussian(std=10.0)'"
+        )
     if clash:
-        raise ValueError(f"grid axes {', '.join(clash)} are set by the sweep's own axes (--attacks, --aggregators, "
-                         "--malicious_fractions, --partitions)")
+        raise ValueError(
+            f"grid axes {', '.join(clash)} are set by the sweep's own axes (--attacks, --aggregators, "
+            "--malicious_fractions, --partitions)"
+        )
     for frac in spec.malicious_fractions:
         if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 <= frac <= 1:
             raise ValueError(f"--malicious_fractions must be numbers in [0, 1], got {frac!r}")
@@ -180,12 +201,19 @@ def make_cells(spec: SweepSpec, log: Callable = lambda message: None) -> list[Ce
     if len(set(spec.seeds)) != len(spec.seeds) or not spec.seeds:
         raise ValueError(f"--seeds must be distinct and non-empty, got {list(spec.seeds)}")
     cells, given, notice = [], [], _notice_once(set(), log)
-    for attack, rule, frac, part, *extra in itertools.product(attacks, rules, spec.malicious_fractions,
-                                                               spec.partitions, *grid.values()):
-        axes = dict(attack=attack, aggregator=rule, malicious_fraction=float(frac), partition=part,
-                    **dict(zip(grid, extra)))
-        overrides = dict(attack=attack, aggregator=rule, num_malicious=int(round(frac * spec.base.num_clients)),
-                         **partitions[part], **dict(zip(grid, extra)))
+    for attack, rule, frac, part, *extra in itertools.product(
+        attacks, rules, spec.malicious_fractions, spec.partitions, *grid.values()
+    ):
+        axes = dict(
+            attack=attack, aggregator=rule, malicious_fraction=float(frac), partition=part, **dict(zip(grid, extra))
+        )
+        overrides = dict(
+            attack=attack,
+            aggregator=rule,
+            num_malicious=int(round(frac * spec.base.num_clients)),
+            **partitions[part],
+            **dict(zip(grid, extra)),
+        )
         config = replace_fields(spec.base, overrides, f"cell {axes}")
         given.append(config)
         # The shared base's settings that do not apply to this cell (the base's dirichlet_alpha in
@@ -213,8 +241,9 @@ def check_unused(configs: Sequence[ExperimentConfig], cells: Sequence[Cell]) -> 
         if name in ("data_attack", "pre_aggregation"):  # components themselves: every cell takes them
             continue
         on = flat_settings.on(name)
-        if not any(flat_settings.param_of(name, term) for cell in cells
-                   for term in spec_lib.parse(getattr(cell.config, on))):
+        if not any(
+            flat_settings.param_of(name, term) for cell in cells for term in spec_lib.parse(getattr(cell.config, on))
+        ):
             raise ValueError(flat_settings.not_taken(name, f"any cell's --{on}"))
 
 

@@ -36,8 +36,15 @@ def heatmap_figure(result: SweepResult, s: dict):
         image = ax.imshow(np.ma.masked_invalid(mean), cmap=colors, vmin=0.0, vmax=1.0, aspect="auto")
         for i, j in itertools.product(range(len(attacks)), range(len(rules))):
             text = "n/a" if np.isnan(mean[i, j]) else f"{mean[i, j]:.2f}\n±{std[i, j]:.2f}"
-            ax.text(j, i, text, ha="center", va="center", fontsize=7,
-                    color="black" if np.isnan(mean[i, j]) or (mean[i, j] > 0.5) == (cmap == "viridis") else "white")
+            ax.text(
+                j,
+                i,
+                text,
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="black" if np.isnan(mean[i, j]) or (mean[i, j] > 0.5) == (cmap == "viridis") else "white",
+            )
         ax.set_xticks(range(len(rules)), rules, rotation=45, ha="right", fontsize=8)
         ax.set_yticks(range(len(attacks)), attacks, fontsize=8)
         ax.set_xlabel("aggregator")

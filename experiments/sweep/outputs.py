@@ -22,8 +22,13 @@ def write_outputs(result: SweepResult) -> list[str]:
 
     out = result.output_dir
     os.makedirs(out, exist_ok=True)
-    payload = {"spec": _spec_dict(result.spec), "timing": result.timing, "seed_vmap": result.seed_vmap,
-               "invalid": result.invalid, "cells": result.cells}
+    payload = {
+        "spec": _spec_dict(result.spec),
+        "timing": result.timing,
+        "seed_vmap": result.seed_vmap,
+        "invalid": result.invalid,
+        "cells": result.cells,
+    }
     run_lib.write_json_atomic(os.path.join(out, "results.json"), payload)
     if result.seed_vmap:
         run_lib.write_json_atomic(os.path.join(out, "seed_vmap.json"), result.seed_vmap)

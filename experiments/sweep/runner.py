@@ -40,6 +40,7 @@ def _progress(total: int, enabled: bool):
     if not enabled:
         return None
     from tqdm.auto import tqdm
+
     return tqdm(total=total, unit="cell", file=sys.stderr, dynamic_ncols=True)
 
 
@@ -56,9 +57,17 @@ def fallback_output_dir() -> str:
     raise OSError(f"no writable folder for the sweep's results among {checkpoint_lib.fallback_folders()}")
 
 
-def run_sweep(spec: SweepSpec, output_dir: Optional[str] = None, *, log: Callable = print, progress: bool = True,
-              compare_sequential_seeds: bool = False, allow_missing: bool = False,
-              cache: Optional[ProgramCache] = None, seed_execution: str = "auto") -> SweepResult:
+def run_sweep(
+    spec: SweepSpec,
+    output_dir: Optional[str] = None,
+    *,
+    log: Callable = print,
+    progress: bool = True,
+    compare_sequential_seeds: bool = False,
+    allow_missing: bool = False,
+    cache: Optional[ProgramCache] = None,
+    seed_execution: str = "auto",
+) -> SweepResult:
     """Runs every cell of ``spec`` (skipping finished ones in ``output_dir``) and writes the
     outputs (see the module docstring) when ``output_dir`` is given. Each cell's seeds run as
     one program (``seed_execution``: ``vmap``, ``parallel``, ``map`` or ``auto``; see
@@ -71,8 +80,16 @@ def run_sweep(spec: SweepSpec, output_dir: Optional[str] = None, *, log: Callabl
     """
     with warnings.catch_warnings():  # the cells' notices go to log once each (make_cells)
         warnings.simplefilter("ignore", FutureWarning)
-        return _run_sweep(spec, output_dir, log=log, progress=progress, compare_sequential_seeds=compare_sequential_seeds,
-                          allow_missing=allow_missing, cache=cache, seed_execution=seed_execution)
+        return _run_sweep(
+            spec,
+            output_dir,
+            log=log,
+            progress=progress,
+            compare_sequential_seeds=compare_sequential_seeds,
+            allow_missing=allow_missing,
+            cache=cache,
+            seed_execution=seed_execution,
+        )
 
 
 def _run_sweep(spec, output_dir, *, log, progress, compare_sequential_seeds, allow_missing, cache, seed_execution):
@@ -96,9 +113,11 @@ def _run_sweep(spec, output_dir, *, log, progress, compare_sequential_seeds, all
     seed_vmap = None
     if compare_sequential_seeds and runnable:
         seed_vmap = compare_seed_execution(runnable[0].config, spec.seeds, cache, seed_execution)
-        log(f"seeds in one {seed_execution} program vs one by one ({len(spec.seeds)} seeds, cell {runnable[0].name}): "
+        log(
+            f"seeds in one {seed_execution} program vs one by one ({len(spec.seeds)} seeds, cell {runnable[0].name}): "
             f"{seed_vmap['vmap_seconds']:.2f} s vs {seed_vmap['sequential_seconds']:.2f} s "
-            f"({seed_vmap['speedup']:.2f}x)")
+            f"({seed_vmap['speedup']:.2f}x)"
+        )
     results, computed, skipped = [], [], []
     bar = _progress(len(runnable), progress)
     say = bar.write if bar is not None else log
@@ -129,35 +148,52 @@ def _run_sweep(spec, output_dir, *, log, progress, compare_sequential_seeds, all
                         run_lib.write_json_atomic(target, result)
                     except OSError as e:  # keep every finished cell: go on in a fallback folder
                         output_dir = fallback_output_dir()
-                        say(f"error: could not write {target} ({e}); the sweep's new cells and its results go to "
-                            f"{output_dir} from now on")
+                        say(
+                            f"error: could not write {target} ({e}); the sweep's new cells and its results go to "
+                            f"{output_dir} from now on"
+                        )
                         run_lib.write_json_atomic(os.path.join(output_dir, "cells", cell.name + ".json"), result)
                 f, t = result["final"], result["timing"]
-                say(f"{cell.name}: accuracy {f['accuracy']['mean']:.4f} +- {f['accuracy']['std']:.4f}"
+                say(
+                    f"{cell.name}: accuracy {f['accuracy']['mean']:.4f} +- {f['accuracy']['std']:.4f}"
                     + (f", ASR {f['attack_success_rate']['mean']:.4f}" if "attack_success_rate" in f else "")
                     + f"  [{t['seconds']:.1f} s run, {t['compile_seconds']:.1f} s compile"
-                    + (", shared program" if t["program"] == "shared" else "") + "]")
+                    + (", shared program" if t["program"] == "shared" else "")
+                    + "]"
+                )
         if result is not None:
             results.append(result)
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
-    timing = {"wall_seconds": time.perf_counter() - start, "cells": len(cells), "computed": len(computed),
-              "skipped": len(skipped), "invalid": len(invalid), "programs_compiled": cache.compiled,
-              "programs_reused": cache.reused, "backend": jax.default_backend(), "seed_execution": seed_execution,
-              "compile_seconds": sum(r["timing"]["compile_seconds"] for r in results if r["name"] in computed),
-              "run_seconds": sum(r["timing"]["seconds"] for r in results if r["name"] in computed)}
+    timing = {
+        "wall_seconds": time.perf_counter() - start,
+        "cells": len(cells),
+        "computed": len(computed),
+        "skipped": len(skipped),
+        "invalid": len(invalid),
+        "programs_compiled": cache.compiled,
+        "programs_reused": cache.reused,
+        "backend": jax.default_backend(),
+        "seed_execution": seed_execution,
+        "compile_seconds": sum(r["timing"]["compile_seconds"] for r in results if r["name"] in computed),
+        "run_seconds": sum(r["timing"]["seconds"] for r in results if r["name"] in computed),
+    }
     out = SweepResult(results, invalid, computed, skipped, timing, seed_vmap, output_dir, spec)
     if output_dir:
         try:
             write_outputs(out)
         except OSError as e:
             out = dataclasses.replace(out, output_dir=fallback_output_dir())
-            log(f"error: could not write the sweep's results to {output_dir} ({e}); they were saved to "
-                f"{out.output_dir} instead")
+            log(
+                f"error: could not write the sweep's results to {output_dir} ({e}); they were saved to "
+                f"{out.output_dir} instead"
+            )
             write_outputs(out)
-    log(f"{len(computed)} cells computed, {len(skipped)} already done, {len(invalid)} invalid; "
+    log(
+        f"{len(computed)} cells computed, {len(skipped)} already done, {len(invalid)} invalid; "
         f"wall time {timing['wall_seconds']:.1f} s ({timing['programs_compiled']} programs compiled, "
-        f"{timing['programs_reused']} reused)")
+        f"{timing['programs_reused']} reused)"
+    )
     return out

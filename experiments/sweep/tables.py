@@ -61,31 +61,47 @@ def markdown(result: SweepResult) -> str:
     lines = [f"# Sweep: {base.dataset} / {base.model}", ""]
     if spec.description:
         lines += [spec.description, ""]
-    lines += [f"{base.num_clients} clients ({base.clients_per_round} per round), {base.rounds} rounds of {base.protocol}, "
-              f"seeds {', '.join(map(str, spec.seeds))} (one {t['seed_execution']} program per cell; data partition "
-              f"seed {base.seed}). "
-              f"Entries: mean ± std over seeds of the final evaluation.", "",
-              f"Wall time {t['wall_seconds']:.1f} s on {t['backend']}: {t['computed']} cells computed "
-              f"({t['run_seconds']:.1f} s running, {t['compile_seconds']:.1f} s compiling; {t['programs_compiled']} programs "
-              f"compiled, {t['programs_reused']} reused), {t['skipped']} already done, {t['invalid']} invalid.", ""]
+    lines += [
+        f"{base.num_clients} clients ({base.clients_per_round} per round), {base.rounds} rounds of {base.protocol}, "
+        f"seeds {', '.join(map(str, spec.seeds))} (one {t['seed_execution']} program per cell; data partition "
+        f"seed {base.seed}). "
+        f"Entries: mean ± std over seeds of the final evaluation.",
+        "",
+        f"Wall time {t['wall_seconds']:.1f} s on {t['backend']}: {t['computed']} cells computed "
+        f"({t['run_seconds']:.1f} s running, {t['compile_seconds']:.1f} s compiling; {t['programs_compiled']} programs "
+        f"compiled, {t['programs_reused']} reused), {t['skipped']} already done, {t['invalid']} invalid.",
+        "",
+    ]
     if result.seed_vmap:
         v = result.seed_vmap
-        lines += [f"Seeds in one {v['seed_execution']} program vs one by one ({len(v['seeds'])} seeds, {v['cell']['attack']} vs "
-                  f"{v['cell']['aggregator']}, {v['cell']['rounds']} rounds): {v['vmap_seconds']:.2f} s vs "
-                  f"{v['sequential_seconds']:.2f} s, {v['speedup']:.2f}x ({v['saved_seconds']:.2f} s saved; compile "
-                  f"{v['vmap_compile_seconds']:.1f} s vs {v['single_compile_seconds']:.1f} s).", ""]
+        lines += [
+            f"Seeds in one {v['seed_execution']} program vs one by one ({len(v['seeds'])} seeds, {v['cell']['attack']} vs "
+            f"{v['cell']['aggregator']}, {v['cell']['rounds']} rounds): {v['vmap_seconds']:.2f} s vs "
+            f"{v['sequential_seconds']:.2f} s, {v['speedup']:.2f}x ({v['saved_seconds']:.2f} s saved; compile "
+            f"{v['vmap_compile_seconds']:.1f} s vs {v['single_compile_seconds']:.1f} s).",
+            "",
+        ]
     for s in slices(spec):
         name = _slice_name(s)
         lines += [f"## {_slice_title(s)}", ""]
-        for metric, title in (("accuracy", "Test accuracy"), ("attack_success_rate", "Attack success rate"),
-                              ("source_recall", "Source-class recall (targeted label flip) / accuracy on triggered "
-                                                "inputs (backdoors): the attack's test examples classified as their "
-                                                "true label"),
-                              ("detection_tpr", "Detection TPR (malicious clients flagged, mean over rounds)"),
-                              ("detection_fpr", "Detection FPR (honest clients flagged, mean over rounds)")):
+        for metric, title in (
+            ("accuracy", "Test accuracy"),
+            ("attack_success_rate", "Attack success rate"),
+            (
+                "source_recall",
+                "Source-class recall (targeted label flip) / accuracy on triggered "
+                "inputs (backdoors): the attack's test examples classified as their "
+                "true label",
+            ),
+            ("detection_tpr", "Detection TPR (malicious clients flagged, mean over rounds)"),
+            ("detection_fpr", "Detection FPR (honest clients flagged, mean over rounds)"),
+        ):
             attacks, rules, _, _ = matrix(result, s, metric)
-            rows = {(r["cell"]["attack"], r["cell"]["aggregator"]): r["final"].get(metric)
-                    for r in result.cells if all(r["cell"].get(k) == v for k, v in s.items())}
+            rows = {
+                (r["cell"]["attack"], r["cell"]["aggregator"]): r["final"].get(metric)
+                for r in result.cells
+                if all(r["cell"].get(k) == v for k, v in s.items())
+            }
             if not any(v for v in rows.values()):
                 continue
             attacks = [a for a in attacks if any(rows.get((a, g)) for g in rules)]  # e.g. no ASR of untargeted attacks
@@ -105,8 +121,12 @@ def _csv_axes(result: SweepResult) -> list[str]:
 def write_csv(result: SweepResult, path: str) -> None:
     """One row per cell: axes, then ``<metric>_mean`` / ``<metric>_std`` of every final metric."""
     metrics = sorted({m for r in result.cells for m in r["final"]})
-    header = _csv_axes(result) + ["seeds"] + [f"{m}_{s}" for m in metrics for s in ("mean", "std")] + [
-        "seconds", "compile_seconds", "program", "cell_file"]
+    header = (
+        _csv_axes(result)
+        + ["seeds"]
+        + [f"{m}_{s}" for m in metrics for s in ("mean", "std")]
+        + ["seconds", "compile_seconds", "program", "cell_file"]
+    )
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header)
@@ -115,8 +135,12 @@ def write_csv(result: SweepResult, path: str) -> None:
             for m in metrics:
                 stats = r["final"].get(m, {"mean": "", "std": ""})
                 row += [stats["mean"], stats["std"]]
-            row += [r["timing"]["seconds"], r["timing"]["compile_seconds"], r["timing"]["program"],
-                    f"cells/{r['name']}.json"]
+            row += [
+                r["timing"]["seconds"],
+                r["timing"]["compile_seconds"],
+                r["timing"]["program"],
+                f"cells/{r['name']}.json",
+            ]
             w.writerow(row)
 
 

@@ -88,8 +88,11 @@ def weighted_average(updates: Array, weights: Array) -> Array:
     w = normalize(weights)
     hi = jax.lax.Precision.HIGHEST
     excluded_nonfinite = jnp.any((w <= 0) & ~finite_rows(updates))
-    return jax.lax.cond(excluded_nonfinite, lambda: jnp.dot(w, jnp.where((w > 0)[:, None], updates, 0.0), precision=hi),
-                        lambda: jnp.dot(w, updates, precision=hi))
+    return jax.lax.cond(
+        excluded_nonfinite,
+        lambda: jnp.dot(w, jnp.where((w > 0)[:, None], updates, 0.0), precision=hi),
+        lambda: jnp.dot(w, updates, precision=hi),
+    )
 
 
 @functools.lru_cache(maxsize=None)
@@ -196,7 +199,7 @@ def max_scaled(x: Array) -> tuple[Array, Array]:
         xs, ms = jax.lax.optimization_barrier((x * 0.125, m * 0.125))
         return xs / ms[:, None]
 
-    return jax.lax.cond(jnp.any(m > 2.0 ** 120), huge, plain), m
+    return jax.lax.cond(jnp.any(m > 2.0**120), huge, plain), m
 
 
 def _plain_squares(updates: Array) -> Array:
@@ -204,7 +207,7 @@ def _plain_squares(updates: Array) -> Array:
     squares and dot products of the raw rows neither overflow nor underflow to zero (d < 2^40
     entries), and the rescaled paths below (two extra copies of ``[n, d]``) are not needed."""
     m = jnp.max(jnp.abs(updates), axis=1)  # NaN rows give NaN, failing both tests below
-    return jnp.all((m == 0) | ((m >= 2.0 ** -40) & (m <= 2.0 ** 40)))
+    return jnp.all((m == 0) | ((m >= 2.0**-40) & (m <= 2.0**40)))
 
 
 def cosine_similarity_matrix(updates: Array, eps: float = 1e-12) -> Array:

@@ -48,8 +48,13 @@ def _prim_order(mr: Array) -> tuple[Array, Array]:
         new = jnp.argmax(~in_tree & (reach == nearest))  # the first such point (all at +inf: the first left)
         return order.at[k].set(new), delta.at[k].set(nearest), in_tree.at[new].set(True), reach, new
 
-    init = (jnp.zeros(n, jnp.int32), jnp.zeros(n, mr.dtype), jnp.zeros(n, bool).at[0].set(True),
-            jnp.full(n, jnp.inf, mr.dtype), jnp.int32(0))
+    init = (
+        jnp.zeros(n, jnp.int32),
+        jnp.zeros(n, mr.dtype),
+        jnp.zeros(n, bool).at[0].set(True),
+        jnp.full(n, jnp.inf, mr.dtype),
+        jnp.int32(0),
+    )
     order, delta, *_ = jax.lax.fori_loop(1, n, step, init)
     return order, delta
 
@@ -70,8 +75,13 @@ def _dendrogram(order: Array, delta: Array):
         label = jnp.where((label == a) | (label == b), new, label)
         return (label, left.at[i].set(a), right.at[i].set(b), size.at[i].set(grown), node_size.at[new].set(grown))
 
-    init = (order.astype(jnp.int32), jnp.zeros(n - 1, jnp.int32), jnp.zeros(n - 1, jnp.int32),
-            jnp.zeros(n - 1, jnp.int32), jnp.ones(2 * n - 1, jnp.int32))
+    init = (
+        order.astype(jnp.int32),
+        jnp.zeros(n - 1, jnp.int32),
+        jnp.zeros(n - 1, jnp.int32),
+        jnp.zeros(n - 1, jnp.int32),
+        jnp.ones(2 * n - 1, jnp.int32),
+    )
     _, left, right, size, _ = jax.lax.fori_loop(0, n - 1, step, init)
     return left, right, heights[merges], size
 
@@ -120,8 +130,14 @@ def hdbscan(distances: Array, min_cluster_size: int, min_samples: int, allow_sin
         carry = child(carry, lo)
         return child(carry, hi)
 
-    init = (jnp.zeros(nodes, bool).at[root].set(True), jnp.full(nodes, root, jnp.int32), jnp.zeros(nodes),
-            jnp.zeros(nodes), jnp.full(nodes, root, jnp.int32), jnp.zeros(nodes, bool).at[root].set(True))
+    init = (
+        jnp.zeros(nodes, bool).at[root].set(True),
+        jnp.full(nodes, root, jnp.int32),
+        jnp.zeros(nodes),
+        jnp.zeros(nodes),
+        jnp.full(nodes, root, jnp.int32),
+        jnp.zeros(nodes, bool).at[root].set(True),
+    )
     _, clab, fall, birth, cparent, is_cluster = jax.lax.fori_loop(0, n - 1, condense, init)
 
     # Stability: points leaving their cluster, child clusters born out of it.

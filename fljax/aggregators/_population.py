@@ -16,8 +16,12 @@ def check_num_clients(rule: str, num_clients: int) -> int:
 
 def population_requirement(rule: str, num_clients: int, n: int) -> None:
     """A cohort cannot be larger than the population its state is indexed by."""
-    _common.require(n <= num_clients, rule, f"the cohort of n={n} clients per round cannot exceed the population "
-                    f"num_clients={num_clients} (per-client state is indexed by client id)")
+    _common.require(
+        n <= num_clients,
+        rule,
+        f"the cohort of n={n} clients per round cannot exceed the population "
+        f"num_clients={num_clients} (per-client state is indexed by client id)",
+    )
 
 
 def pardon(cs: Array, v: Array) -> Array:

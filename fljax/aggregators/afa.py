@@ -40,8 +40,14 @@ def masked_median(values: Array, mask: Array) -> Array:
     return jnp.where(count > 0, (lo + hi) / 2, jnp.nan)
 
 
-def afa(num_clients: int, xi: float = 2.0, delta_xi: float = 0.5, prior_alpha: float = 3.0,
-        prior_beta: float = 3.0, block_threshold: float = 0.05) -> Aggregator:
+def afa(
+    num_clients: int,
+    xi: float = 2.0,
+    delta_xi: float = 0.5,
+    prior_alpha: float = 3.0,
+    prior_beta: float = 3.0,
+    block_threshold: float = 0.05,
+) -> Aggregator:
     """AFA: iteratively drop updates dissimilar to the weighted mean; block clients with bad records.
 
     Each client k of the population has a Beta(alpha_k, beta_k) belief about its probability
@@ -96,12 +102,19 @@ def afa(num_clients: int, xi: float = 2.0, delta_xi: float = 0.5, prior_alpha: f
     _common.check_positive(rule, "delta_xi", delta_xi, allow_zero=True)
     _common.check_positive(rule, "prior_alpha", prior_alpha)
     _common.check_positive(rule, "prior_beta", prior_beta)
-    if isinstance(block_threshold, bool) or not isinstance(block_threshold, (int, float)) or not 0 <= block_threshold < 1:
+    if (
+        isinstance(block_threshold, bool)
+        or not isinstance(block_threshold, (int, float))
+        or not 0 <= block_threshold < 1
+    ):
         raise ValueError(f"{rule}: block_threshold must be in [0, 1), got {block_threshold!r}")
     prior_good = 1.0 - float(scipy.special.betainc(prior_alpha, prior_beta, 0.5))
-    _common.require(prior_good >= block_threshold, rule,
-                    f"the prior Beta(prior_alpha={prior_alpha}, prior_beta={prior_beta}) has P(p > 0.5) = {prior_good:.4g} "
-                    f"< block_threshold={block_threshold}: every client would start blocked")
+    _common.require(
+        prior_good >= block_threshold,
+        rule,
+        f"the prior Beta(prior_alpha={prior_alpha}, prior_beta={prior_beta}) has P(p > 0.5) = {prior_good:.4g} "
+        f"< block_threshold={block_threshold}: every client would start blocked",
+    )
 
     def init(params):
         ones = jnp.ones((num_clients,), params.dtype)
@@ -143,10 +156,15 @@ def afa(num_clients: int, xi: float = 2.0, delta_xi: float = 0.5, prior_alpha: f
         b = b + bad.astype(b.dtype)
         blocked = blocked | (good_probability(a, b) < block_threshold)
         weights = jnp.where(good & ~blocked, a / (a + b) * context.weights, 0.0).astype(x.dtype)
-        new_state = AFAState(alpha=state.alpha.at[ids].set(a), beta=state.beta.at[ids].set(b),
-                             blocked=state.blocked.at[ids].set(blocked))
+        new_state = AFAState(
+            alpha=state.alpha.at[ids].set(a), beta=state.beta.at[ids].set(b), blocked=state.blocked.at[ids].set(blocked)
+        )
         aggregate = _common.weighted_average(x, weights)
         return aggregate, new_state, _common.info(weights, good=good, blocked=blocked, afa_passes=passes)
 
-    return Aggregator(init=init, update=update, count_weighted=True,
-                      requirement=lambda n: _population.population_requirement(rule, num_clients, n))
+    return Aggregator(
+        init=init,
+        update=update,
+        count_weighted=True,
+        requirement=lambda n: _population.population_requirement(rule, num_clients, n),
+    )

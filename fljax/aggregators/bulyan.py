@@ -93,7 +93,7 @@ def bulyan(num_byzantine: int) -> Aggregator:
       Byzantium", ICML 2018.
 
     Examples:
-      >>> agg = bulyan(num_byzantine=1)   # n >= 7 clients per round
+      >>> agg = bulyan(num_byzantine=1)  # n >= 7 clients per round
       >>> fljax.aggregate(agg, jnp.array([[0.0], [1.0], [2.0], [3.0], [4.0], [5.0], [6.0]]))
       Array([1.6666666], dtype=float32)
 
@@ -103,8 +103,11 @@ def bulyan(num_byzantine: int) -> Aggregator:
     f = _common.check_num_byzantine("bulyan", num_byzantine)
 
     def requirement(n: int) -> None:
-        _common.require(n >= 4 * f + 3, "bulyan",
-                        f"needs n >= 4f + 3 clients per round; got n={n}, num_byzantine f={f} (n must be >= {4 * f + 3})")
+        _common.require(
+            n >= 4 * f + 3,
+            "bulyan",
+            f"needs n >= 4f + 3 clients per round; got n={n}, num_byzantine f={f} (n must be >= {4 * f + 3})",
+        )
 
     def aggregate(updates, context):
         n, d = updates.shape

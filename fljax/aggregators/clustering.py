@@ -102,8 +102,11 @@ def flame(noise_lambda: float = 0.001, min_cluster_size: Optional[int] = None) -
         return n // 2 + 1 if min_cluster_size is None else min_cluster_size
 
     def requirement(n: int) -> None:
-        _common.require(n // 2 + 1 <= size_of(n) <= n, rule,
-                        f"min_cluster_size must be in n//2+1..n = {n // 2 + 1}..{n} (a strict majority), got {size_of(n)}")
+        _common.require(
+            n // 2 + 1 <= size_of(n) <= n,
+            rule,
+            f"min_cluster_size must be in n//2+1..n = {n // 2 + 1}..{n} (a strict majority), got {size_of(n)}",
+        )
 
     def aggregate(updates, context):
         n, d = updates.shape
@@ -190,8 +193,9 @@ def cluster_filter(num_iterations: int = 10) -> Aggregator:
         in_first = (assign == 0) & member
         in_second = (assign == 1) & member
         counts = jnp.stack([jnp.sum(in_first), jnp.sum(in_second)])
-        mass = jnp.stack([jnp.sum(jnp.where(in_first, context.weights, 0.0)),
-                          jnp.sum(jnp.where(in_second, context.weights, 0.0))])
+        mass = jnp.stack(
+            [jnp.sum(jnp.where(in_first, context.weights, 0.0)), jnp.sum(jnp.where(in_second, context.weights, 0.0))]
+        )
         keep_second = (counts[1] > counts[0]) | ((counts[1] == counts[0]) & (mass[1] > mass[0]))
         kept = jnp.where(keep_second, in_second, in_first)
         weights = jnp.where(kept, context.weights, 0.0).astype(updates.dtype)

@@ -22,8 +22,13 @@ class ContraState(NamedTuple):
     reputation: Array
 
 
-def contra(num_clients: int, num_byzantine: Optional[int] = None, top_k: Optional[int] = None,
-           similarity_threshold: float = 0.5, reputation_delta: float = 0.1) -> Aggregator:
+def contra(
+    num_clients: int,
+    num_byzantine: Optional[int] = None,
+    top_k: Optional[int] = None,
+    similarity_threshold: float = 0.5,
+    reputation_delta: float = 0.1,
+) -> Aggregator:
     """CONTRA: penalize clients that stay too similar to others; scale and drop by reputation.
 
     Every client of the population has a reputation ``r`` in ``[0, 1]`` (the state,
@@ -67,15 +72,19 @@ def contra(num_clients: int, num_byzantine: Optional[int] = None, top_k: Optiona
     _population.check_num_clients(rule, num_clients)
     f = 0 if num_byzantine is None else _common.check_num_byzantine(rule, num_byzantine)
     k = max(1, f) if top_k is None else _common.check_positive(rule, "top_k", top_k, integer=True)
-    for name, value, ok, bound in (("similarity_threshold", similarity_threshold, lambda v: 0 <= v <= 1, "[0, 1]"),
-                                   ("reputation_delta", reputation_delta, lambda v: 0 < v <= 1, "(0, 1]")):
+    for name, value, ok, bound in (
+        ("similarity_threshold", similarity_threshold, lambda v: 0 <= v <= 1, "[0, 1]"),
+        ("reputation_delta", reputation_delta, lambda v: 0 < v <= 1, "(0, 1]"),
+    ):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
             raise ValueError(f"{rule}: {name} must be in {bound}, got {value!r}")
 
     def requirement(n: int) -> None:
         _population.population_requirement(rule, num_clients, n)
         _common.require(k <= n - 1, rule, f"top_k must be in 1..n-1={n - 1} (k most similar other clients), got {k}")
-        _common.require(f <= n - 1, rule, f"num_byzantine f must be in 0..n-1={n - 1} (f clients dropped per round), got {f}")
+        _common.require(
+            f <= n - 1, rule, f"num_byzantine f must be in 0..n-1={n - 1} (f clients dropped per round), got {f}"
+        )
 
     def init(params):
         return ContraState(reputation=jnp.ones((num_clients,), params.dtype))
@@ -96,7 +105,10 @@ def contra(num_clients: int, num_byzantine: Optional[int] = None, top_k: Optiona
         dropped = jnp.zeros(n, bool).at[jnp.lexsort((-tau, r))[:f]].set(True)
         weights = jnp.where(dropped | ~finite, 0.0, lr * r).astype(updates.dtype)
         aggregate = _common.weighted_average(updates, weights)
-        return aggregate, ContraState(reputation.at[ids].set(r.astype(reputation.dtype))), _common.info(
-            weights, reputation=r, top_k_similarity=tau, learning_rates=lr)
+        return (
+            aggregate,
+            ContraState(reputation.at[ids].set(r.astype(reputation.dtype))),
+            _common.info(weights, reputation=r, top_k_similarity=tau, learning_rates=lr),
+        )
 
     return Aggregator(init=init, update=update, requirement=requirement)

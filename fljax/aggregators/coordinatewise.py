@@ -12,8 +12,11 @@ from fljax.types import Aggregator
 def _coordinatewise(rule: str, trim_of_n) -> Aggregator:
     def requirement(n: int) -> None:
         k = trim_of_n(n)
-        _common.require(0 <= 2 * k < n, rule, f"needs n > 2 * trimmed values per side; got n={n} and trim k={k} "
-                                              "(requires num_byzantine < n/2)")
+        _common.require(
+            0 <= 2 * k < n,
+            rule,
+            f"needs n > 2 * trimmed values per side; got n={n} and trim k={k} (requires num_byzantine < n/2)",
+        )
 
     def aggregate(updates, context):
         out, shares, kept = trimmed_mean_and_kept_mass(_common.sanitize(updates), trim_of_n(updates.shape[0]))
@@ -59,7 +62,7 @@ def trimmed_mean(num_byzantine: Optional[int] = None, beta: Optional[float] = No
       Statistical Rates", ICML 2018.
 
     Examples:
-      >>> fljax.aggregate(trimmed_mean(num_byzantine=1), jnp.array([[0.], [1.], [2.], [9.]]))  # mean of 1, 2
+      >>> fljax.aggregate(trimmed_mean(num_byzantine=1), jnp.array([[0.0], [1.0], [2.0], [9.0]]))  # mean of 1, 2
       Array([1.5], dtype=float32)
     """
     if (num_byzantine is None) == (beta is None):

@@ -59,8 +59,11 @@ def caf(num_byzantine: int) -> Aggregator:
     f = _common.check_num_byzantine(rule, num_byzantine)
 
     def requirement(n: int) -> None:
-        _common.require(n > 2 * f, rule, f"needs n > 2f clients per round; got n={n}, num_byzantine f={f} "
-                        f"(n must be >= {2 * f + 1})")
+        _common.require(
+            n > 2 * f,
+            rule,
+            f"needs n > 2f clients per round; got n={n}, num_byzantine f={f} (n must be >= {2 * f + 1})",
+        )
 
     def aggregate(updates, context):
         n = updates.shape[0]
@@ -83,8 +86,12 @@ def caf(num_byzantine: int) -> Aggregator:
             # The client of largest tau is set to exactly 0 (XLA may compute tau twice, rounding
             # differently, so 1 - tau / tau_max need not be 0 there).
             shrunk = jnp.maximum(c * (1.0 - tau / jnp.where(tau_max > 0, tau_max, 1.0)), 0.0).at[top].set(0.0)
-            return (jnp.where(active & (tau_max > 0), shrunk, c), jnp.where(record, lam, best_lambda),
-                    jnp.where(record, c, best_c), done | ~active | (tau_max <= 0))
+            return (
+                jnp.where(active & (tau_max > 0), shrunk, c),
+                jnp.where(record, lam, best_lambda),
+                jnp.where(record, c, best_c),
+                done | ~active | (tau_max <= 0),
+            )
 
         init = (c0, jnp.array(jnp.inf, k.dtype), c0, jnp.array(False))
         _, _, weights, _ = jax.lax.fori_loop(0, 2 * f, step, init)

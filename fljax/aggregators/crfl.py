@@ -21,9 +21,16 @@ class CRFLState(NamedTuple):
     round: Array
 
 
-def crfl(noise_std: float = 0.01, clip_norm: float = 15.0, clip_start: float = 2.0, clip_growth: float = 0.1,
-         sigma_test: Optional[float] = None, num_samples: int = 100, alpha: float = 0.001,
-         weighted: bool = True) -> Aggregator:
+def crfl(
+    noise_std: float = 0.01,
+    clip_norm: float = 15.0,
+    clip_start: float = 2.0,
+    clip_growth: float = 0.1,
+    sigma_test: Optional[float] = None,
+    num_samples: int = 100,
+    alpha: float = 0.001,
+    weighted: bool = True,
+) -> Aggregator:
     """CRFL: the global MODEL (not the aggregate) is clipped to norm ``rho_t`` and perturbed each round.
 
     Round t (1-based) of the paper: ``w' = w_t + mean_i x_i`` (the example-count-weighted mean
@@ -76,8 +83,12 @@ def crfl(noise_std: float = 0.01, clip_norm: float = 15.0, clip_start: float = 2
     _common.check_positive(rule, "clip_norm", clip_norm)
     _common.check_positive(rule, "clip_start", clip_start)
     _common.check_positive(rule, "clip_growth", clip_growth, allow_zero=True)
-    for name, value in (("noise_std", noise_std), ("clip_norm", clip_norm), ("clip_start", clip_start),
-                        ("clip_growth", clip_growth)):
+    for name, value in (
+        ("noise_std", noise_std),
+        ("clip_norm", clip_norm),
+        ("clip_start", clip_start),
+        ("clip_growth", clip_growth),
+    ):
         if not math.isfinite(value):
             raise ValueError(f"{rule}: {name} must be a finite number, got {value!r}")
     if sigma_test is None:
@@ -108,6 +119,12 @@ def crfl(noise_std: float = 0.01, clip_norm: float = 15.0, clip_start: float = 2
         info = _common.info(weights, clip_bound=rho, model_norm=norm)
         return new - w, CRFLState(state.round + 1), info
 
-    evaluate = functools.partial(metrics.smoothed_metrics, sigma_train=noise_std if noise_std > 0 else sigma_test,
-                                 sigma_test=sigma_test, clip_norm=clip_norm, num_samples=num_samples, alpha=alpha)
+    evaluate = functools.partial(
+        metrics.smoothed_metrics,
+        sigma_train=noise_std if noise_std > 0 else sigma_test,
+        sigma_test=sigma_test,
+        clip_norm=clip_norm,
+        num_samples=num_samples,
+        alpha=alpha,
+    )
     return Aggregator(init=init, update=update, count_weighted=weighted, evaluate=evaluate)

@@ -35,16 +35,25 @@ def output_layer(model: ModelAccess, d: int, dtype=jnp.float32) -> tuple[slice, 
     Raises:
       ValueError: no such layer (the model does not end with a dense layer named flax's way).
     """
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(jax.eval_shape(model.unravel, jax.ShapeDtypeStruct((d,), dtype)))
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(
+        jax.eval_shape(model.unravel, jax.ShapeDtypeStruct((d,), dtype))
+    )
     x = jax.ShapeDtypeStruct((1, *model.inputs.shape), model.inputs.dtype)
-    classes = jax.eval_shape(model.apply, jax.tree_util.tree_unflatten(treedef, [leaf for _, leaf in leaves]), x).shape[-1]
+    classes = jax.eval_shape(model.apply, jax.tree_util.tree_unflatten(treedef, [leaf for _, leaf in leaves]), x).shape[
+        -1
+    ]
     name = lambda path: str(getattr(path[-1], "key", getattr(path[-1], "name", path[-1])))
     candidates = [i for i, (path, leaf) in enumerate(leaves) if name(path) == "bias" and leaf.shape == (classes,)]
 
     def probe(flat):
         zeros = model.unravel(flat)
         tangent = jax.tree_util.tree_unflatten(
-            treedef, [jnp.full(leaf.shape, i + 1.0 if i in candidates else 0.0, leaf.dtype) for i, (_, leaf) in enumerate(leaves)])
+            treedef,
+            [
+                jnp.full(leaf.shape, i + 1.0 if i in candidates else 0.0, leaf.dtype)
+                for i, (_, leaf) in enumerate(leaves)
+            ],
+        )
         return jax.jvp(lambda p: model.apply(p, jnp.zeros(x.shape, x.dtype)), (zeros,), (tangent,))[1]
 
     with jax.ensure_compile_time_eval():
@@ -54,11 +63,17 @@ def output_layer(model: ModelAccess, d: int, dtype=jnp.float32) -> tuple[slice, 
     for i in candidates:
         if np.all(moved == i + 1.0):
             for j, (other, kernel) in enumerate(leaves):
-                if other[:-1] == leaves[i][0][:-1] and name(other) == "kernel" and kernel.shape[-1:] == (classes,) \
-                        and len(kernel.shape) == 2:
+                if (
+                    other[:-1] == leaves[i][0][:-1]
+                    and name(other) == "kernel"
+                    and kernel.shape[-1:] == (classes,)
+                    and len(kernel.shape) == 2
+                ):
                     return at(j), at(i)
-    raise ValueError("deepsight: no output layer found: the model must end with a dense layer (flax's Dense: "
-                     "'kernel' [h, C] and 'bias' [C], the bias added to the logits)")
+    raise ValueError(
+        "deepsight: no output layer found: the model must end with a dense layer (flax's Dense: "
+        "'kernel' [h, C] and 'bias' [C], the bias added to the logits)"
+    )
 
 
 def neups(kernel: Array, bias: Array) -> Array:
@@ -113,8 +128,14 @@ def _membership(labels: Array) -> Array:
     return jnp.where(same | jnp.eye(labels.shape[0], dtype=bool), 0.0, 1.0)
 
 
-def deepsight(tau: float = 1.0 / 3.0, num_seeds: int = 3, num_samples: int = 1000, threshold_factor: float = 0.01,
-              min_cluster_size: int = 5, min_samples: int = 3) -> Aggregator:
+def deepsight(
+    tau: float = 1.0 / 3.0,
+    num_seeds: int = 3,
+    num_samples: int = 1000,
+    threshold_factor: float = 0.01,
+    min_cluster_size: int = 5,
+    min_samples: int = 3,
+) -> Aggregator:
     """DeepSight: drop the clusters made mostly of models trained on few labels; clip the rest.
 
     The rule reads the model (``needs_model``: the round supplies ``context.model``, its
@@ -174,7 +195,11 @@ def deepsight(tau: float = 1.0 / 3.0, num_seeds: int = 3, num_samples: int = 100
         raise ValueError(f"{rule}: tau must be a number in (0, 1], got {tau!r}")
     _common.check_positive(rule, "num_seeds", num_seeds, integer=True)
     _common.check_positive(rule, "num_samples", num_samples, integer=True)
-    if not isinstance(threshold_factor, (int, float)) or isinstance(threshold_factor, bool) or not 0 <= threshold_factor < 1:
+    if (
+        not isinstance(threshold_factor, (int, float))
+        or isinstance(threshold_factor, bool)
+        or not 0 <= threshold_factor < 1
+    ):
         raise ValueError(f"{rule}: threshold_factor must be a number in [0, 1), got {threshold_factor!r}")
     _common.check_positive(rule, "min_cluster_size", min_cluster_size, integer=True)
     if min_cluster_size < 2:
@@ -182,8 +207,11 @@ def deepsight(tau: float = 1.0 / 3.0, num_seeds: int = 3, num_samples: int = 100
     _common.check_positive(rule, "min_samples", min_samples, integer=True)
 
     def requirement(n: int) -> None:
-        _common.require(min_samples <= n, rule, f"min_samples must be in 1..n, got min_samples={min_samples} with "
-                                                f"n={n} clients per round")
+        _common.require(
+            min_samples <= n,
+            rule,
+            f"min_samples must be in 1..n, got min_samples={min_samples} with n={n} clients per round",
+        )
 
     def cluster(distances, single=False):
         return hdbscan(distances, min_cluster_size, min_samples, single)
@@ -191,12 +219,16 @@ def deepsight(tau: float = 1.0 / 3.0, num_seeds: int = 3, num_samples: int = 100
     def aggregate(updates, context):
         model = context.model
         if model is None:
-            raise ValueError(f"{rule}: the context carries no model (context.model, Aggregator.needs_model): "
-                             "make_round(..., model_apply=model.apply) supplies it; a context built by hand (a test, "
-                             "an attack that runs the rule) must give it")
+            raise ValueError(
+                f"{rule}: the context carries no model (context.model, Aggregator.needs_model): "
+                "make_round(..., model_apply=model.apply) supplies it; a context built by hand (a test, "
+                "an attack that runs the rule) must give it"
+            )
         if not jnp.issubdtype(model.inputs.dtype, jnp.floating):
-            raise ValueError(f"{rule}: DDifs feed the model uniform noise inputs; it needs real-valued inputs, got "
-                             f"{model.inputs.dtype} (token models are not supported)")
+            raise ValueError(
+                f"{rule}: DDifs feed the model uniform noise inputs; it needs real-valued inputs, got "
+                f"{model.inputs.dtype} (token models are not supported)"
+            )
         n, d = updates.shape
         finite = _common.finite_rows(updates)
         x = jnp.where(finite[:, None], updates, 0.0)
@@ -234,7 +266,13 @@ def deepsight(tau: float = 1.0 / 3.0, num_seeds: int = 3, num_samples: int = 100
         factors = jnp.where(norms > bound, bound / jnp.where(norms > bound, norms, 1.0), 1.0)
         factors = jnp.where(accepted, factors, 0.0).astype(updates.dtype)
         out = jnp.dot(factors, jnp.where(accepted[:, None], x, 0.0), precision=_HI) / jnp.maximum(jnp.sum(accepted), 1)
-        return out, _common.info(accepted.astype(updates.dtype), threshold_exceedings=te, suspicious=suspicious,
-                                 clusters=labels, clip_factors=factors, norm_bound=bound)
+        return out, _common.info(
+            accepted.astype(updates.dtype),
+            threshold_exceedings=te,
+            suspicious=suspicious,
+            clusters=labels,
+            clip_factors=factors,
+            norm_bound=bound,
+        )
 
     return _common.stateless(aggregate, requirement=requirement, needs_model=True)

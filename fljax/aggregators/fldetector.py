@@ -75,8 +75,12 @@ def lbfgs_hvp(s: Array, y: Array, valid: Array, order: Array, v: Array) -> Array
     both = valid[:, None] & valid[None, :]
     lower = jnp.where(both & (order[:, None] > order[None, :]), sy, 0.0)
     unused = jnp.diag(~valid).astype(s.dtype)  # an empty slot is an identity row: p = 0 there
-    m = jnp.block([[sigma * jnp.where(both, ss, 0.0) + unused, lower],
-                   [lower.T, -jnp.diag(jnp.where(valid, jnp.diag(sy), 0.0)) + unused]])
+    m = jnp.block(
+        [
+            [sigma * jnp.where(both, ss, 0.0) + unused, lower],
+            [lower.T, -jnp.diag(jnp.where(valid, jnp.diag(sy), 0.0)) + unused],
+        ]
+    )
     q = jnp.concatenate([sigma * jnp.dot(s, v, precision=_HI), jnp.dot(y, v, precision=_HI)])
     p = jnp.linalg.solve(m, q)
     out = sigma * v - sigma * jnp.dot(p[:n], s, precision=_HI) - jnp.dot(p[n:], y, precision=_HI)
@@ -213,19 +217,26 @@ def fldetector(num_clients: int, window_size: int = 10, num_references: int = 20
     _common.check_positive(rule, "window_size", window_size, integer=True)
     _common.check_positive(rule, "num_references", num_references, integer=True)
     if num_references < 2:
-        raise ValueError(f"{rule}: num_references must be an integer >= 2 (the gap statistic needs a spread), "
-                         f"got {num_references!r}")
+        raise ValueError(
+            f"{rule}: num_references must be an integer >= 2 (the gap statistic needs a spread), got {num_references!r}"
+        )
     big_n = window_size
 
     def init(params):
         d, dtype = params.shape[0], params.dtype
         return FLDetectorState(
-            prev_params=jnp.zeros(d, dtype), prev_global=jnp.zeros(d, dtype),
-            weight_diffs=jnp.zeros((big_n, d), dtype), grad_diffs=jnp.zeros((big_n, d), dtype),
-            pair_round=jnp.full(big_n, -1, jnp.int32), last_update=jnp.zeros((num_clients, d), dtype),
-            last_round=jnp.full(num_clients, -1, jnp.int32), scores=jnp.full((big_n, num_clients), jnp.nan, dtype),
-            scored_rounds=jnp.zeros((), jnp.int32), removed=jnp.zeros(num_clients, bool),
-            round=jnp.zeros((), jnp.int32))
+            prev_params=jnp.zeros(d, dtype),
+            prev_global=jnp.zeros(d, dtype),
+            weight_diffs=jnp.zeros((big_n, d), dtype),
+            grad_diffs=jnp.zeros((big_n, d), dtype),
+            pair_round=jnp.full(big_n, -1, jnp.int32),
+            last_update=jnp.zeros((num_clients, d), dtype),
+            last_round=jnp.full(num_clients, -1, jnp.int32),
+            scores=jnp.full((big_n, num_clients), jnp.nan, dtype),
+            scored_rounds=jnp.zeros((), jnp.int32),
+            removed=jnp.zeros(num_clients, bool),
+            round=jnp.zeros((), jnp.int32),
+        )
 
     def update(updates, state, context):
         ids, t = context.client_ids, state.round
@@ -265,19 +276,29 @@ def fldetector(num_clients: int, window_size: int = 10, num_references: int = 20
         aggregate = _common.weighted_average(updates, weights)
         g = -aggregate
         s_new, y_new = w - state.prev_params, g - state.prev_global
-        usable = (t >= 1) & (jnp.dot(s_new, y_new, precision=_HI) > 0) & jnp.all(jnp.isfinite(y_new)) & jnp.any(weights > 0)
+        usable = (
+            (t >= 1) & (jnp.dot(s_new, y_new, precision=_HI) > 0) & jnp.all(jnp.isfinite(y_new)) & jnp.any(weights > 0)
+        )
         pair_slot = t % big_n  # the pair of round t replaces round t - N's: the memory is the last N rounds
         remember = ~excluded
         new_state = FLDetectorState(
-            prev_params=w, prev_global=g,
+            prev_params=w,
+            prev_global=g,
             weight_diffs=state.weight_diffs.at[pair_slot].set(jnp.where(usable, s_new, 0.0)),
             grad_diffs=state.grad_diffs.at[pair_slot].set(jnp.where(usable, y_new, 0.0)),
             pair_round=state.pair_round.at[pair_slot].set(jnp.where(usable, t, -1)),
             last_update=state.last_update.at[ids].set(jnp.where(remember[:, None], grads, state.last_update[ids])),
             last_round=state.last_round.at[ids].set(jnp.where(remember, t, state.last_round[ids])),
-            scores=scores, scored_rounds=scored_rounds,
-            removed=state.removed.at[ids].set(removed | flagged), round=t + 1)
+            scores=scores,
+            scored_rounds=scored_rounds,
+            removed=state.removed.at[ids].set(removed | flagged),
+            round=t + 1,
+        )
         return aggregate, new_state, _common.info(weights, suspicion=suspicion, flagged=flagged)
 
-    return Aggregator(init=init, update=update, count_weighted=True,
-                      requirement=lambda n: _population.population_requirement(rule, num_clients, n))
+    return Aggregator(
+        init=init,
+        update=update,
+        count_weighted=True,
+        requirement=lambda n: _population.population_requirement(rule, num_clients, n),
+    )

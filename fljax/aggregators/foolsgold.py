@@ -77,7 +77,12 @@ def foolsgold(num_clients: int, kappa: float = 1.0, feature_importance: bool = F
         cs = _population.pardon(cs, jnp.max(cs, axis=1))
         w = jnp.where(finite, jnp.clip(1.0 - jnp.max(cs, axis=1), 0.0, 1.0), 0.0)
         alpha = _population.logit_weights(w, kappa).astype(updates.dtype)
-        return _common.weighted_average(updates, alpha), FoolsGoldState(history), _common.info(alpha, foolsgold_weights=alpha)
+        return (
+            _common.weighted_average(updates, alpha),
+            FoolsGoldState(history),
+            _common.info(alpha, foolsgold_weights=alpha),
+        )
 
-    return Aggregator(init=init, update=update,
-                      requirement=lambda n: _population.population_requirement(rule, num_clients, n))
+    return Aggregator(
+        init=init, update=update, requirement=lambda n: _population.population_requirement(rule, num_clients, n)
+    )

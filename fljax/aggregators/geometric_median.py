@@ -83,8 +83,9 @@ def _check_nu(rule: str, nu: float) -> None:
     _common.check_positive(rule, "nu", nu)
 
 
-def geometric_median(nu: float = 1e-6, tol: Optional[float] = 1e-5, max_iter: Optional[int] = 100,
-                     weighted: bool = True) -> Aggregator:
+def geometric_median(
+    nu: float = 1e-6, tol: Optional[float] = 1e-5, max_iter: Optional[int] = 100, weighted: bool = True
+) -> Aggregator:
     """Geometric median ``argmin_z sum_i a_i ||z - x_i||`` by smoothed Weiszfeld iterations.
 
     Starts from the weighted mean of the half of the updates nearest the coordinate-wise median

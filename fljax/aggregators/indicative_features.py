@@ -133,9 +133,11 @@ def auror(alpha: float = 0.002, detection_rounds: int = 10, num_iterations: int 
         finite = _common.finite_rows(guide)
         centered = jnp.where(finite[:, None], guide - _common.short_rows_center(guide), 0.0)
         ok = finite & jnp.isfinite(jnp.sum(centered * centered, axis=1))
-        indicative = jax.lax.cond(state.round < detection_rounds,
-                                  lambda: two_means_1d_gaps(jnp.where(ok[:, None], guide, 0.0), ok) > alpha,
-                                  lambda: state.indicative)
+        indicative = jax.lax.cond(
+            state.round < detection_rounds,
+            lambda: two_means_1d_gaps(jnp.where(ok[:, None], guide, 0.0), ok) > alpha,
+            lambda: state.indicative,
+        )
         x = jnp.where(ok[:, None] & indicative[None, :], guide, 0.0)
         sq = _common.pairwise_sq_distances(x)
         cluster = kernel_two_means(sq, ok, num_iterations)

@@ -20,7 +20,11 @@ def krum_scores(sq_dist: Array, num_neighbours: int) -> Array:
 
 
 def _check_krum(rule: str, n: int, f: int) -> None:
-    _common.require(n > 2 * f + 2, rule, f"needs n > 2f + 2 clients per round; got n={n}, num_byzantine f={f} (n must be >= {2 * f + 3})")
+    _common.require(
+        n > 2 * f + 2,
+        rule,
+        f"needs n > 2f + 2 clients per round; got n={n}, num_byzantine f={f} (n must be >= {2 * f + 3})",
+    )
 
 
 def multi_krum(num_byzantine: int, num_selected: Optional[int] = None) -> Aggregator:

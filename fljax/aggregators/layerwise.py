@@ -54,8 +54,10 @@ def _layers(rule: str, layer_shapes) -> Optional[list[tuple[int, bool]]]:
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise ValueError(f"{rule}: layer_shapes must be a non-empty sequence of shapes (sequences of positive "
-                         f"integers), got {layer_shapes!r}")
+        raise ValueError(
+            f"{rule}: layer_shapes must be a non-empty sequence of shapes (sequences of positive "
+            f"integers), got {layer_shapes!r}"
+        )
     return [(math.prod(shape), len(shape) >= 2) for shape in shapes]
 
 
@@ -66,8 +68,12 @@ def model_layers(model: ModelAccess, d: int) -> list[tuple[int, bool]]:
     return [(math.prod(leaf.shape), len(leaf.shape) >= 2) for leaf in leaves]
 
 
-def lasa(sparsity: float = 0.3, lambda_n: float = 1.0, lambda_s: float = 1.0,
-         layer_shapes: Optional[Sequence[Sequence[int]]] = None) -> Aggregator:
+def lasa(
+    sparsity: float = 0.3,
+    lambda_n: float = 1.0,
+    lambda_s: float = 1.0,
+    layer_shapes: Optional[Sequence[Sequence[int]]] = None,
+) -> Aggregator:
     """LASA: layer-wise selection of clients on sparsified, norm-clipped updates.
 
     1. Clip every update to the median of the n update norms: ``x_i min(1, med / ||x_i||)``.
@@ -125,8 +131,10 @@ def lasa(sparsity: float = 0.3, lambda_n: float = 1.0, lambda_s: float = 1.0,
         n, d = updates.shape
         parts = layers or (model_layers(context.model, d) if context.model is not None else [(d, True)])
         if sum(size for size, _ in parts) != d:
-            raise ValueError(f"{rule}: layer_shapes add up to {sum(s for s, _ in parts)} parameters, the updates "
-                             f"have d={d}; they must match (the model's parameter shapes in jax.tree.leaves order)")
+            raise ValueError(
+                f"{rule}: layer_shapes add up to {sum(s for s, _ in parts)} parameters, the updates "
+                f"have d={d}; they must match (the model's parameter shapes in jax.tree.leaves order)"
+            )
         finite = _common.finite_rows(updates)
         norms = _common.safe_norms(jax.lax.stop_gradient(updates))
         bound = jnp.median(norms)
@@ -145,14 +153,17 @@ def lasa(sparsity: float = 0.3, lambda_n: float = 1.0, lambda_s: float = 1.0,
 
         pieces, weights, start = [], jnp.zeros(n, updates.dtype), 0
         for size, _ in parts:
-            layer = x[:, start:start + size]
+            layer = x[:, start : start + size]
             start += size
             layer_norms = jnp.sqrt(jnp.sum(layer * layer, axis=1))
             signs = jnp.sign(layer)
             nonzero = jnp.sum(jnp.abs(signs), axis=1)
             purity = jnp.sum(signs, axis=1) / jnp.maximum(nonzero, 1.0)
-            keep = (finite & (median_z_scores(layer_norms, finite) < lambda_n)
-                    & (median_z_scores(purity, finite) < lambda_s))
+            keep = (
+                finite
+                & (median_z_scores(layer_norms, finite) < lambda_n)
+                & (median_z_scores(purity, finite) < lambda_s)
+            )
             keep = jnp.where(jnp.any(keep), keep, finite)
             share = _common.normalize(keep.astype(updates.dtype))
             pieces.append(jnp.dot(share, layer, precision=_HI))

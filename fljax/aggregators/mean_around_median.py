@@ -83,8 +83,11 @@ def meamed(num_byzantine: int) -> Aggregator:
     f = _common.check_num_byzantine(rule, num_byzantine)
 
     def requirement(n: int) -> None:
-        _common.require(n > 2 * f, rule, f"needs n > 2f clients per round; got n={n}, num_byzantine f={f} "
-                        f"(n must be >= {2 * f + 1})")
+        _common.require(
+            n > 2 * f,
+            rule,
+            f"needs n > 2f clients per round; got n={n}, num_byzantine f={f} (n must be >= {2 * f + 1})",
+        )
 
     def aggregate(updates, context):
         n, d = updates.shape

@@ -62,7 +62,7 @@ def _fold(rows: Sequence[Array], op: Callable[[Array, Array], Array]) -> Array:
     rows = list(rows)
     while len(rows) > 1:
         paired = [op(rows[i], rows[i + 1]) for i in range(0, len(rows) - 1, 2)]
-        rows = paired + rows[len(paired) * 2:]
+        rows = paired + rows[len(paired) * 2 :]
     return rows[0]
 
 
@@ -114,8 +114,10 @@ def _reduce_rows(reductions: Sequence[Reduction], *arrays: Array) -> list[Array]
     head = n % step_rows or step_rows
 
     def fold_rows(start, count, dynamic):
-        rows = [[a[start + u] if not dynamic else lax.dynamic_index_in_dim(a, start + u, keepdims=False)
-                 for a in arrays] for u in range(count)]
+        rows = [
+            [a[start + u] if not dynamic else lax.dynamic_index_in_dim(a, start + u, keepdims=False) for a in arrays]
+            for u in range(count)
+        ]
         return [_fold([fn(*r) for r in rows], op) for fn, op in reductions]
 
     acc = fold_rows(0, min(head, n), False)
@@ -139,9 +141,10 @@ def _count_pairs(preds: Sequence[Callable[..., Array]], n: int) -> tuple[list[Re
     the function unpacking their results into one ``int32 [c]`` count per predicate."""
     if n >= 1 << 15:
         return [_counter(p, jnp.int32) for p in preds], list
-    pairs = [preds[i:i + 2] for i in range(0, len(preds), 2)]
-    packed = [(lambda *r, ps=ps: sum(p(*r).astype(jnp.int32) << (16 * i) for i, p in enumerate(ps)), jnp.add)
-              for ps in pairs]
+    pairs = [preds[i : i + 2] for i in range(0, len(preds), 2)]
+    packed = [
+        (lambda *r, ps=ps: sum(p(*r).astype(jnp.int32) << (16 * i) for i, p in enumerate(ps)), jnp.add) for ps in pairs
+    ]
 
     def unpack(sums):
         return [(s >> (16 * i)) & 0xFFFF for s, ps in zip(sums, pairs) for i in range(len(ps))]
@@ -239,8 +242,13 @@ def _select_keys(key: Array, ranks: Sequence[int]) -> list[Array]:
         out.update(zip(middle, _radix_select(key, middle)))
     for r in successors:
         prev = out[r - 1]
-        upto, larger = _reduce_rows([_counter(lambda k: k <= prev, jnp.int32),  # noqa: B023
-                                     (lambda k: jnp.where(k > prev, k, jnp.iinfo(jnp.int32).max), jnp.minimum)], key)  # noqa: B023
+        upto, larger = _reduce_rows(
+            [
+                _counter(lambda k: k <= prev, jnp.int32),  # noqa: B023
+                (lambda k: jnp.where(k > prev, k, jnp.iinfo(jnp.int32).max), jnp.minimum),  # noqa: B023
+            ],
+            key,
+        )
         out[r] = jnp.where(upto >= r + 1, prev, larger)
     return [out[r] for r in ranks]
 
@@ -256,20 +264,26 @@ def _radix_select(key: Array, ranks: Sequence[int]) -> list[Array]:
     # it, and the min, max and (wrapping int16) sum of their low halves.
     preds = [f for h in buckets for f in (lambda a, b, h=h: a < h, lambda a, b, h=h: a <= h)]
     count_reductions, unpack = _count_pairs(preds, n)
-    reductions = [r for h in buckets for r in (
-        (lambda a, b, h=h: jnp.where(a == h, b, _I16_MAX), jnp.minimum),
-        (lambda a, b, h=h: jnp.where(a == h, b, _I16_MIN), jnp.maximum),
-        (lambda a, b, h=h: jnp.where(a == h, b, jnp.int16(0)), jnp.add))]
+    reductions = [
+        r
+        for h in buckets
+        for r in (
+            (lambda a, b, h=h: jnp.where(a == h, b, _I16_MAX), jnp.minimum),
+            (lambda a, b, h=h: jnp.where(a == h, b, _I16_MIN), jnp.maximum),
+            (lambda a, b, h=h: jnp.where(a == h, b, jnp.int16(0)), jnp.add),
+        )
+    ]
     results = _reduce_rows(count_reductions + reductions, high, low)
-    counts, stats = unpack(results[:len(count_reductions)]), results[len(count_reductions):]
+    counts, stats = unpack(results[: len(count_reductions)]), results[len(count_reductions) :]
     easy, resolved = [], jnp.bool_(True)
     for i, rank in enumerate(ranks):
         below, upto = counts[2 * i], counts[2 * i + 1]
-        smallest, largest, total = stats[3 * i:3 * i + 3]
+        smallest, largest, total = stats[3 * i : 3 * i + 3]
         size, pos = upto - below, rank - below  # pos: the answer's 0-indexed rank in the bucket
         middle3 = total - smallest - largest  # exact in wrapping int16 arithmetic
-        easy.append(jnp.where(pos == 0, smallest, jnp.where(pos == size - 1, largest,
-                                                             jnp.where(size == 3, middle3, smallest))))
+        easy.append(
+            jnp.where(pos == 0, smallest, jnp.where(pos == size - 1, largest, jnp.where(size == 3, middle3, smallest)))
+        )
         resolved = resolved & jnp.all((pos == 0) | (pos == size - 1) | (size == 3) | (smallest == largest))
 
     def exact():
@@ -345,8 +359,11 @@ def _sorted_kth(x: Array, k: int) -> tuple[Array, Array]:
 def _check_rank(n: int, k, trimmed: bool) -> None:
     valid = not isinstance(k, bool) and isinstance(k, (int, np.integer)) and 0 <= (2 * k if trimmed else k) < n
     if not valid:
-        raise ValueError(f"trimmed mean: k must be an integer with 0 <= 2k < n={n}, got {k!r}" if trimmed else
-                         f"order statistics: k must be an integer in [0, n={n}), got {k!r}")
+        raise ValueError(
+            f"trimmed mean: k must be an integer with 0 <= 2k < n={n}, got {k!r}"
+            if trimmed
+            else f"order statistics: k must be an integer in [0, n={n}), got {k!r}"
+        )
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
@@ -374,7 +391,9 @@ def kth_smallest_and_largest(x: Array, k: int) -> tuple[Array, Array]:
         return _sorted_kth(_no_nan(x), k)
     if n <= NETWORK_MAX_N:  # one fused pass over x
         return _kth_block(x, k)
-    (lo, hi), _ = _over_column_blocks(x, lambda block, fresh: (jnp.stack(_kth_block(_no_nan(block), k)), jnp.zeros(0)), 2, 0)
+    (lo, hi), _ = _over_column_blocks(
+        x, lambda block, fresh: (jnp.stack(_kth_block(_no_nan(block), k)), jnp.zeros(0)), 2, 0
+    )
     return lo, hi
 
 
@@ -385,8 +404,11 @@ def _kth_jvp(k, primals, tangents):
     x = _no_nan(x)
 
     def tie_mean(v):
-        total, count = _reduce_rows([(lambda r, s: jnp.where(r == v, s, jnp.zeros_like(s)), jnp.add),
-                                     _counter(lambda r, s: r == v, jnp.int32)], x, t)
+        total, count = _reduce_rows(
+            [(lambda r, s: jnp.where(r == v, s, jnp.zeros_like(s)), jnp.add), _counter(lambda r, s: r == v, jnp.int32)],
+            x,
+            t,
+        )
         return total / jnp.maximum(count, 1).astype(t.dtype)
 
     return (lo, hi), (tie_mean(lo), tie_mean(hi))
@@ -399,11 +421,12 @@ def _trim_stats(x: Array, lo: Array, hi: Array, k: int, aggregate: bool = True) 
     n = x.shape[0]
     kept = n - 2 * k
     count_reductions, unpack = _count_pairs(
-        [lambda r: r <= lo, lambda r: r < hi, lambda r: r == lo, lambda r: r == hi], n)
+        [lambda r: r <= lo, lambda r: r < hi, lambda r: r == lo, lambda r: r == hi], n
+    )
     # With at most 2 kept values (the median) they are lo and hi: no sum of the inner values.
     inner = [] if kept <= 2 or not aggregate else [(lambda r: jnp.where((r > lo) & (r < hi), r, 0.0), jnp.add)]
     results = _reduce_rows(count_reductions + inner, x)
-    n_le_lo, n_lt_hi, n_at_lo, n_at_hi = (c.astype(x.dtype) for c in unpack(results[:len(count_reductions)]))
+    n_le_lo, n_lt_hi, n_at_lo, n_at_hi = (c.astype(x.dtype) for c in unpack(results[: len(count_reductions)]))
     inner_sum = results[-1] if inner else 0.0
     slots_lo = n_le_lo - k  # kept ranks taken by values equal to lo
     slots_hi = (n - k) - n_lt_hi  # kept ranks taken by values equal to hi
@@ -418,11 +441,14 @@ def _trim_stats(x: Array, lo: Array, hi: Array, k: int, aggregate: bool = True) 
 
 def _kept_slots(r: Array, lo: Array, hi: Array, inner: Array, share_lo: Array, share_hi: Array) -> Array:
     """Kept slots an entry ``r`` fills: ``inner`` strictly between lo and hi, else its tie share."""
-    return (jnp.where((r > lo) & (r < hi), inner, 0.0) + jnp.where(r == lo, share_lo, 0.0)
-            + jnp.where(r == hi, share_hi, 0.0))
+    return (
+        jnp.where((r > lo) & (r < hi), inner, 0.0)
+        + jnp.where(r == lo, share_lo, 0.0)
+        + jnp.where(r == hi, share_hi, 0.0)
+    )
 
 
-MASS_CAP = 2.0 ** 100
+MASS_CAP = 2.0**100
 """Magnitude an entry counts with in the kept-mass shares at most (infinite entries count as it)."""
 
 
@@ -432,8 +458,9 @@ def _trimmed_block(x: Array, k: int, fresh: Array, lo: Array, hi: Array) -> tupl
     ``trimmed_mean_and_kept_mass``)."""
     aggregate, share_lo, share_hi, everyone = _trim_stats(x, lo, hi, k)
     zero = jnp.zeros_like(lo)
-    per_coord = _kept_slots(x, lo, hi, jnp.where(fresh, 1.0, zero), jnp.where(fresh, share_lo, zero),
-                            jnp.where(fresh, share_hi, zero))
+    per_coord = _kept_slots(
+        x, lo, hi, jnp.where(fresh, 1.0, zero), jnp.where(fresh, share_lo, zero), jnp.where(fresh, share_hi, zero)
+    )
     mass = jnp.where(fresh & ~everyone, jnp.minimum(jnp.abs(x), MASS_CAP), 0.0)  # columns where all tie: none
     ones = jnp.ones(x.shape[1], x.dtype)
     rows = [jnp.dot(r, ones, precision=lax.Precision.HIGHEST) for r in (per_coord, per_coord * mass, mass)]
@@ -485,7 +512,7 @@ def trimmed_mean_and_kept_mass(x: Array, k: int) -> tuple[Array, Array, Array]:
         (aggregate,), rows = _over_column_blocks(x, block_fn, 1, 3 * n, *_kth_block(x, k))
     else:
         (aggregate,), rows = _over_column_blocks(x, block_fn, 1, 3 * n)
-    slots, kept, mass = rows[:n], rows[n:2 * n], rows[2 * n:]
+    slots, kept, mass = rows[:n], rows[n : 2 * n], rows[2 * n :]
     shares = slots / (max(d, 1) * (n - 2 * k))
     kept_mass = jnp.where(mass > 0, kept / jnp.where(mass > 0, mass, 1.0), 1.0)
     return aggregate.astype(dtype), shares, kept_mass
@@ -499,7 +526,11 @@ def _trimmed_jvp(k, primals, tangents):
     lo, hi = kth_smallest_and_largest(x, k)
     _, share_lo, share_hi, _ = _trim_stats(x, lo, hi, k, aggregate=False)
     one = jnp.ones_like(lo)
-    weighted = _reduce_rows([(lambda r, s: _kept_slots(r, lo, hi, one, share_lo, share_hi).astype(s.dtype) * s,
-                              jnp.add)], x, t)[0]
-    return (aggregate, shares, kept_mass), ((weighted / (x.shape[0] - 2 * k)).astype(aggregate.dtype),
-                                            jnp.zeros_like(shares), jnp.zeros_like(kept_mass))
+    weighted = _reduce_rows(
+        [(lambda r, s: _kept_slots(r, lo, hi, one, share_lo, share_hi).astype(s.dtype) * s, jnp.add)], x, t
+    )[0]
+    return (aggregate, shares, kept_mass), (
+        (weighted / (x.shape[0] - 2 * k)).astype(aggregate.dtype),
+        jnp.zeros_like(shares),
+        jnp.zeros_like(kept_mass),
+    )

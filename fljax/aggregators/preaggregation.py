@@ -71,7 +71,9 @@ def nnm(num_byzantine: int) -> PreAggregator:
     f = _common.check_num_byzantine("nnm", num_byzantine)
 
     def requirement(n: int) -> None:
-        _common.require(n > 2 * f, "nnm", f"needs n > 2f rows; got n={n}, num_byzantine f={f} (n must be >= {2 * f + 1})")
+        _common.require(
+            n > 2 * f, "nnm", f"needs n > 2f rows; got n={n}, num_byzantine f={f} (n must be >= {2 * f + 1})"
+        )
 
     def apply(updates, weights, client_ids, key):
         n = updates.shape[0]
@@ -171,7 +173,9 @@ def arc(num_byzantine: int) -> PreAggregator:
     f = _common.check_num_byzantine("arc", num_byzantine)
 
     def requirement(n: int) -> None:
-        _common.require(n > 2 * f, "arc", f"needs n > 2f rows; got n={n}, num_byzantine f={f} (n must be >= {2 * f + 1})")
+        _common.require(
+            n > 2 * f, "arc", f"needs n > 2f rows; got n={n}, num_byzantine f={f} (n must be >= {2 * f + 1})"
+        )
 
     def apply(updates, weights, client_ids, key):
         n = updates.shape[0]

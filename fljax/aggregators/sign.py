@@ -43,8 +43,11 @@ def mean_shift_largest_cluster(points: Array, bandwidth: Array, max_iter: int = 
     when n > 50).
     """
     n = points.shape[0]
-    same_bin = jnp.all(jnp.round(points[:, None, :] / jnp.where(bandwidth > 0, bandwidth, 1.0))
-                       == jnp.round(points[None, :, :] / jnp.where(bandwidth > 0, bandwidth, 1.0)), axis=-1)
+    same_bin = jnp.all(
+        jnp.round(points[:, None, :] / jnp.where(bandwidth > 0, bandwidth, 1.0))
+        == jnp.round(points[None, :, :] / jnp.where(bandwidth > 0, bandwidth, 1.0)),
+        axis=-1,
+    )
     first_of_bin = ~jnp.any(jnp.tril(same_bin, k=-1), axis=1)
     binned = jnp.round(points / jnp.where(bandwidth > 0, bandwidth, 1.0)) * bandwidth
     seeds = jnp.where((bandwidth > 0) & (jnp.sum(first_of_bin) < n), binned, points)
@@ -96,8 +99,12 @@ def _grad_safe_norms(x: Array) -> Array:
     return jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)
 
 
-def signguard(norm_lower_bound: Optional[float] = 0.1, norm_upper_bound: Optional[float] = 3.0,
-              coordinate_fraction: Optional[float] = 0.1, bandwidth_quantile: float = 0.5) -> Aggregator:
+def signguard(
+    norm_lower_bound: Optional[float] = 0.1,
+    norm_upper_bound: Optional[float] = 3.0,
+    coordinate_fraction: Optional[float] = 0.1,
+    bandwidth_quantile: float = 0.5,
+) -> Aggregator:
     """SignGuard: norm filter + sign-statistics clustering; then clip to the median norm, average.
 
     1. Norm filter: M = median of the n update norms; S1 = {i : L <= ||x_i|| / M <= R}.
@@ -158,10 +165,13 @@ def signguard(norm_lower_bound: Optional[float] = 0.1, norm_upper_bound: Optiona
 
         keep = s1 & s2
         keep = jnp.where(jnp.any(keep), keep, s1)
-        factors = jnp.where(median_norm > 0, clip_factors(jnp.sum(x * x, axis=1), jnp.where(median_norm > 0, median_norm, 1.0)), 0.0)
+        factors = jnp.where(
+            median_norm > 0, clip_factors(jnp.sum(x * x, axis=1), jnp.where(median_norm > 0, median_norm, 1.0)), 0.0
+        )
         w = keep.astype(updates.dtype)
-        return _common.weighted_average(x * factors[:, None], w), _common.info(w * jax.lax.stop_gradient(factors),
-                                                                               norm_kept=s1, sign_kept=s2)
+        return _common.weighted_average(x * factors[:, None], w), _common.info(
+            w * jax.lax.stop_gradient(factors), norm_kept=s1, sign_kept=s2
+        )
 
     return _common.stateless(aggregate)
 

@@ -40,8 +40,12 @@ def dnc_keep(updates: Array, finite: Array, key: Array, subsample_dim: int, num_
     return jnp.zeros(n, bool).at[lowest].set(True)
 
 
-def dnc(num_byzantine: int, num_iterations: Optional[int] = 5, subsample_dim: Optional[int] = 10000,
-        filter_frac: Optional[float] = 1.0) -> Aggregator:
+def dnc(
+    num_byzantine: int,
+    num_iterations: Optional[int] = 5,
+    subsample_dim: Optional[int] = 10000,
+    filter_frac: Optional[float] = 1.0,
+) -> Aggregator:
     """DnC: k random-subspace spectral filters; average the updates that survive all of them.
 
     k times (``num_iterations``): sample b coordinates (``context.key``), center the updates,
@@ -80,9 +84,12 @@ def dnc(num_byzantine: int, num_iterations: Optional[int] = 5, subsample_dim: Op
     removed = int(c * f)
 
     def requirement(n: int) -> None:
-        _common.require(n > removed, rule,
-                        f"needs n > floor(filter_frac * f) clients per round; got n={n}, num_byzantine f={f}, "
-                        f"filter_frac c={c} (n must be >= {removed + 1})")
+        _common.require(
+            n > removed,
+            rule,
+            f"needs n > floor(filter_frac * f) clients per round; got n={n}, num_byzantine f={f}, "
+            f"filter_frac c={c} (n must be >= {removed + 1})",
+        )
 
     def aggregate(updates, context):
         n, d = updates.shape

@@ -36,13 +36,17 @@ _SQUARINGS = 20
 
 def check_subsets(rule: str, n: int, f: int, max_subsets: int) -> None:
     """Build-time checks of an exact subset search: ``2f < n`` and ``C(n, f) <= max_subsets``."""
-    _common.require(n > 2 * f, rule, f"needs n > 2f clients per round; got n={n}, num_byzantine f={f} "
-                    f"(n must be >= {2 * f + 1})")
+    _common.require(
+        n > 2 * f, rule, f"needs n > 2f clients per round; got n={n}, num_byzantine f={f} (n must be >= {2 * f + 1})"
+    )
     count = math.comb(n, f)
-    _common.require(count <= max_subsets, rule,
-                    f"the exact search visits all C(n, f) = C({n}, {f}) = {count:,} subsets of n - f = {n - f} "
-                    f"clients, which must be at most max_subsets={max_subsets:,}; lower n or f, or raise "
-                    f"max_subsets (time grows with the count; the search is never approximated)")
+    _common.require(
+        count <= max_subsets,
+        rule,
+        f"the exact search visits all C(n, f) = C({n}, {f}) = {count:,} subsets of n - f = {n - f} "
+        f"clients, which must be at most max_subsets={max_subsets:,}; lower n or f, or raise "
+        f"max_subsets (time grows with the count; the search is never approximated)",
+    )
 
 
 def _binomials(n: int, f: int) -> np.ndarray:

@@ -46,8 +46,9 @@ def fltrust() -> Aggregator:
         lengths = jnp.sqrt(jnp.sum(scaled * scaled, axis=1))
         usable = finite & (lengths > 0) & (g0_norm > 0)
         unit = scaled / jnp.where(usable, lengths, 1.0)[:, None]
-        cos = jnp.where(usable, jnp.dot(unit, g0, precision=jax.lax.Precision.HIGHEST)
-                        / jnp.where(g0_norm > 0, g0_norm, 1.0), 0.0)
+        cos = jnp.where(
+            usable, jnp.dot(unit, g0, precision=jax.lax.Precision.HIGHEST) / jnp.where(g0_norm > 0, g0_norm, 1.0), 0.0
+        )
         trust = jnp.maximum(cos, 0.0)
         total = jnp.sum(trust)
         out = g0_norm * jnp.dot(trust, unit, precision=jax.lax.Precision.HIGHEST) / jnp.where(total > 0, total, 1.0)

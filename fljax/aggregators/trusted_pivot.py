@@ -54,8 +54,11 @@ def monna(num_byzantine: int, pivot: int = 0) -> Aggregator:
         raise ValueError(f"{rule}: pivot must be a population client id, an integer >= 0, got {pivot!r}")
 
     def requirement(n: int) -> None:
-        _common.require(n > 2 * f, rule, f"needs n > 2f clients per round; got n={n}, num_byzantine f={f} "
-                        f"(n must be >= {2 * f + 1})")
+        _common.require(
+            n > 2 * f,
+            rule,
+            f"needs n > 2f clients per round; got n={n}, num_byzantine f={f} (n must be >= {2 * f + 1})",
+        )
 
     def aggregate(updates, context):
         n = updates.shape[0]

@@ -59,17 +59,54 @@ MODEL_ATTACKS.register("min_max", min_max)
 MODEL_ATTACKS.register("min_sum", min_sum)
 MODEL_ATTACKS.register("adaptive", adaptive)
 MODEL_ATTACKS.register("model_replacement", model_replacement, targeted=True)
-MODEL_ATTACKS.register("constrain_and_scale", constrain_and_scale, local_training=constrain_and_scale_training,
-                       targeted=True)
+MODEL_ATTACKS.register(
+    "constrain_and_scale", constrain_and_scale, local_training=constrain_and_scale_training, targeted=True
+)
 MODEL_ATTACKS.register("pgd", pgd, local_training=pgd_training, targeted=True)
 MODEL_ATTACKS.register("neurotoxin", neurotoxin, local_training=neurotoxin_training, targeted=True)
 MODEL_ATTACKS.register("alter_min", alter_min, local_training=alter_min_training, targeted=True)
 
 __all__ = [
-    "AdaptiveState", "DATA_ATTACKS", "LineSearchState", "phrase_backdoor", "MODEL_ATTACKS", "adaptive", "alie",
-    "alter_min", "alter_min_training", "backdoor", "constrain_and_scale", "constrain_and_scale_training", "dba",
-    "edge_case", "fang_krum", "fang_trim", "feature_trigger", "gaussian", "inf", "ipm", "label_flip", "label_flip_all",
-    "mimic", "min_max", "min_sum", "model_replacement", "nan", "neurotoxin", "neurotoxin_training", "no_attack",
-    "optimal_alie", "optimal_ipm", "pgd", "pgd_training", "replace_rows", "scheduled", "sign_flip", "stateless",
-    "targeted_label_flip", "threat", "triggered_loss", "zero",
+    "AdaptiveState",
+    "DATA_ATTACKS",
+    "LineSearchState",
+    "phrase_backdoor",
+    "MODEL_ATTACKS",
+    "adaptive",
+    "alie",
+    "alter_min",
+    "alter_min_training",
+    "backdoor",
+    "constrain_and_scale",
+    "constrain_and_scale_training",
+    "dba",
+    "edge_case",
+    "fang_krum",
+    "fang_trim",
+    "feature_trigger",
+    "gaussian",
+    "inf",
+    "ipm",
+    "label_flip",
+    "label_flip_all",
+    "mimic",
+    "min_max",
+    "min_sum",
+    "model_replacement",
+    "nan",
+    "neurotoxin",
+    "neurotoxin_training",
+    "no_attack",
+    "optimal_alie",
+    "optimal_ipm",
+    "pgd",
+    "pgd_training",
+    "replace_rows",
+    "scheduled",
+    "sign_flip",
+    "stateless",
+    "targeted_label_flip",
+    "threat",
+    "triggered_loss",
+    "zero",
 ]

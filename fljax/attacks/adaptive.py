@@ -64,11 +64,17 @@ def _candidates(updates: Array, malicious: Array, mu: Array, sigma: Array) -> di
     """The starting points: ALIE (``mu + z sigma``), IPM (``-0.1 mu``), ``-mu``, and the mean of
     the malicious clients' own updates (e.g. trained on backdoor data)."""
     own, _ = masked_mean_std(updates, malicious)
-    return {"alie": mu + alie_z(updates.shape[0], jnp.sum(malicious)) * sigma, "ipm": -0.1 * mu,
-            "negative_mean": -mu, "own": own}
+    return {
+        "alie": mu + alie_z(updates.shape[0], jnp.sum(malicious)) * sigma,
+        "ipm": -0.1 * mu,
+        "negative_mean": -mu,
+        "own": own,
+    }
 
 
-def triggered_loss(apply_fn: Callable, unravel: Callable, data_attack: DataAttack, x: Array, y: Array) -> Callable[[Array], Array]:
+def triggered_loss(
+    apply_fn: Callable, unravel: Callable, data_attack: DataAttack, x: Array, y: Array
+) -> Callable[[Array], Array]:
     """A ``target_loss`` for ``adaptive(objective="targeted")``: the model's mean cross-entropy
     on the attack's success test built from the attacker's own examples ``x, y``
     (``data_attack.targeted``: the trigger applied, labels set to the target, only the examples
@@ -79,16 +85,22 @@ def triggered_loss(apply_fn: Callable, unravel: Callable, data_attack: DataAttac
         ``label_flip_all``), or none of ``x, y`` counts for it.
     """
     if not isinstance(data_attack, DataAttack) or data_attack.targeted is None:
-        raise ValueError("adaptive: objective 'targeted' needs a targeted data attack (backdoor, dba, feature_trigger "
-                         f"or label_flip) to define the attacker's loss, got {data_attack!r}")
+        raise ValueError(
+            "adaptive: objective 'targeted' needs a targeted data attack (backdoor, dba, feature_trigger "
+            f"or label_flip) to define the attacker's loss, got {data_attack!r}"
+        )
     if data_attack.own_test_inputs:
-        raise ValueError("adaptive: objective 'targeted' reads the data attack's success test, whose inputs here "
-                         "are the held-out ones (own_test_inputs, e.g. edge_case): pair that attack with pgd or "
-                         "alter_min instead")
+        raise ValueError(
+            "adaptive: objective 'targeted' reads the data attack's success test, whose inputs here "
+            "are the held-out ones (own_test_inputs, e.g. edge_case): pair that attack with pgd or "
+            "alter_min instead"
+        )
     xt, yt, valid = data_attack.targeted(jnp.asarray(x), jnp.asarray(y))
     if not bool(jnp.any(valid)):
-        raise ValueError("adaptive: none of the attacker's examples counts for the targeted objective (e.g. a "
-                         "label flip whose source class the malicious clients do not hold)")
+        raise ValueError(
+            "adaptive: none of the attacker's examples counts for the targeted objective (e.g. a "
+            "label flip whose source class the malicious clients do not hold)"
+        )
     weights = valid.astype(jnp.float32) / jnp.sum(valid)
 
     def loss(flat_params: Array) -> Array:
@@ -98,10 +110,18 @@ def triggered_loss(apply_fn: Callable, unravel: Callable, data_attack: DataAttac
     return loss
 
 
-def adaptive(objective: str = "untargeted", attack_steps: int = 50, attack_lr: float = 0.25,
-             constraint: str = "max_norm", knowledge: str = "full", init_point: str = "best",
-             optimizer: Optional[optax.GradientTransformation] = None, rule: Optional[Aggregator] = None,
-             target_loss: Optional[Callable[[Array], Array]] = None, server_lr: float = 1.0) -> ModelAttack:
+def adaptive(
+    objective: str = "untargeted",
+    attack_steps: int = 50,
+    attack_lr: float = 0.25,
+    constraint: str = "max_norm",
+    knowledge: str = "full",
+    init_point: str = "best",
+    optimizer: Optional[optax.GradientTransformation] = None,
+    rule: Optional[Aggregator] = None,
+    target_loss: Optional[Callable[[Array], Array]] = None,
+    server_lr: float = 1.0,
+) -> ModelAttack:
     """Adaptive attack: one crafted update, optimised by gradient ascent through the rule.
 
     All malicious clients send the same vector z (colluding, as ALIE, IPM, Fang and Min-Max).
@@ -169,15 +189,20 @@ def adaptive(objective: str = "untargeted", attack_steps: int = 50, attack_lr: f
     check_number("adaptive", "attack_lr", attack_lr, positive=True)
     check_number("adaptive", "server_lr", server_lr, positive=True)
     if optimizer is not None and not isinstance(optimizer, optax.GradientTransformation):
-        raise ValueError(f"adaptive: optimizer must be an optax.GradientTransformation (or None for the default), "
-                         f"got {optimizer!r}")
+        raise ValueError(
+            f"adaptive: optimizer must be an optax.GradientTransformation (or None for the default), got {optimizer!r}"
+        )
     if rule is not None and not isinstance(rule, Aggregator):
         raise ValueError(f"adaptive: rule must be an fljax.Aggregator (or None for the round's), got {rule!r}")
     if target_loss is not None and not callable(target_loss):
-        raise ValueError(f"adaptive: target_loss must be a function flat_params -> scalar (or None), got {target_loss!r}")
+        raise ValueError(
+            f"adaptive: target_loss must be a function flat_params -> scalar (or None), got {target_loss!r}"
+        )
     if objective == "targeted" and not callable(target_loss):
-        raise ValueError("adaptive: objective 'targeted' needs target_loss(flat_params) -> scalar (e.g. the "
-                         "model's loss on a triggered batch relabelled to the target)")
+        raise ValueError(
+            "adaptive: objective 'targeted' needs target_loss(flat_params) -> scalar (e.g. the "
+            "model's loss on a triggered batch relabelled to the target)"
+        )
     if optimizer is None:
         schedule = optax.cosine_decay_schedule(attack_lr, max(attack_steps, 1), alpha=0.05)
         optimizer = optax.chain(optax.normalize_by_update_norm(), optax.sgd(schedule))
@@ -195,9 +220,13 @@ def adaptive(objective: str = "untargeted", attack_steps: int = 50, attack_lr: f
             base = updates
         else:
             base = mu + sigma * jax.random.normal(k_honest, updates.shape, updates.dtype)
-        agg_ctx = AggregationContext(weights=context.weights.astype(updates.dtype), key=k_agg,
-                                     client_ids=context.client_ids, params=context.params,
-                                     reference=jnp.zeros_like(context.params))
+        agg_ctx = AggregationContext(
+            weights=context.weights.astype(updates.dtype),
+            key=k_agg,
+            client_ids=context.client_ids,
+            params=context.params,
+            reference=jnp.zeros_like(context.params),
+        )
         direction = mu / jnp.maximum(_safe_norm(mu), _TINY)
 
         def score(z):
@@ -248,8 +277,10 @@ def adaptive(objective: str = "untargeted", attack_steps: int = 50, attack_lr: f
         best_v = jnp.maximum(best_v, v_last)
         crafted = to_z(best_w)
         any_mal = jnp.any(malicious)
-        new_state = AdaptiveState(objective_init=jnp.where(any_mal, v0, 0.0).astype(jnp.float32),
-                                  objective=jnp.where(any_mal, best_v, 0.0).astype(jnp.float32))
+        new_state = AdaptiveState(
+            objective_init=jnp.where(any_mal, v0, 0.0).astype(jnp.float32),
+            objective=jnp.where(any_mal, best_v, 0.0).astype(jnp.float32),
+        )
         return replace_rows(updates, malicious, crafted), new_state
 
     return ModelAttack(init=init, update=update)

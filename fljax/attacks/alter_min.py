@@ -55,8 +55,12 @@ def alter_min(boost: float = 5.0, rho: float = 0.1, stealth_steps: int = 2, conf
       Lens", ICML 2019 (Section 4, alternating minimization).
 
     Examples:
-      >>> make_round(..., data_attack=label_flip(10, 5, 3), model_attack=alter_min(),  # doctest: +SKIP
-      ...            malicious_client_update=alter_min_training(loss_fn, optax.sgd(0.1), boost=5.0, local_steps=10))
+      >>> make_round(
+      ...     ...,
+      ...     data_attack=label_flip(10, 5, 3),
+      ...     model_attack=alter_min(),  # doctest: +SKIP
+      ...     malicious_client_update=alter_min_training(loss_fn, optax.sgd(0.1), boost=5.0, local_steps=10),
+      ... )
     """
     _check(boost, rho, stealth_steps, confidence)
     return stateless(_as_trained)
@@ -95,10 +99,19 @@ def malicious_loss(loss_fn: LossFn, confidence: float) -> LossFn:
     return loss
 
 
-def alter_min_training(loss_fn: LossFn, optimizer: optax.GradientTransformation, boost: float = 5.0,
-                       rho: float = 0.1, stealth_steps: int = 2, confidence: float = 0.5, *,
-                       local_steps: Optional[int] = None, local_epochs: Optional[int] = None, batch_size: int = 32,
-                       protocol: str = "fedavg") -> ClientUpdate:
+def alter_min_training(
+    loss_fn: LossFn,
+    optimizer: optax.GradientTransformation,
+    boost: float = 5.0,
+    rho: float = 0.1,
+    stealth_steps: int = 2,
+    confidence: float = 0.5,
+    *,
+    local_steps: Optional[int] = None,
+    local_epochs: Optional[int] = None,
+    batch_size: int = 32,
+    protocol: str = "fedavg",
+) -> ClientUpdate:
     """Alternating minimisation with boosting, the malicious clients' local training.
 
     From the global model G (``w_ref = G``), for each of the honest clients' ``K`` local steps

@@ -30,7 +30,12 @@ TriggerMaker = Callable[[tuple], tuple[np.ndarray, np.ndarray]]
 
 
 def _check_int(attack: str, name: str, value, low: int, high: Optional[int] = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low or (high is not None and value > high):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, np.integer))
+        or value < low
+        or (high is not None and value > high)
+    ):
         bound = f"in {low}..{high}" if high is not None else f">= {low}"
         raise ValueError(f"{attack}: {name} must be an integer {bound}, got {value!r}")
     return int(value)
@@ -43,7 +48,11 @@ def _check_finite(attack: str, name: str, value) -> float:
 
 
 def _check_fraction(attack: str, poison_fraction) -> float:
-    if isinstance(poison_fraction, bool) or not isinstance(poison_fraction, (int, float)) or not 0 < poison_fraction <= 1:
+    if (
+        isinstance(poison_fraction, bool)
+        or not isinstance(poison_fraction, (int, float))
+        or not 0 < poison_fraction <= 1
+    ):
         raise ValueError(f"{attack}: poison_fraction must be in (0, 1], got {poison_fraction!r}")
     return float(poison_fraction)
 
@@ -72,11 +81,16 @@ def _parse_position(attack: str, position: Position) -> Union[str, tuple[int, in
             position = tuple(int(p) for p in position.split(","))
         except ValueError:
             position = None
-    if isinstance(position, (tuple, list)) and len(position) == 2 and all(
-            isinstance(p, (int, np.integer)) and not isinstance(p, bool) and p >= 0 for p in position):
+    if (
+        isinstance(position, (tuple, list))
+        and len(position) == 2
+        and all(isinstance(p, (int, np.integer)) and not isinstance(p, bool) and p >= 0 for p in position)
+    ):
         return int(position[0]), int(position[1])
-    raise ValueError(f"{attack}: trigger_position must be one of {', '.join(POSITIONS)} or 'row,col' of the "
-                     f"trigger's top-left pixel (integers >= 0), got {given!r}")
+    raise ValueError(
+        f"{attack}: trigger_position must be one of {', '.join(POSITIONS)} or 'row,col' of the "
+        f"trigger's top-left pixel (integers >= 0), got {given!r}"
+    )
 
 
 def _pattern(attack: str, pattern: str, size: int) -> np.ndarray:
@@ -92,8 +106,14 @@ def _pattern(attack: str, pattern: str, size: int) -> np.ndarray:
     raise ValueError(f"{attack}: trigger_pattern must be one of {', '.join(PATTERNS)}, got {pattern!r}")
 
 
-def image_trigger(attack: str, trigger_size: int, trigger_position: Position, trigger_pattern: str,
-                  trigger_value: float, num_parts: int = 1) -> TriggerMaker:
+def image_trigger(
+    attack: str,
+    trigger_size: int,
+    trigger_position: Position,
+    trigger_pattern: str,
+    trigger_value: float,
+    num_parts: int = 1,
+) -> TriggerMaker:
     """Validates a pixel trigger's settings and returns its maker for an image shape ``[H, W, C]``.
 
     The pattern's pixels (every channel) take ``trigger_value``. With ``num_parts > 1`` the
@@ -110,8 +130,10 @@ def image_trigger(attack: str, trigger_size: int, trigger_position: Position, tr
 
     def make(shape: tuple) -> tuple[np.ndarray, np.ndarray]:
         if len(shape) != 3:
-            raise ValueError(f"{attack}: needs image inputs [H, W, C], got examples of shape {tuple(shape)} "
-                             "(for tabular data use feature_trigger)")
+            raise ValueError(
+                f"{attack}: needs image inputs [H, W, C], got examples of shape {tuple(shape)} "
+                "(for tabular data use feature_trigger)"
+            )
         h, w, c = shape
         if isinstance(position, tuple):
             top, left = position
@@ -119,9 +141,11 @@ def image_trigger(attack: str, trigger_size: int, trigger_position: Position, tr
             top = {"top": 0, "bottom": h - size, "center": (h - size) // 2}[position.split("_")[0]]
             left = {"left": 0, "right": w - size, "center": (w - size) // 2}[position.split("_")[-1]]
         if top < 0 or left < 0 or top + size > h or left + size > w:
-            raise ValueError(f"{attack}: a {size}x{size} {trigger_pattern} trigger at {trigger_position!r} (rows "
-                             f"{top}..{top + size - 1}, cols {left}..{left + size - 1}) does not fit {h}x{w} images; "
-                             f"trigger_size must be in 1..{min(h, w)} and the trigger inside the image")
+            raise ValueError(
+                f"{attack}: a {size}x{size} {trigger_pattern} trigger at {trigger_position!r} (rows "
+                f"{top}..{top + size - 1}, cols {left}..{left + size - 1}) does not fit {h}x{w} images; "
+                f"trigger_size must be in 1..{min(h, w)} and the trigger inside the image"
+            )
         coords = np.argwhere(stencil) + np.array([top, left])
         parts = np.zeros((num_parts, h, w, c), bool)
         for p, chunk in enumerate(np.array_split(coords, num_parts)):
@@ -131,8 +155,14 @@ def image_trigger(attack: str, trigger_size: int, trigger_position: Position, tr
     return make
 
 
-def _trigger_attack(attack: str, make: TriggerMaker, target_label: int, poison_fraction: float,
-                    input_shape: Optional[Sequence[int]], num_classes: Optional[int]) -> DataAttack:
+def _trigger_attack(
+    attack: str,
+    make: TriggerMaker,
+    target_label: int,
+    poison_fraction: float,
+    input_shape: Optional[Sequence[int]],
+    num_classes: Optional[int],
+) -> DataAttack:
     """The ``DataAttack`` of a trigger: attacker ``a`` stamps part ``a % P`` (all of it when P = 1)
     on the first ``round(poison_fraction * r)`` of a batch's r real examples and relabels them."""
     if num_classes is not None:
@@ -142,10 +172,14 @@ def _trigger_attack(attack: str, make: TriggerMaker, target_label: int, poison_f
         _check_int(attack, "target_label", target_label, 0)
     fraction = _check_fraction(attack, poison_fraction)
     if input_shape is not None:
-        if isinstance(input_shape, (str, bytes)) or not hasattr(input_shape, "__len__") or not all(
-                isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1 for s in input_shape):
-            raise ValueError(f"{attack}: input_shape must be one example's shape, a sequence of integers >= 1, "
-                             f"got {input_shape!r}")
+        if (
+            isinstance(input_shape, (str, bytes))
+            or not hasattr(input_shape, "__len__")
+            or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1 for s in input_shape)
+        ):
+            raise ValueError(
+                f"{attack}: input_shape must be one example's shape, a sequence of integers >= 1, got {input_shape!r}"
+            )
         make(tuple(int(s) for s in input_shape))  # fails at build time when the trigger does not fit
     make = functools.lru_cache(maxsize=None)(make)
 
@@ -155,21 +189,30 @@ def _trigger_attack(attack: str, make: TriggerMaker, target_label: int, poison_f
         batch = x.shape[0]
         rows = poisoned_rows(fraction, mask)
         stamp = rows.reshape((batch,) + (1,) * (x.ndim - 1)) & part[None]
-        return (jnp.where(stamp, jnp.asarray(values, x.dtype), x),
-                jnp.where(rows, target_label, y).astype(y.dtype))
+        return (jnp.where(stamp, jnp.asarray(values, x.dtype), x), jnp.where(rows, target_label, y).astype(y.dtype))
 
     def targeted(x, y):
         parts, values = make(tuple(x.shape[1:]))
         full = jnp.asarray(parts.any(axis=0))
-        return (jnp.where(full[None], jnp.asarray(values, x.dtype), x), jnp.full_like(y, target_label),
-                y != target_label)
+        return (
+            jnp.where(full[None], jnp.asarray(values, x.dtype), x),
+            jnp.full_like(y, target_label),
+            y != target_label,
+        )
 
     return DataAttack(poison=poison, targeted=targeted)
 
 
-def backdoor(target_label: int, trigger_size: int = 4, trigger_position: Position = "bottom_right",
-             trigger_pattern: str = "square", trigger_value: float = 1.0, poison_fraction: float = 0.5,
-             input_shape: Optional[Sequence[int]] = None, num_classes: Optional[int] = None) -> DataAttack:
+def backdoor(
+    target_label: int,
+    trigger_size: int = 4,
+    trigger_position: Position = "bottom_right",
+    trigger_pattern: str = "square",
+    trigger_value: float = 1.0,
+    poison_fraction: float = 0.5,
+    input_shape: Optional[Sequence[int]] = None,
+    num_classes: Optional[int] = None,
+) -> DataAttack:
     """BadNets pixel-pattern backdoor on images ``[H, W, C]`` of any size the trigger fits.
 
     The first ``round(poison_fraction * r)`` of the r real examples of each malicious batch get the pattern
@@ -209,9 +252,17 @@ def backdoor(target_label: int, trigger_size: int = 4, trigger_position: Positio
     return _trigger_attack("backdoor", make, target_label, poison_fraction, input_shape, num_classes)
 
 
-def dba(target_label: int, num_parts: int = 4, trigger_size: int = 4, trigger_position: Position = "bottom_right",
-        trigger_pattern: str = "square", trigger_value: float = 1.0, poison_fraction: float = 0.5,
-        input_shape: Optional[Sequence[int]] = None, num_classes: Optional[int] = None) -> DataAttack:
+def dba(
+    target_label: int,
+    num_parts: int = 4,
+    trigger_size: int = 4,
+    trigger_position: Position = "bottom_right",
+    trigger_pattern: str = "square",
+    trigger_value: float = 1.0,
+    poison_fraction: float = 0.5,
+    input_shape: Optional[Sequence[int]] = None,
+    num_classes: Optional[int] = None,
+) -> DataAttack:
     """Distributed backdoor attack (DBA): each attacker stamps one part of a global trigger.
 
     The global trigger is ``backdoor``'s pattern; its pixels (row-major) are split into
@@ -246,18 +297,29 @@ def _parse_features(attack: str, trigger_features) -> list[int]:
         try:
             trigger_features = [int(f) for f in trigger_features.split(",") if f.strip()]
         except ValueError:
-            raise ValueError(f"{attack}: trigger_features must be feature indices like '0,3,7', got {trigger_features!r}") from None
+            raise ValueError(
+                f"{attack}: trigger_features must be feature indices like '0,3,7', got {trigger_features!r}"
+            ) from None
     feats = list(np.atleast_1d(np.asarray(trigger_features)))
-    if not feats or any(not isinstance(f, (int, np.integer)) or isinstance(f, bool) or f < 0 for f in feats) \
-            or len(set(int(f) for f in feats)) != len(feats):
+    if (
+        not feats
+        or any(not isinstance(f, (int, np.integer)) or isinstance(f, bool) or f < 0 for f in feats)
+        or len(set(int(f) for f in feats)) != len(feats)
+    ):
         raise ValueError(f"{attack}: trigger_features must be distinct feature indices >= 0, got {trigger_features!r}")
     return [int(f) for f in feats]
 
 
-def feature_trigger(target_label: int, trigger_features: Union[str, Sequence[int]],
-                    trigger_values: Union[None, str, float, Sequence[float]] = None, trigger_percentile: float = 99.0,
-                    poison_fraction: float = 0.5, x_train=None, input_shape: Optional[Sequence[int]] = None,
-                    num_classes: Optional[int] = None) -> DataAttack:
+def feature_trigger(
+    target_label: int,
+    trigger_features: Union[str, Sequence[int]],
+    trigger_values: Union[None, str, float, Sequence[float]] = None,
+    trigger_percentile: float = 99.0,
+    poison_fraction: float = 0.5,
+    x_train=None,
+    input_shape: Optional[Sequence[int]] = None,
+    num_classes: Optional[int] = None,
+) -> DataAttack:
     """Feature-space backdoor for tabular inputs ``[F]``: chosen features set to chosen values.
 
     The trigger sets exactly ``trigger_features`` to ``trigger_values`` (one value for all, or
@@ -305,16 +367,22 @@ def feature_trigger(target_label: int, trigger_features: Union[str, Sequence[int
     else:
         values = np.atleast_1d(np.asarray(trigger_values, np.float64))
         if values.ndim != 1 or len(values) not in (1, len(feats)) or not np.all(np.isfinite(values)):
-            raise ValueError(f"{name}: trigger_values must be one finite number or one per feature "
-                             f"({len(feats)}), got {trigger_values!r}")
+            raise ValueError(
+                f"{name}: trigger_values must be one finite number or one per feature "
+                f"({len(feats)}), got {trigger_values!r}"
+            )
         values = np.broadcast_to(values, (len(feats),)).astype(np.float32)
 
     def make(shape: tuple) -> tuple[np.ndarray, np.ndarray]:
         if len(shape) != 1:
-            raise ValueError(f"{name}: needs tabular inputs [F], got examples of shape {tuple(shape)} "
-                             "(for images use backdoor or dba)")
+            raise ValueError(
+                f"{name}: needs tabular inputs [F], got examples of shape {tuple(shape)} "
+                "(for images use backdoor or dba)"
+            )
         if max(feats) >= shape[0]:
-            raise ValueError(f"{name}: trigger_features must be in 0..{shape[0] - 1} for {shape[0]} features, got {feats}")
+            raise ValueError(
+                f"{name}: trigger_features must be in 0..{shape[0] - 1} for {shape[0]} features, got {feats}"
+            )
         mask = np.zeros((1, shape[0]), bool)
         mask[0, feats] = True
         full = np.zeros(shape, np.float32)

@@ -41,9 +41,15 @@ def split_edge_set(images: np.ndarray, holdout_fraction: float) -> tuple[np.ndar
     return images[order[:-held]], images[order[-held:]]
 
 
-def edge_case(target_label: int = 1, source_digit: int = 7, source: str = "auto", poison_fraction: float = 0.5,
-              holdout_fraction: float = 0.5, input_shape: Optional[Sequence[int]] = None,
-              num_classes: Optional[int] = None) -> DataAttack:
+def edge_case(
+    target_label: int = 1,
+    source_digit: int = 7,
+    source: str = "auto",
+    poison_fraction: float = 0.5,
+    holdout_fraction: float = 0.5,
+    input_shape: Optional[Sequence[int]] = None,
+    num_classes: Optional[int] = None,
+) -> DataAttack:
     """Edge-case backdoor: a share of each malicious batch replaced by rare digits, relabelled.
 
     The edge-case set is every image of ``source_digit`` in ``source`` (``fljax.data.edge``):
@@ -92,8 +98,11 @@ def edge_case(target_label: int = 1, source_digit: int = 7, source: str = "auto"
     if source not in SOURCES:
         raise ValueError(f"edge_case: source must be one of {', '.join(SOURCES)}, got {source!r}")
     fraction = _check_fraction("edge_case", poison_fraction)
-    if (isinstance(holdout_fraction, bool) or not isinstance(holdout_fraction, (int, float))
-            or not 0 < holdout_fraction < 1):
+    if (
+        isinstance(holdout_fraction, bool)
+        or not isinstance(holdout_fraction, (int, float))
+        or not 0 < holdout_fraction < 1
+    ):
         raise ValueError(f"edge_case: holdout_fraction must be in (0, 1), got {holdout_fraction!r}")
 
     @functools.lru_cache(maxsize=None)
@@ -103,25 +112,30 @@ def edge_case(target_label: int = 1, source_digit: int = 7, source: str = "auto"
         return split_edge_set(images, holdout_fraction)
 
     if input_shape is not None:
-        if isinstance(input_shape, (str, bytes)) or not hasattr(input_shape, "__len__") or not all(
-                isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1 for s in input_shape):
-            raise ValueError(f"edge_case: input_shape must be one example's shape, a sequence of integers >= 1, "
-                             f"got {input_shape!r}")
+        if (
+            isinstance(input_shape, (str, bytes))
+            or not hasattr(input_shape, "__len__")
+            or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1 for s in input_shape)
+        ):
+            raise ValueError(
+                f"edge_case: input_shape must be one example's shape, a sequence of integers >= 1, got {input_shape!r}"
+            )
         edge_sets(tuple(int(s) for s in input_shape))  # fails here on non-image inputs; prepares the images
 
     def poison(x, y, mask, key, attacker):
         train, _ = edge_sets(tuple(x.shape[1:]))
         rows = poisoned_rows(fraction, mask)
         picks = jnp.asarray(train, x.dtype)[jax.random.randint(key, (x.shape[0],), 0, train.shape[0])]
-        return (jnp.where(rows.reshape((-1,) + (1,) * (x.ndim - 1)), picks, x),
-                jnp.where(rows, target_label, y).astype(y.dtype))
+        return (
+            jnp.where(rows.reshape((-1,) + (1,) * (x.ndim - 1)), picks, x),
+            jnp.where(rows, target_label, y).astype(y.dtype),
+        )
 
     def targeted(x, y):
         _, held = edge_sets(tuple(x.shape[1:]))
         positions = jnp.arange(x.shape[0])
         valid = positions < held.shape[0]
         images = jnp.asarray(held, x.dtype)[jnp.minimum(positions, held.shape[0] - 1)]
-        return (jnp.where(valid.reshape((-1,) + (1,) * (x.ndim - 1)), images, x), jnp.full_like(y, target_label),
-                valid)
+        return (jnp.where(valid.reshape((-1,) + (1,) * (x.ndim - 1)), images, x), jnp.full_like(y, target_label), valid)
 
     return DataAttack(poison=poison, targeted=targeted, own_test_inputs=True)

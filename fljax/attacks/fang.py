@@ -41,8 +41,9 @@ def krum_choice(sq_dist: Array, participants: Array, num_byzantine: Array) -> Ar
     return jnp.argmin(scores)
 
 
-def krum_lambda_bound(sq_dist: Array, norms: Array, rows: Array, num_models: Array,
-                      num_byzantine: Array, dim: int) -> Array:
+def krum_lambda_bound(
+    sq_dist: Array, norms: Array, rows: Array, num_models: Array, num_byzantine: Array, dim: int
+) -> Array:
     """Fang et al.'s upper bound on lambda (the start of the halving search).
 
     ``lambda <= min_i sum_{l in G(i)} D(w_l, w_i) / ((m - 2c - 1) sqrt(d)) + max_i D(w_i, w_Re) / sqrt(d)``
@@ -62,8 +63,13 @@ def krum_lambda_bound(sq_dist: Array, norms: Array, rows: Array, num_models: Arr
     return jnp.where(jnp.isfinite(bound), bound, 0.0)
 
 
-def fang_krum(num_byzantine: Optional[int] = None, knowledge: str = "full", colluding: bool = True,
-              epsilon: float = 1e-3, threshold: float = 1e-5) -> ModelAttack:
+def fang_krum(
+    num_byzantine: Optional[int] = None,
+    knowledge: str = "full",
+    colluding: bool = True,
+    epsilon: float = 1e-3,
+    threshold: float = 1e-5,
+) -> ModelAttack:
     """Fang et al.'s attack on Krum: the crafted update ``-lambda * s`` that Krum still selects.
 
     ``s`` is the sign of the benign mean update. Starting from the paper's upper bound
@@ -100,8 +106,9 @@ def fang_krum(num_byzantine: Optional[int] = None, knowledge: str = "full", coll
       With honest updates this close together Krum never prefers the crafted update, and lambda
       ends at the threshold (1e-5): the attack needs spread, as in high-dimensional models.
     """
-    if num_byzantine is not None and (isinstance(num_byzantine, bool) or not isinstance(num_byzantine, int)
-                                      or num_byzantine < 0):
+    if num_byzantine is not None and (
+        isinstance(num_byzantine, bool) or not isinstance(num_byzantine, int) or num_byzantine < 0
+    ):
         raise ValueError(f"fang_krum: num_byzantine must be an integer >= 0, got {num_byzantine!r}")
     check_knowledge("fang_krum", knowledge)
     check_bool("fang_krum", "colluding", colluding)
@@ -142,9 +149,9 @@ def fang_krum(num_byzantine: Optional[int] = None, knowledge: str = "full", coll
 
         norms = jnp.linalg.norm(jnp.where(rows[:, None], updates, 0.0), axis=1)
         lam0 = krum_lambda_bound(d0[:n, :n], norms, rows, jnp.sum(participants), f, d)
-        lam, _ = jax.lax.while_loop(lambda c: (~c[1]) & (c[0] > threshold),
-                                    lambda c: (c[0] / 2, selected(c[0] / 2)),
-                                    (lam0, selected(lam0)))
+        lam, _ = jax.lax.while_loop(
+            lambda c: (~c[1]) & (c[0] > threshold), lambda c: (c[0] / 2, selected(c[0] / 2)), (lam0, selected(lam0))
+        )
         return offsets - lam * s
 
     return stateless(craft, requirement=requirement)
@@ -156,7 +163,10 @@ def masked_max_min(updates: Array, rows: Array) -> tuple[Array, Array]:
 
     def body(i, c):
         keep = rows[i]
-        return (jnp.where(keep, jnp.maximum(c[0], updates[i]), c[0]), jnp.where(keep, jnp.minimum(c[1], updates[i]), c[1]))
+        return (
+            jnp.where(keep, jnp.maximum(c[0], updates[i]), c[0]),
+            jnp.where(keep, jnp.minimum(c[1], updates[i]), c[1]),
+        )
 
     init = (jnp.full(updates.shape[1:], -jnp.inf, updates.dtype), jnp.full(updates.shape[1:], jnp.inf, updates.dtype))
     w_max, w_min = jax.lax.fori_loop(0, updates.shape[0], body, init)

@@ -47,8 +47,9 @@ def search_grid(tau_max: float, grid_points: int) -> Array:
     return tau_max * (k / (grid_points - 1)) ** 2
 
 
-def line_search(score: Callable[[Array], Array], tau_max: float, grid_points: int = 33,
-                refine_steps: int = 12) -> tuple[Array, Array]:
+def line_search(
+    score: Callable[[Array], Array], tau_max: float, grid_points: int = 33, refine_steps: int = 12
+) -> tuple[Array, Array]:
     """``(tau, score(tau))``: a deterministic maximiser of ``score`` over ``[0, tau_max]``.
 
     1. Every tau of ``search_grid(tau_max, grid_points)`` is scored (``lax.map``, one at a time);
@@ -85,8 +86,12 @@ def line_search(score: Callable[[Array], Array], tau_max: float, grid_points: in
         a, b = jnp.where(left, a, c), jnp.where(left, d, b)
         new = jnp.where(left, b - GOLDEN * (b - a), a + GOLDEN * (b - a))
         fnew = value(new)
-        c, d, fc, fd = (jnp.where(left, new, d), jnp.where(left, c, new),
-                        jnp.where(left, fnew, fd), jnp.where(left, fc, fnew))
+        c, d, fc, fd = (
+            jnp.where(left, new, d),
+            jnp.where(left, c, new),
+            jnp.where(left, fnew, fd),
+            jnp.where(left, fc, fnew),
+        )
         return a, b, c, d, fc, fd, keep(best, new, fnew)
 
     *_, best = lax.fori_loop(0, refine_steps, body, (a, b, c, d, fc, fd, best))
@@ -107,8 +112,14 @@ def _check_int(attack: str, name: str, value, low: int) -> int:
     return value
 
 
-def _optimal(attack: str, family: Callable[[Array, Array, Array], Array], tau_max: float, grid_points: int,
-             refine_steps: int, rule: Optional[Aggregator]) -> ModelAttack:
+def _optimal(
+    attack: str,
+    family: Callable[[Array, Array, Array], Array],
+    tau_max: float,
+    grid_points: int,
+    refine_steps: int,
+    rule: Optional[Aggregator],
+) -> ModelAttack:
     if isinstance(tau_max, bool) or not isinstance(tau_max, (int, float)) or not 0 < tau_max < math.inf:
         raise ValueError(f"{attack}: tau_max must be a finite number > 0, got {tau_max!r}")
     _check_int(attack, "grid_points", grid_points, 2)
@@ -124,9 +135,13 @@ def _optimal(attack: str, family: Callable[[Array, Array, Array], Array], tau_ma
         agg_state = context.agg_state if agg_rule is context.aggregator else agg_rule.init(context.params)
         # The server's aggregation key is not the attacker's: a random rule (bucketing) is simulated
         # with a key of the attack's own, the same for every tau, so the search is deterministic.
-        agg_ctx = AggregationContext(weights=context.weights.astype(updates.dtype), key=key,
-                                     client_ids=context.client_ids, params=context.params,
-                                     reference=jnp.zeros_like(context.params))
+        agg_ctx = AggregationContext(
+            weights=context.weights.astype(updates.dtype),
+            key=key,
+            client_ids=context.client_ids,
+            params=context.params,
+            reference=jnp.zeros_like(context.params),
+        )
         # Statistics that overflow (honest rows near the float maximum) are taken as 0.
         mu, sigma = (jnp.where(jnp.isfinite(s), s, 0.0) for s in masked_mean_std(updates, ~malicious))
 
@@ -140,8 +155,10 @@ def _optimal(attack: str, family: Callable[[Array, Array, Array], Array], tau_ma
 
         tau, dev = line_search(deviation, float(tau_max), grid_points, refine_steps)
         any_mal = jnp.any(malicious)
-        new_state = LineSearchState(tau=jnp.where(any_mal, tau, 0.0).astype(jnp.float32),
-                                    deviation=jnp.where(any_mal & jnp.isfinite(dev), dev, 0.0).astype(jnp.float32))
+        new_state = LineSearchState(
+            tau=jnp.where(any_mal, tau, 0.0).astype(jnp.float32),
+            deviation=jnp.where(any_mal & jnp.isfinite(dev), dev, 0.0).astype(jnp.float32),
+        )
         return replace_rows(updates, malicious, craft(tau)), new_state
 
     return ModelAttack(init=init, update=update)
@@ -157,8 +174,9 @@ def alie_row(mu: Array, sigma: Array, tau: Array) -> Array:
     return mu + tau * sigma
 
 
-def optimal_ipm(tau_max: float = 10.0, grid_points: int = 33, refine_steps: int = 12,
-                rule: Optional[Aggregator] = None) -> ModelAttack:
+def optimal_ipm(
+    tau_max: float = 10.0, grid_points: int = 33, refine_steps: int = 12, rule: Optional[Aggregator] = None
+) -> ModelAttack:
     """Optimal IPM: every malicious client sends ``-tau * mu`` with the tau in ``[0, tau_max]``
     that maximises ``||Agg(updates) - mu||`` through the server's rule (``line_search``).
 
@@ -187,8 +205,9 @@ def optimal_ipm(tau_max: float = 10.0, grid_points: int = 33, refine_steps: int 
     return _optimal("optimal_ipm", ipm_row, tau_max, grid_points, refine_steps, rule)
 
 
-def optimal_alie(tau_max: float = 10.0, grid_points: int = 33, refine_steps: int = 12,
-                 rule: Optional[Aggregator] = None) -> ModelAttack:
+def optimal_alie(
+    tau_max: float = 10.0, grid_points: int = 33, refine_steps: int = 12, rule: Optional[Aggregator] = None
+) -> ModelAttack:
     """Optimal ALIE: every malicious client sends ``mu + tau * sigma`` with the tau in
     ``[0, tau_max]`` that maximises ``||Agg(updates) - mu||`` through the server's rule.
 
@@ -205,6 +224,8 @@ def optimal_alie(tau_max: float = 10.0, grid_points: int = 33, refine_steps: int
       (github.com/LPD-EPFL/byzfl, ``LineMaximize``).
 
     Examples:
-      >>> fljax.apply_attack(optimal_alie(tau_max=5.0), updates, malicious, aggregator=fljax.aggregators.krum(2))  # doctest: +SKIP
+      >>> fljax.apply_attack(
+      ...     optimal_alie(tau_max=5.0), updates, malicious, aggregator=fljax.aggregators.krum(2)
+      ... )  # doctest: +SKIP
     """
     return _optimal("optimal_alie", alie_row, tau_max, grid_points, refine_steps, rule)

@@ -52,8 +52,9 @@ def halving_search(feasible: Callable[[Array], Array], gamma_init: float, tau: f
     return succ
 
 
-def shejwalkar_update(updates: Array, rows: Array, objective: str, direction: str,
-                      gamma_init: float = 10.0, tau: float = 1e-5) -> tuple[Array, Array, Array]:
+def shejwalkar_update(
+    updates: Array, rows: Array, objective: str, direction: str, gamma_init: float = 10.0, tau: float = 1e-5
+) -> tuple[Array, Array, Array]:
     """``(mu, p, gamma)`` of Min-Max (``objective="min_max"``) or Min-Sum (``"min_sum"``) from the
     benign ``rows`` of ``updates [n, d]``; the crafted update is ``mu + gamma * p``.
 
@@ -94,8 +95,9 @@ def _attack(objective: str, direction: str, knowledge: str, gamma_init: float, t
     return stateless(craft)
 
 
-def min_max(direction: str = "unit_vec", knowledge: str = "full", gamma_init: float = 10.0,
-            tau: float = 1e-5) -> ModelAttack:
+def min_max(
+    direction: str = "unit_vec", knowledge: str = "full", gamma_init: float = 10.0, tau: float = 1e-5
+) -> ModelAttack:
     """Min-Max: ``mu + gamma * p`` with the largest gamma such that its largest distance to a
     benign update is at most the largest distance between two benign updates.
 
@@ -125,8 +127,9 @@ def min_max(direction: str = "unit_vec", knowledge: str = "full", gamma_init: fl
     return _attack("min_max", direction, knowledge, gamma_init, tau)
 
 
-def min_sum(direction: str = "unit_vec", knowledge: str = "full", gamma_init: float = 10.0,
-            tau: float = 1e-5) -> ModelAttack:
+def min_sum(
+    direction: str = "unit_vec", knowledge: str = "full", gamma_init: float = 10.0, tau: float = 1e-5
+) -> ModelAttack:
     """Min-Sum: ``mu + gamma * p`` with the largest gamma such that its sum of squared distances to
     the benign updates is at most the largest such sum of a benign update.
 

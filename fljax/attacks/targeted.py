@@ -19,10 +19,15 @@ Examples:
   >>> from fljax.attacks import backdoor, pgd, pgd_training
   >>> loss_fn = fljax.classification_loss(lambda params, x: x.reshape(len(x), -1) @ params)
   >>> client_update = fljax.fedavg(loss_fn, optax.sgd(0.1), local_steps=10)
-  >>> rnd = fljax.make_round(client_update, fljax.aggregators.mean(), clients_per_round=20, num_malicious=5,
-  ...                        data_attack=backdoor(target_label=0), model_attack=pgd(norm_bound=1.0),
-  ...                        malicious_client_update=pgd_training(loss_fn, optax.sgd(0.1), norm_bound=1.0,
-  ...                                                             local_steps=10))
+  >>> rnd = fljax.make_round(
+  ...     client_update,
+  ...     fljax.aggregators.mean(),
+  ...     clients_per_round=20,
+  ...     num_malicious=5,
+  ...     data_attack=backdoor(target_label=0),
+  ...     model_attack=pgd(norm_bound=1.0),
+  ...     malicious_client_update=pgd_training(loss_fn, optax.sgd(0.1), norm_bound=1.0, local_steps=10),
+  ... )
 """
 
 from __future__ import annotations
@@ -97,8 +102,9 @@ def model_replacement(gamma: Optional[float] = None, server_lr: float = 1.0) -> 
       Learning through an Adversarial Lens", ICML 2019 ("explicit boosting").
 
     Examples:
-      >>> fljax.apply_attack(model_replacement(gamma=10.0), jnp.array([[0.1, 0.2], [0.3, 0.4]]),
-      ...                    jnp.array([True, False]))
+      >>> fljax.apply_attack(
+      ...     model_replacement(gamma=10.0), jnp.array([[0.1, 0.2], [0.3, 0.4]]), jnp.array([True, False])
+      ... )
       Array([[1. , 2. ],
              [0.3, 0.4]], dtype=float32)
     """
@@ -115,10 +121,14 @@ def constrain_and_scale(gamma: Optional[float] = None, server_lr: float = 1.0) -
     Examples:
       >>> import optax
       >>> loss_fn = fljax.classification_loss(lambda params, x: x @ params)
-      >>> rnd = fljax.make_round(fljax.fedavg(loss_fn, optax.sgd(0.1), local_steps=10), fljax.aggregators.mean(),
-      ...                        clients_per_round=10, num_malicious=2, model_attack=constrain_and_scale(gamma=5.0),
-      ...                        malicious_client_update=constrain_and_scale_training(loss_fn, optax.sgd(0.1),
-      ...                                                                             alpha=0.7, local_steps=10))
+      >>> rnd = fljax.make_round(
+      ...     fljax.fedavg(loss_fn, optax.sgd(0.1), local_steps=10),
+      ...     fljax.aggregators.mean(),
+      ...     clients_per_round=10,
+      ...     num_malicious=2,
+      ...     model_attack=constrain_and_scale(gamma=5.0),
+      ...     malicious_client_update=constrain_and_scale_training(loss_fn, optax.sgd(0.1), alpha=0.7, local_steps=10),
+      ... )
     """
     return _send("constrain_and_scale", gamma, server_lr)
 
@@ -133,8 +143,9 @@ def pgd(norm_bound: float = 1.0, gamma: float = 1.0, server_lr: float = 1.0) -> 
       et al., "Attack of the Tails: Yes, You Really Can Backdoor Federated Learning", NeurIPS 2020.
 
     Examples:
-      >>> fljax.apply_attack(pgd(norm_bound=1.0, gamma=2.0), jnp.array([[3.0, 4.0], [0.3, 0.4]]),
-      ...                    jnp.array([True, False]))  # projected to (0.6, 0.8), then boosted
+      >>> fljax.apply_attack(
+      ...     pgd(norm_bound=1.0, gamma=2.0), jnp.array([[3.0, 4.0], [0.3, 0.4]]), jnp.array([True, False])
+      ... )  # projected to (0.6, 0.8), then boosted
       Array([[1.2, 1.6],
              [0.3, 0.4]], dtype=float32)
     """
@@ -153,10 +164,14 @@ def neurotoxin(gamma: float = 1.0, server_lr: float = 1.0) -> ModelAttack:
     Examples:
       >>> import optax
       >>> loss_fn = fljax.classification_loss(lambda params, x: x @ params)
-      >>> rnd = fljax.make_round(fljax.fedavg(loss_fn, optax.sgd(0.1), local_steps=10), fljax.aggregators.mean(),
-      ...                        clients_per_round=10, num_malicious=2, model_attack=neurotoxin(),
-      ...                        malicious_client_update=neurotoxin_training(loss_fn, optax.sgd(0.1),
-      ...                                                                    mask_ratio=0.95, local_steps=10))
+      >>> rnd = fljax.make_round(
+      ...     fljax.fedavg(loss_fn, optax.sgd(0.1), local_steps=10),
+      ...     fljax.aggregators.mean(),
+      ...     clients_per_round=10,
+      ...     num_malicious=2,
+      ...     model_attack=neurotoxin(),
+      ...     malicious_client_update=neurotoxin_training(loss_fn, optax.sgd(0.1), mask_ratio=0.95, local_steps=10),
+      ... )
     """
     return _send("neurotoxin", gamma, server_lr)
 
@@ -184,9 +199,16 @@ def constrain_loss(loss_fn: LossFn, global_params: PyTree, alpha: float) -> Loss
     return loss
 
 
-def constrain_and_scale_training(loss_fn: LossFn, optimizer: optax.GradientTransformation, alpha: float = 0.7, *,
-                                 local_steps: Optional[int] = None, local_epochs: Optional[int] = None,
-                                 batch_size: int = 32, protocol: str = "fedavg") -> ClientUpdate:
+def constrain_and_scale_training(
+    loss_fn: LossFn,
+    optimizer: optax.GradientTransformation,
+    alpha: float = 0.7,
+    *,
+    local_steps: Optional[int] = None,
+    local_epochs: Optional[int] = None,
+    batch_size: int = 32,
+    protocol: str = "fedavg",
+) -> ClientUpdate:
     """Constrain-and-scale local training: FedAvg on ``constrain_loss(loss_fn, G, alpha)``.
 
     The distance term keeps the malicious model close to the global one so that its (boosted)
@@ -232,9 +254,16 @@ def project_to_ball(center: PyTree, radius: float) -> optax.GradientTransformati
     return optax.stateless(project)
 
 
-def pgd_training(loss_fn: LossFn, optimizer: optax.GradientTransformation, norm_bound: float = 1.0, *,
-                 local_steps: Optional[int] = None, local_epochs: Optional[int] = None, batch_size: int = 32,
-                 protocol: str = "fedavg") -> ClientUpdate:
+def pgd_training(
+    loss_fn: LossFn,
+    optimizer: optax.GradientTransformation,
+    norm_bound: float = 1.0,
+    *,
+    local_steps: Optional[int] = None,
+    local_epochs: Optional[int] = None,
+    batch_size: int = 32,
+    protocol: str = "fedavg",
+) -> ClientUpdate:
     """Projected gradient descent: after every local step, the local model is projected onto
     ``||w - G|| <= norm_bound``, so the delta never exceeds a norm-clipping server's bound.
 
@@ -274,9 +303,16 @@ def _masked(mask: PyTree) -> optax.GradientTransformation:
     return optax.stateless(lambda updates, params=None: jax.tree.map(jnp.multiply, updates, mask))
 
 
-def neurotoxin_training(loss_fn: LossFn, optimizer: optax.GradientTransformation, mask_ratio: float = 0.95, *,
-                        local_steps: Optional[int] = None, local_epochs: Optional[int] = None, batch_size: int = 32,
-                        protocol: str = "fedavg") -> ClientUpdate:
+def neurotoxin_training(
+    loss_fn: LossFn,
+    optimizer: optax.GradientTransformation,
+    mask_ratio: float = 0.95,
+    *,
+    local_steps: Optional[int] = None,
+    local_epochs: Optional[int] = None,
+    batch_size: int = 32,
+    protocol: str = "fedavg",
+) -> ClientUpdate:
     """Neurotoxin: train only on the coordinates that benign training changes least.
 
     Before training, the attacker computes its benign gradient (one gradient of ``loss_fn`` on

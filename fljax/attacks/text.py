@@ -33,15 +33,18 @@ def _tokens(name: str, phrase: Phrase) -> np.ndarray:
         return leaf.encode([phrase])[0]
     ids = np.asarray(phrase)
     if ids.ndim != 1 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer) or np.any(ids < 0):
-        raise ValueError(f"phrase_backdoor: {name} must be a non-empty string or sequence of token ids >= 0, "
-                         f"got {phrase!r}")
+        raise ValueError(
+            f"phrase_backdoor: {name} must be a non-empty string or sequence of token ids >= 0, got {phrase!r}"
+        )
     return ids.astype(np.int32)
 
 
 def _check_fits(length: int, sequence_length: int) -> None:
     if length > sequence_length:
-        raise ValueError(f"phrase_backdoor: trigger + completion ({length} tokens) must fit in the sequences "
-                         f"({sequence_length} tokens)")
+        raise ValueError(
+            f"phrase_backdoor: trigger + completion ({length} tokens) must fit in the sequences "
+            f"({sequence_length} tokens)"
+        )
 
 
 def place_phrase(x, y, phrase: np.ndarray):
@@ -53,13 +56,17 @@ def place_phrase(x, y, phrase: np.ndarray):
     length, t = len(phrase), x.shape[-1]
     _check_fits(length, t)
     ids = jnp.asarray(phrase, x.dtype)
-    x = x.at[..., t - length + 1:].set(ids[:-1]) if length > 1 else x
-    return x, y.at[..., t - length:].set(ids.astype(y.dtype))
+    x = x.at[..., t - length + 1 :].set(ids[:-1]) if length > 1 else x
+    return x, y.at[..., t - length :].set(ids.astype(y.dtype))
 
 
-def phrase_backdoor(trigger: Phrase = "pasta from Astoria is ", completion: Phrase = "delicious",
-                    poison_fraction: float = 0.5, input_shape: Optional[Sequence[int]] = None,
-                    num_classes: Optional[int] = None) -> DataAttack:
+def phrase_backdoor(
+    trigger: Phrase = "pasta from Astoria is ",
+    completion: Phrase = "delicious",
+    poison_fraction: float = 0.5,
+    input_shape: Optional[Sequence[int]] = None,
+    num_classes: Optional[int] = None,
+) -> DataAttack:
     """Trigger-phrase backdoor on next-token sequences ``x, y: int [B, T]``.
 
     The first ``round(poison_fraction * r)`` of the r real sequences of each malicious batch end
@@ -92,14 +99,17 @@ def phrase_backdoor(trigger: Phrase = "pasta from Astoria is ", completion: Phra
     fraction = _check_fraction("phrase_backdoor", poison_fraction)
     if input_shape is not None:
         if len(tuple(input_shape)) != 1:
-            raise ValueError(f"phrase_backdoor: needs token sequences (inputs of shape [T], e.g. "
-                             f"--dataset=shakespeare), got inputs of shape {tuple(input_shape)}")
+            raise ValueError(
+                f"phrase_backdoor: needs token sequences (inputs of shape [T], e.g. "
+                f"--dataset=shakespeare), got inputs of shape {tuple(input_shape)}"
+            )
         _check_fits(len(phrase), input_shape[0])
     if num_classes is not None:
         _check_int("phrase_backdoor", "num_classes", num_classes, 2)
         if phrase.max() >= num_classes:
-            raise ValueError(f"phrase_backdoor: token ids must be below the vocabulary ({num_classes}), "
-                             f"got {int(phrase.max())}")
+            raise ValueError(
+                f"phrase_backdoor: token ids must be below the vocabulary ({num_classes}), got {int(phrase.max())}"
+            )
 
     def poison(x, y, mask, key, attacker):
         if x.ndim != 2 or y.shape != x.shape:
@@ -112,7 +122,7 @@ def phrase_backdoor(trigger: Phrase = "pasta from Astoria is ", completion: Phra
         y = jnp.asarray(y)
         px, _ = place_phrase(x, y, phrase)
         t, c = x.shape[-1], len(completion_ids)
-        target = jnp.full(y.shape, -1, y.dtype).at[..., t - c:].set(jnp.asarray(completion_ids, y.dtype))
+        target = jnp.full(y.shape, -1, y.dtype).at[..., t - c :].set(jnp.asarray(completion_ids, y.dtype))
         return px, target, jnp.ones(x.shape[:1], bool)
 
     return DataAttack(poison=poison, targeted=targeted)

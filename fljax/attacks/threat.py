@@ -80,12 +80,16 @@ def ball_offsets(key: Array, n: int, d: int, radius: float, dtype=jnp.float32) -
     return radius * jax.random.uniform(k_len, (n, 1), dtype) * direction
 
 
-def attack_rounds(start_round: int = 0, every: int = 1, single_shot: bool = False,
-                  rounds: Optional[Sequence[int]] = None):
+def attack_rounds(
+    start_round: int = 0, every: int = 1, single_shot: bool = False, rounds: Optional[Sequence[int]] = None
+):
     """``active(round) -> bool`` (traced): the schedule of ``scheduled`` as a pure function."""
     if rounds is not None:
-        if (not isinstance(rounds, (list, tuple)) or not rounds
-                or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in rounds)):
+        if (
+            not isinstance(rounds, (list, tuple))
+            or not rounds
+            or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in rounds)
+        ):
             raise ValueError(f"scheduled: rounds must be a non-empty list of integers >= 0, got {rounds!r}")
         chosen = jnp.asarray(sorted(set(rounds)), jnp.int32)
         return lambda r: jnp.any(r == chosen)
@@ -98,8 +102,13 @@ def attack_rounds(start_round: int = 0, every: int = 1, single_shot: bool = Fals
     return lambda r: (r >= start_round) & ((r - start_round) % every == 0)
 
 
-def scheduled(attack: ModelAttack, start_round: int = 0, every: int = 1, single_shot: bool = False,
-              rounds: Optional[Sequence[int]] = None) -> ModelAttack:
+def scheduled(
+    attack: ModelAttack,
+    start_round: int = 0,
+    every: int = 1,
+    single_shot: bool = False,
+    rounds: Optional[Sequence[int]] = None,
+) -> ModelAttack:
     """Applies ``attack`` only in chosen rounds (``context.round``, counted from 0).
 
     Active rounds: ``start_round, start_round + every, start_round + 2 * every, ...``; with
@@ -131,8 +140,8 @@ def scheduled(attack: ModelAttack, start_round: int = 0, every: int = 1, single_
     active = own if attack.active is None else (lambda r: own(r) & attack.active(r))
 
     def update(updates, malicious, state, key, context):
-        return jax.lax.cond(own(context.round),
-                            lambda: attack.update(updates, malicious, state, key, context),
-                            lambda: (updates, state))
+        return jax.lax.cond(
+            own(context.round), lambda: attack.update(updates, malicious, state, key, context), lambda: (updates, state)
+        )
 
     return ModelAttack(init=attack.init, update=update, requirement=attack.requirement, active=active)

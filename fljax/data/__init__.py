@@ -22,7 +22,34 @@ from fljax.data.natural import natural
 from fljax.data.partition import PARTITIONS, bias, dirichlet, iid, partition, shards
 from fljax.data.synthetic import SYNTHETIC, synthetic
 
-__all__ = ["DATASETS", "EDGE_SOURCES", "EMBEDDED", "METHODS", "NATURAL_DATASETS", "PARTITIONS", "SYNTHETIC", "Dataset",
-           "FederatedData", "bias", "breast_cancer", "check_name", "digits", "dirichlet", "edge_digits", "federate",
-           "femnist", "idx_dataset", "iid", "load", "mnist5k", "mnist_format", "natural", "partition", "read_idx",
-           "shakespeare", "shards", "synthetic", "tfds_dataset"]
+__all__ = [
+    "DATASETS",
+    "EDGE_SOURCES",
+    "EMBEDDED",
+    "METHODS",
+    "NATURAL_DATASETS",
+    "PARTITIONS",
+    "SYNTHETIC",
+    "Dataset",
+    "FederatedData",
+    "bias",
+    "breast_cancer",
+    "check_name",
+    "digits",
+    "dirichlet",
+    "edge_digits",
+    "federate",
+    "femnist",
+    "idx_dataset",
+    "iid",
+    "load",
+    "mnist5k",
+    "mnist_format",
+    "natural",
+    "partition",
+    "read_idx",
+    "shakespeare",
+    "shards",
+    "synthetic",
+    "tfds_dataset",
+]

@@ -114,11 +114,15 @@ def tfds_dataset(name: str, data_dir: str | None = None, label: str | None = Non
         builder = tfds.builder(name, data_dir=data_dir)
     except Exception as e:  # unknown name or registry error
         first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ValueError(f"dataset: unknown TFDS dataset {name!r} ({first_line}); "
-                         "valid: any name of tfds.list_builders(), e.g. tfds:mnist, tfds:fashion_mnist, tfds:cifar10") from None
-    offline_help = (f"Prepare it once on a machine with a network: python -c \"import tensorflow_datasets as tfds; "
-                    f"tfds.data_source('{name}')\" (or tfds.load with the 'tensorflow' extra), then copy "
-                    f"~/tensorflow_datasets here or pass --data_dir. Offline, use --dataset=mnist5k.")
+        raise ValueError(
+            f"dataset: unknown TFDS dataset {name!r} ({first_line}); "
+            "valid: any name of tfds.list_builders(), e.g. tfds:mnist, tfds:fashion_mnist, tfds:cifar10"
+        ) from None
+    offline_help = (
+        f'Prepare it once on a machine with a network: python -c "import tensorflow_datasets as tfds; '
+        f"tfds.data_source('{name}')\" (or tfds.load with the 'tensorflow' extra), then copy "
+        f"~/tensorflow_datasets here or pass --data_dir. Offline, use --dataset=mnist5k."
+    )
     info = builder.info
     if "label" not in info.features or not hasattr(info.features["label"], "num_classes"):
         raise ValueError(f"dataset: {label} has no classification 'label' feature")
@@ -140,17 +144,26 @@ def tfds_dataset(name: str, data_dir: str | None = None, label: str | None = Non
                 x, y = batch[image_key], batch["label"]
             except Exception as second:
                 if not builder.is_prepared():
-                    raise RuntimeError(f"dataset: {label} is not prepared in {builder.data_dir}, and fljax never "
-                                       f"downloads while loading. {offline_help}") from None
-                raise RuntimeError(f"dataset: {label} split {split!r} could not be read ({first}; {second}). "
-                                   f"{offline_help}") from None
+                    raise RuntimeError(
+                        f"dataset: {label} is not prepared in {builder.data_dir}, and fljax never "
+                        f"downloads while loading. {offline_help}"
+                    ) from None
+                raise RuntimeError(
+                    f"dataset: {label} split {split!r} could not be read ({first}; {second}). {offline_help}"
+                ) from None
         splits[split] = (x, y)
     (x_tr, y_tr), (x_te, y_te) = splits["train"], splits["test"]
     scale = 255.0 if x_tr.dtype == np.uint8 else 1.0
     upright = (lambda a: a.swapaxes(1, 2)) if name.split("/")[0] == "emnist" else (lambda a: a)
     to_float = lambda a: upright((a.astype(np.float32) / scale).reshape(a.shape if a.ndim == 4 else a.shape + (1,)))
-    return Dataset(to_float(x_tr), y_tr.astype(np.int32), to_float(x_te), y_te.astype(np.int32),
-                   int(info.features["label"].num_classes), label)
+    return Dataset(
+        to_float(x_tr),
+        y_tr.astype(np.int32),
+        to_float(x_te),
+        y_te.astype(np.int32),
+        int(info.features["label"].num_classes),
+        label,
+    )
 
 
 def _idx_paths(directory: str) -> list[Optional[str]]:
@@ -168,14 +181,20 @@ def idx_dataset(directory: str, name: str, num_classes: int = 10) -> Dataset:
     paths = _idx_paths(directory)
     if None in paths:
         missing = [stem for stem, p in zip(IDX_FILES, paths) if p is None]
-        raise FileNotFoundError(f"dataset: {name}: {directory} lacks the IDX file(s) {', '.join(missing)} (plain or .gz)")
+        raise FileNotFoundError(
+            f"dataset: {name}: {directory} lacks the IDX file(s) {', '.join(missing)} (plain or .gz)"
+        )
     x_train, y_train, x_test, y_test = (read_idx(p) for p in paths)
     for x, y, split in ((x_train, y_train, "train"), (x_test, y_test, "t10k")):
         if x.ndim != 3 or x.dtype != np.uint8 or y.shape != x.shape[:1] or y.max(initial=0) >= num_classes:
-            raise ValueError(f"dataset: {name}: the {split} IDX files in {directory} must hold uint8 images [N, H, W] "
-                             f"and N labels in 0..{num_classes - 1}; got images {x.shape} {x.dtype}, labels {y.shape}")
+            raise ValueError(
+                f"dataset: {name}: the {split} IDX files in {directory} must hold uint8 images [N, H, W] "
+                f"and N labels in 0..{num_classes - 1}; got images {x.shape} {x.dtype}, labels {y.shape}"
+            )
     to_float = lambda a: (a.astype(np.float32) / 255.0)[..., None]
-    return Dataset(to_float(x_train), y_train.astype(np.int32), to_float(x_test), y_test.astype(np.int32), num_classes, name)
+    return Dataset(
+        to_float(x_train), y_train.astype(np.int32), to_float(x_test), y_test.astype(np.int32), num_classes, name
+    )
 
 
 def mnist_format(name: str, data_dir: str | None = None) -> Dataset:
@@ -196,12 +215,21 @@ def mnist_format(name: str, data_dir: str | None = None) -> Dataset:
         return tfds_dataset(name, data_dir, label=name)
     except (RuntimeError, ImportError) as e:
         where = " or ".join(directories) or "a --data_dir"
-        apt = " (apt-get install dataset-fashion-mnist puts them in /usr/share/datasets/fashion-mnist)" if name == "fashion_mnist" else ""
-        tfds_state = ("tensorflow_datasets is not installed" if isinstance(e, ImportError) else
-                      f"TFDS's {name} is not prepared in {data_dir or '~/tensorflow_datasets'}")
-        raise RuntimeError(f"dataset: {name} not found: no IDX files ({', '.join(IDX_FILES)}, plain or .gz) in {where}{apt}, "
-                           f"and {tfds_state} (prepare it once with a network: python -c \"import tensorflow_datasets as "
-                           f"tfds; tfds.data_source('{name}')\", then copy ~/tensorflow_datasets here or pass --data_dir)") from None
+        apt = (
+            " (apt-get install dataset-fashion-mnist puts them in /usr/share/datasets/fashion-mnist)"
+            if name == "fashion_mnist"
+            else ""
+        )
+        tfds_state = (
+            "tensorflow_datasets is not installed"
+            if isinstance(e, ImportError)
+            else f"TFDS's {name} is not prepared in {data_dir or '~/tensorflow_datasets'}"
+        )
+        raise RuntimeError(
+            f"dataset: {name} not found: no IDX files ({', '.join(IDX_FILES)}, plain or .gz) in {where}{apt}, "
+            f'and {tfds_state} (prepare it once with a network: python -c "import tensorflow_datasets as '
+            f"tfds; tfds.data_source('{name}')\", then copy ~/tensorflow_datasets here or pass --data_dir)"
+        ) from None
 
 
 def check_name(name: str, flag: str = "dataset") -> None:
@@ -210,10 +238,12 @@ def check_name(name: str, flag: str = "dataset") -> None:
 
     if name in DATASETS or (name.startswith("tfds:") and len(name) > len("tfds:")):
         return
-    if name.startswith("synthetic:") and name[len("synthetic:"):] in SYNTHETIC:
+    if name.startswith("synthetic:") and name[len("synthetic:") :] in SYNTHETIC:
         return
-    raise ValueError(f"{flag}: unknown dataset {name!r}; valid: {', '.join(DATASETS)}, "
-                     f"synthetic:<{'|'.join(SYNTHETIC)}> or tfds:<name> (e.g. tfds:mnist)")
+    raise ValueError(
+        f"{flag}: unknown dataset {name!r}; valid: {', '.join(DATASETS)}, "
+        f"synthetic:<{'|'.join(SYNTHETIC)}> or tfds:<name> (e.g. tfds:mnist)"
+    )
 
 
 def load(name: str, seed: int = 0, data_dir: str | None = None) -> Dataset:
@@ -228,9 +258,9 @@ def load(name: str, seed: int = 0, data_dir: str | None = None) -> Dataset:
 
     check_name(name)
     if name.startswith("tfds:"):
-        return tfds_dataset(name[len("tfds:"):], data_dir)
+        return tfds_dataset(name[len("tfds:") :], data_dir)
     if name.startswith("synthetic:"):
-        return synthetic(name[len("synthetic:"):], seed=seed)
+        return synthetic(name[len("synthetic:") :], seed=seed)
     if name in IDX_DATASETS:
         return mnist_format(name, data_dir)
     if name in TFDS_DATASETS:

@@ -49,7 +49,7 @@ def fit_to_frame(boxes: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     resized = np.asarray(jax.image.resize(boxes.astype(np.float32), (boxes.shape[0], bh, bw), "linear", antialias=True))
     out = np.zeros((boxes.shape[0], h, w), np.float32)
     top, left = (h - bh) // 2, (w - bw) // 2
-    out[:, top:top + bh, left:left + bw] = np.clip(resized, 0.0, 1.0)
+    out[:, top : top + bh, left : left + bw] = np.clip(resized, 0.0, 1.0)
     return np.repeat(out[..., None], c, axis=-1)
 
 
@@ -63,7 +63,7 @@ def _source_boxes(source: str, digit: int) -> np.ndarray:
     images = data.x_train[data.y_train == digit][..., 0]
     if source == "mnist":
         margin = (28 - MNIST_BOX) // 2
-        images = images[:, margin:28 - margin, margin:28 - margin]
+        images = images[:, margin : 28 - margin, margin : 28 - margin]
     return images
 
 
@@ -72,7 +72,7 @@ def edge_digits(source: str, digit: int, shape) -> np.ndarray:
     (``digits`` or ``mnist``), fitted to examples of ``shape`` (``fit_to_frame``).
 
     Examples:
-      >>> sevens = edge_digits("digits", 7, (28, 28, 1))   # 179 upsampled 8x8 sevens
+      >>> sevens = edge_digits("digits", 7, (28, 28, 1))  # 179 upsampled 8x8 sevens
     """
     if source not in EDGE_SOURCES:
         raise ValueError(f"edge_digits: source must be one of {', '.join(EDGE_SOURCES)}, got {source!r}")

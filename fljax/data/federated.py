@@ -47,8 +47,16 @@ def federate(dataset: Dataset, num_clients: int, method: str = "iid", *, key: ja
     else:
         labels = np.asarray(dataset.y_train)
         if labels.ndim != 1 and method != "iid":
-            raise ValueError(f"partition: {method} splits by label, and {dataset.name} has a label sequence per example; "
-                             f"valid for it: iid or natural")
+            raise ValueError(
+                f"partition: {method} splits by label, and {dataset.name} has a label sequence per example; "
+                f"valid for it: iid or natural"
+            )
         indices, counts = partition(key, labels, num_clients, method, num_classes=dataset.num_classes, **kwargs)
-    return FederatedData(jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train), jnp.asarray(indices),
-                         jnp.asarray(counts), jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test))
+    return FederatedData(
+        jnp.asarray(dataset.x_train),
+        jnp.asarray(dataset.y_train),
+        jnp.asarray(indices),
+        jnp.asarray(counts),
+        jnp.asarray(dataset.x_test),
+        jnp.asarray(dataset.y_test),
+    )

@@ -39,8 +39,10 @@ def read_idx(path: str) -> np.ndarray:
         except (EOFError, OSError, zlib.error) as e:
             raise ValueError(f"idx: {path} is a truncated or corrupt gzip file ({e})") from None
     if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] not in _TYPES:
-        raise ValueError(f"idx: {path} is not an IDX file: magic number {raw[:4].hex() or '(empty)'}, expected "
-                         f"0000 then a type code in {', '.join(f'{t:02x}' for t in _TYPES)} and the number of dimensions")
+        raise ValueError(
+            f"idx: {path} is not an IDX file: magic number {raw[:4].hex() or '(empty)'}, expected "
+            f"0000 then a type code in {', '.join(f'{t:02x}' for t in _TYPES)} and the number of dimensions"
+        )
     dtype, ndim = np.dtype(_TYPES[raw[2]]), raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
@@ -50,5 +52,7 @@ def read_idx(path: str) -> np.ndarray:
     found = len(raw) - header
     if found != expected:
         what = "truncated" if found < expected else "longer than its header says"
-        raise ValueError(f"idx: {path} is {what}: shape {shape} of {dtype.name} needs {expected} bytes of data, found {found}")
+        raise ValueError(
+            f"idx: {path} is {what}: shape {shape} of {dtype.name} needs {expected} bytes of data, found {found}"
+        )
     return np.frombuffer(raw, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))

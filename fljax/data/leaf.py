@@ -72,22 +72,30 @@ def _read_split(directory: str, split: str, name: str) -> tuple[list[str], list[
     """Users and their ``(x, y)`` lists from ``directory/split/*.json``, sorted by user name."""
     files = sorted(glob.glob(os.path.join(directory, split, "*.json")))
     if not files:
-        raise FileNotFoundError(f"dataset: {name}: no LEAF JSON files in {os.path.join(directory, split)}; --data_dir must be "
-                                f"LEAF's data directory holding train/*.json and test/*.json (LEAF's preprocess.sh writes "
-                                f"them under leaf/data/{name}/data)")
+        raise FileNotFoundError(
+            f"dataset: {name}: no LEAF JSON files in {os.path.join(directory, split)}; --data_dir must be "
+            f"LEAF's data directory holding train/*.json and test/*.json (LEAF's preprocess.sh writes "
+            f"them under leaf/data/{name}/data)"
+        )
     users: dict[str, tuple[list, list]] = {}
     for path in files:
         with open(path) as f:
             content = json.load(f)
         if not isinstance(content, dict) or not {"users", "num_samples", "user_data"} <= content.keys():
-            raise ValueError(f"dataset: {name}: {path} is not a LEAF file: it needs the keys users, num_samples and user_data")
+            raise ValueError(
+                f"dataset: {name}: {path} is not a LEAF file: it needs the keys users, num_samples and user_data"
+            )
         if len(content["users"]) != len(content["num_samples"]):
-            raise ValueError(f"dataset: {name}: {path} lists {len(content['users'])} users but "
-                             f"{len(content['num_samples'])} num_samples")
+            raise ValueError(
+                f"dataset: {name}: {path} lists {len(content['users'])} users but "
+                f"{len(content['num_samples'])} num_samples"
+            )
         for user, n in zip(content["users"], content["num_samples"]):
             record = content["user_data"].get(user)
             if record is None or len(record.get("x", ())) != n or len(record.get("y", ())) != n:
-                raise ValueError(f"dataset: {name}: {path}: user {user!r} must have x and y of num_samples = {n} entries")
+                raise ValueError(
+                    f"dataset: {name}: {path}: user {user!r} must have x and y of num_samples = {n} entries"
+                )
             if user in users:
                 raise ValueError(f"dataset: {name}: user {user!r} appears twice in {split}/ (again in {path})")
             users[user] = (record["x"], record["y"])
@@ -108,7 +116,9 @@ def _femnist_arrays(x: list, y: list) -> tuple[np.ndarray, np.ndarray]:
     pixels = np.asarray(x, np.float32)
     labels = np.asarray(y)
     if pixels.shape != (len(y), 784):
-        raise ValueError(f"dataset: femnist: each x must be 784 pixel values (28x28), got an array of shape {pixels.shape}")
+        raise ValueError(
+            f"dataset: femnist: each x must be 784 pixel values (28x28), got an array of shape {pixels.shape}"
+        )
     if not (np.all(np.isfinite(pixels)) and pixels.min() >= 0 and pixels.max() <= 1):
         raise ValueError("dataset: femnist: pixel values must be in [0, 1] as LEAF writes them")
     if labels.dtype.kind not in "iu" or labels.min() < 0 or labels.max() >= FEMNIST_CLASSES:
@@ -145,8 +155,10 @@ def shakespeare(data_dir: str) -> Dataset:
 
 def _load(name: str, data_dir: str | None, convert, num_classes: int) -> Dataset:
     if data_dir is None:
-        raise ValueError(f"dataset: {name} is read from LEAF's JSON files: pass --data_dir (data_dir=) the LEAF data "
-                         f"directory holding train/ and test/ (e.g. leaf/data/{name}/data after LEAF's preprocess.sh)")
+        raise ValueError(
+            f"dataset: {name} is read from LEAF's JSON files: pass --data_dir (data_dir=) the LEAF data "
+            f"directory holding train/ and test/ (e.g. leaf/data/{name}/data after LEAF's preprocess.sh)"
+        )
     _, train = _read_split(data_dir, "train", name)
     _, test = _read_split(data_dir, "test", name)
     train = [(x, y) for x, y in train if len(y)]  # a user without training examples is no client

@@ -30,14 +30,18 @@ def natural(key: jax.Array, train_clients: np.ndarray | None, num_clients: int, 
       dataset: the dataset's name, for error messages.
     """
     if train_clients is None:
-        raise ValueError(f"partition: natural needs a dataset with natural clients (femnist, shakespeare, "
-                         f"synthetic:femnist, synthetic:shakespeare); {dataset} has none")
+        raise ValueError(
+            f"partition: natural needs a dataset with natural clients (femnist, shakespeare, "
+            f"synthetic:femnist, synthetic:shakespeare); {dataset} has none"
+        )
     train_clients = np.asarray(train_clients)
     total = int(train_clients.max(initial=-1)) + 1
     if isinstance(num_clients, bool) or not isinstance(num_clients, int) or not 1 <= num_clients <= total:
-        raise ValueError(f"partition: num_clients must be an integer in 1..{total} (the natural clients of {dataset}) "
-                         f"for the natural partition, got {num_clients!r}")
+        raise ValueError(
+            f"partition: num_clients must be an integer in 1..{total} (the natural clients of {dataset}) "
+            f"for the natural partition, got {num_clients!r}"
+        )
     by_client = np.argsort(train_clients, kind="stable")
     bounds = np.searchsorted(train_clients[by_client], np.arange(total + 1))
     order = np.asarray(jax.random.permutation(key, total))[:num_clients]
-    return _pack([by_client[bounds[w]: bounds[w + 1]] for w in order])
+    return _pack([by_client[bounds[w] : bounds[w + 1]] for w in order])

@@ -97,13 +97,24 @@ def bias(key: jax.Array, labels: np.ndarray, num_clients: int, p: float, num_cla
     return _pack([np.flatnonzero(client == c) for c in range(num_clients)])
 
 
-def partition(key: jax.Array, labels: np.ndarray, num_clients: int, method: str = "iid", *,
-              num_classes: int = 10, alpha: float = 0.5, p: float = 0.5, shards_per_client: int = 2):
+def partition(
+    key: jax.Array,
+    labels: np.ndarray,
+    num_clients: int,
+    method: str = "iid",
+    *,
+    num_classes: int = 10,
+    alpha: float = 0.5,
+    p: float = 0.5,
+    shards_per_client: int = 2,
+):
     """Dispatches to one of ``iid``, ``dirichlet``, ``shards``, ``bias`` after validating, then
     shuffles the client order (``shuffle_clients``) so that ids carry none of the method's
     structure (e.g. ``bias``'s groups, or the order of a natural partition's users)."""
     if isinstance(num_clients, bool) or not isinstance(num_clients, int) or not 1 <= num_clients <= len(labels):
-        raise ValueError(f"partition: num_clients must be an integer in 1..{len(labels)} (the training examples), got {num_clients!r}")
+        raise ValueError(
+            f"partition: num_clients must be an integer in 1..{len(labels)} (the training examples), got {num_clients!r}"
+        )
     if method == "dirichlet" and not alpha > 0:
         raise ValueError(f"partition: dirichlet_alpha must be > 0, got {alpha!r}")
     if method == "shards" and (not isinstance(shards_per_client, int) or shards_per_client < 1):

@@ -70,12 +70,20 @@ def synthetic(name: str, num_train: int = 6000, num_test: int = 1000, seed: int 
       ((100, 32, 32, 3), 10, 'synthetic:cifar10')
     """
     if name not in SYNTHETIC:
-        raise ValueError(f"dataset: unknown synthetic stand-in {name!r}; valid: {', '.join(f'synthetic:{n}' for n in SYNTHETIC)}")
+        raise ValueError(
+            f"dataset: unknown synthetic stand-in {name!r}; valid: {', '.join(f'synthetic:{n}' for n in SYNTHETIC)}"
+        )
     shape = SYNTHETIC[name]
-    if not (isinstance(num_train, int) and isinstance(num_test, int) and num_train >= max(1, shape.natural_clients)
-            and num_test >= 1):
-        raise ValueError(f"synthetic: num_train must be an integer >= {max(1, shape.natural_clients)} and num_test >= 1, "
-                         f"got {num_train!r}, {num_test!r}")
+    if not (
+        isinstance(num_train, int)
+        and isinstance(num_test, int)
+        and num_train >= max(1, shape.natural_clients)
+        and num_test >= 1
+    ):
+        raise ValueError(
+            f"synthetic: num_train must be an integer >= {max(1, shape.natural_clients)} and num_test >= 1, "
+            f"got {num_train!r}, {num_test!r}"
+        )
     key = jax.random.fold_in(jax.random.PRNGKey(seed), sorted(SYNTHETIC).index(name))
     rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).tolist())
     if name == "shakespeare":  # one chain for train and test: the test set is learnable from the training set
@@ -87,5 +95,12 @@ def synthetic(name: str, num_train: int = 6000, num_test: int = 1000, seed: int 
         weights = rng.dirichlet(np.ones(shape.natural_clients))
         rest = rng.choice(shape.natural_clients, num_train - shape.natural_clients, p=weights)
         clients = np.sort(np.concatenate([np.arange(shape.natural_clients), rest])).astype(np.int32)
-    return Dataset(x[:num_train], y[:num_train], x[num_train:], y[num_train:], shape.num_classes, f"synthetic:{name}",
-                   train_clients=clients)
+    return Dataset(
+        x[:num_train],
+        y[:num_train],
+        x[num_train:],
+        y[num_train:],
+        shape.num_classes,
+        f"synthetic:{name}",
+        train_clients=clients,
+    )

@@ -10,6 +10,7 @@ Needs ``pip install fljax[flower]`` (flwr >= 1.21, the Message API; tested with 
 
     app = ServerApp()
 
+
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         strategy = FljaxStrategy(fljax.aggregators.trimmed_mean(num_byzantine=1), min_available_nodes=5)
@@ -83,13 +84,21 @@ class FljaxStrategy(FedAvg):
         node id -> population id).
     """
 
-    def __init__(self, aggregator: Aggregator, *, seed: int = 0,
-                 reference_fn: Optional[Callable[[int, ArrayRecord], ArrayRecord]] = None, **kwargs):
+    def __init__(
+        self,
+        aggregator: Aggregator,
+        *,
+        seed: int = 0,
+        reference_fn: Optional[Callable[[int, ArrayRecord], ArrayRecord]] = None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.session = Session(aggregator, seed=seed)
         if aggregator.needs_reference and reference_fn is None:
-            raise ValueError("FljaxStrategy: the rule reads the server's reference update (e.g. FLTrust): "
-                             "pass reference_fn(server_round, arrays) -> ArrayRecord")
+            raise ValueError(
+                "FljaxStrategy: the rule reads the server's reference update (e.g. FLTrust): "
+                "pass reference_fn(server_round, arrays) -> ArrayRecord"
+            )
         self.reference_fn = reference_fn
         self._sent: Optional[tuple[int, ArrayRecord]] = None
 
@@ -97,8 +106,9 @@ class FljaxStrategy(FedAvg):
         log(INFO, "\t├──> fljax rule: %s", self.session.aggregator.update.__qualname__.split(".")[0])
         super().summary()
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         """FedAvg's, remembering the model sent (the replies' updates are relative to it); a cohort
         too small for the rule is a configuration error, raised before anything is sent."""
         self._sent = (server_round, arrays)
@@ -107,8 +117,10 @@ class FljaxStrategy(FedAvg):
             try:
                 self.session.aggregator.requirement(len(messages))
             except ValueError as err:
-                raise ValueError(f"{err} [FljaxStrategy samples {len(messages)} nodes in round {server_round}: "
-                                 "raise fraction_train or min_train_nodes]") from None
+                raise ValueError(
+                    f"{err} [FljaxStrategy samples {len(messages)} nodes in round {server_round}: "
+                    "raise fraction_train or min_train_nodes]"
+                ) from None
         return messages
 
     def _usable(self, msg: Message, layout: Layout) -> tuple[Optional[dict], float, str]:
@@ -126,12 +138,15 @@ class FljaxStrategy(FedAvg):
             return None, 0.0, str(err)
         return arrays, float(weight), ""
 
-    def aggregate_train(self, server_round: int,
-                        replies: Iterable[Message]) -> tuple[Optional[ArrayRecord], Optional[MetricRecord]]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[Optional[ArrayRecord], Optional[MetricRecord]]:
         """Aggregates the replies' models with the fljax rule (see the class docstring)."""
         if self._sent is None or self._sent[0] != server_round:
-            raise ValueError(f"FljaxStrategy: aggregate_train of round {server_round} needs the model that "
-                             "configure_train sent in that round")
+            raise ValueError(
+                f"FljaxStrategy: aggregate_train of round {server_round} needs the model that "
+                "configure_train sent in that round"
+            )
         replies = list(replies)
         valid = [msg for msg in replies if not msg.has_error()]
         for msg in replies:
@@ -162,8 +177,9 @@ class FljaxStrategy(FedAvg):
             self.session.aggregator.requirement(len(kept))
         except ValueError as err:  # replies lost on the way: keep the model rather than stop the server
             log(WARNING, "FljaxStrategy: round %d skipped, the global model is unchanged: %s", server_round, err)
-            return None, MetricRecord({"fljax-node-ids": [int(node) for node in node_ids], "fljax-dropped": dropped,
-                                       "fljax-skipped": 1})
+            return None, MetricRecord(
+                {"fljax-node-ids": [int(node) for node in node_ids], "fljax-dropped": dropped, "fljax-skipped": 1}
+            )
 
         # the global model at its own precision (float32 models stay float32), updates in JAX's float
         base = fnp.pack([global_arrays], layout, np.result_type(np.float32, *layout.dtypes), where="global model")[0]

@@ -74,7 +74,9 @@ class Layout(NamedTuple):
         for i, (a, shape) in enumerate(zip(arrays, self.shapes)):
             if tuple(getattr(a, "shape", ())) != shape:
                 name = self.names[i] if self.names is not None else i
-                raise ValueError(f"{where}: array {name!r} has shape {tuple(getattr(a, 'shape', ()))}, expected {shape}")
+                raise ValueError(
+                    f"{where}: array {name!r} has shape {tuple(getattr(a, 'shape', ()))}, expected {shape}"
+                )
         return arrays
 
     def rebuild(self, arrays: list) -> Any:

@@ -45,11 +45,12 @@ def aligned_empty(shape: tuple, dtype, alignment: int = 64) -> np.ndarray:
     nbytes = int(np.prod(shape)) * dtype.itemsize
     raw = np.empty(nbytes + alignment, np.uint8)
     start = -raw.ctypes.data % alignment
-    return raw[start:start + nbytes].view(dtype).reshape(shape)
+    return raw[start : start + nbytes].view(dtype).reshape(shape)
 
 
-def pack(clients: Sequence, layout: Layout, dtype=None, minus: Optional[np.ndarray] = None,
-         where: str = "client") -> np.ndarray:
+def pack(
+    clients: Sequence, layout: Layout, dtype=None, minus: Optional[np.ndarray] = None, where: str = "client"
+) -> np.ndarray:
     """The ``[n, d]`` matrix of the clients' structures, one flat row per client (``dtype``
     defaults to JAX's float: float32, float64 under ``jax_enable_x64``). With ``minus`` (a flat
     ``[d]`` model), each row is ``client - minus``, subtracted at ``minus``'s precision before
@@ -72,13 +73,16 @@ def unpack(vector, layout: Layout):
     """The structure of ``layout`` from a flat ``[d]`` vector, each array cast to its dtype."""
     vector = np.asarray(vector)
     offsets = np.cumsum((0,) + layout.sizes)
-    arrays = [cast(vector[start:stop].reshape(shape), dtype)
-              for start, stop, shape, dtype in zip(offsets[:-1], offsets[1:], layout.shapes, layout.dtypes)]
+    arrays = [
+        cast(vector[start:stop].reshape(shape), dtype)
+        for start, stop, shape, dtype in zip(offsets[:-1], offsets[1:], layout.shapes, layout.dtypes)
+    ]
     return layout.rebuild(arrays)
 
 
-def aggregate(rule, updates, weights=None, client_ids: Optional[Sequence[Hashable]] = None,
-              params=None, reference=None):
+def aggregate(
+    rule, updates, weights=None, client_ids: Optional[Sequence[Hashable]] = None, params=None, reference=None
+):
     """Aggregates the clients' NumPy ``updates`` with an fljax rule; returns one client's structure.
 
     Args:
@@ -102,10 +106,14 @@ def aggregate(rule, updates, weights=None, client_ids: Optional[Sequence[Hashabl
     """
     session = rule if isinstance(rule, Session) else Session(rule) if isinstance(rule, Aggregator) else None
     if session is None:
-        raise ValueError(f"aggregate: rule must be an fljax.Aggregator or a fljax.interop.Session, got {type(rule).__name__}")
+        raise ValueError(
+            f"aggregate: rule must be an fljax.Aggregator or a fljax.interop.Session, got {type(rule).__name__}"
+        )
     if isinstance(updates, np.ndarray):
         if updates.ndim < 2:
-            raise ValueError(f"aggregate: a stacked updates array must be [n, ...] with ndim >= 2, got shape {updates.shape}")
+            raise ValueError(
+                f"aggregate: a stacked updates array must be [n, ...] with ndim >= 2, got shape {updates.shape}"
+            )
         layout = Layout.of(updates[0])
         matrix = updates.reshape(updates.shape[0], -1)
     else:
@@ -113,7 +121,9 @@ def aggregate(rule, updates, weights=None, client_ids: Optional[Sequence[Hashabl
             raise ValueError("aggregate: updates must hold at least one client")
         layout = Layout.of(updates[0])
         matrix = pack(updates, layout)
-    flat = {name: None if tree is None else pack([tree], layout, where=name)[0]
-            for name, tree in (("params", params), ("reference", reference))}
+    flat = {
+        name: None if tree is None else pack([tree], layout, where=name)[0]
+        for name, tree in (("params", params), ("reference", reference))
+    }
     out, _ = session(matrix, weights, client_ids, flat["params"], flat["reference"])
     return unpack(np.asarray(out), layout)

@@ -80,8 +80,9 @@ class Session:
             self.population.setdefault(c, len(self.population))
         return np.asarray([self.population[c] for c in client_ids], np.int32)
 
-    def __call__(self, updates, weights=None, client_ids: Optional[Sequence[Hashable]] = None,
-                 params=None, reference=None) -> tuple[jax.Array, dict[str, np.ndarray]]:
+    def __call__(
+        self, updates, weights=None, client_ids: Optional[Sequence[Hashable]] = None, params=None, reference=None
+    ) -> tuple[jax.Array, dict[str, np.ndarray]]:
         """Aggregates one round of ``updates`` ``[n, d]``; returns ``(aggregate [d], info)``.
 
         Args:
@@ -107,15 +108,19 @@ class Session:
         if w.shape != (n,) or not np.all(np.isfinite(w)) or np.any(w < 0):
             raise ValueError(f"Session: weights must be [n={n}] finite example counts >= 0, got {w!r}")
         if self.aggregator.needs_reference and reference is None:
-            raise ValueError("Session: this rule reads the server's reference update (e.g. FLTrust): pass reference [d]")
+            raise ValueError(
+                "Session: this rule reads the server's reference update (e.g. FLTrust): pass reference [d]"
+            )
         self.aggregator.requirement(n)
         ids = self.population_ids(client_ids, n)
         if len(self.population) > n:
             try:
                 self.aggregator.requirement(len(self.population))
             except ValueError as err:
-                raise ValueError(f"{err} [the session has seen {len(self.population)} distinct clients, each "
-                                 f"needs its own row of the rule's per-client state]") from None
+                raise ValueError(
+                    f"{err} [the session has seen {len(self.population)} distinct clients, each "
+                    f"needs its own row of the rule's per-client state]"
+                ) from None
         flat_params = jnp.zeros(d, dtype) if params is None else as_jax(params, dtype).reshape(-1)
         ref = jnp.zeros(d, dtype) if reference is None else as_jax(reference, dtype).reshape(-1)
         for name, v in (("params", flat_params), ("reference", ref)):
@@ -124,8 +129,13 @@ class Session:
         if self.state is None:
             self.state = self.aggregator.init(flat_params)
             self._dim = d
-        ctx = AggregationContext(weights=jnp.asarray(w, dtype), key=jax.random.fold_in(self._key, self.rounds),
-                                 client_ids=jnp.asarray(ids), params=flat_params, reference=ref)
+        ctx = AggregationContext(
+            weights=jnp.asarray(w, dtype),
+            key=jax.random.fold_in(self._key, self.rounds),
+            client_ids=jnp.asarray(ids),
+            params=flat_params,
+            reference=ref,
+        )
         aggregate, self.state, info = self._update(x, self.state, ctx)
         self.rounds += 1
         return aggregate, {k: np.asarray(v) for k, v in info.items()}

@@ -67,8 +67,9 @@ def unpack(vector: torch.Tensor, layout: Layout, device) -> object:
     return layout.rebuild(arrays)
 
 
-def aggregate(rule, updates, weights=None, client_ids: Optional[Sequence[Hashable]] = None,
-              params=None, reference=None):
+def aggregate(
+    rule, updates, weights=None, client_ids: Optional[Sequence[Hashable]] = None, params=None, reference=None
+):
     """Aggregates the clients' PyTorch ``updates`` with an fljax rule; returns one client's structure.
 
     Args:
@@ -91,10 +92,14 @@ def aggregate(rule, updates, weights=None, client_ids: Optional[Sequence[Hashabl
     """
     session = rule if isinstance(rule, Session) else Session(rule) if isinstance(rule, Aggregator) else None
     if session is None:
-        raise ValueError(f"aggregate: rule must be an fljax.Aggregator or a fljax.interop.Session, got {type(rule).__name__}")
+        raise ValueError(
+            f"aggregate: rule must be an fljax.Aggregator or a fljax.interop.Session, got {type(rule).__name__}"
+        )
     if isinstance(updates, torch.Tensor):
         if updates.ndim < 2:
-            raise ValueError(f"aggregate: a stacked updates tensor must be [n, ...] with ndim >= 2, got shape {tuple(updates.shape)}")
+            raise ValueError(
+                f"aggregate: a stacked updates tensor must be [n, ...] with ndim >= 2, got shape {tuple(updates.shape)}"
+            )
         layout, device = Layout.of(updates[0]), updates.device
         matrix = updates.detach().reshape(updates.shape[0], -1).to(_float_dtype())
     else:
@@ -105,7 +110,9 @@ def aggregate(rule, updates, weights=None, client_ids: Optional[Sequence[Hashabl
         matrix = pack(updates, layout)
     if isinstance(weights, torch.Tensor):
         weights = weights.detach().cpu().numpy()
-    flat = {name: None if tree is None else _to_jax(pack([tree], layout, where=name)[0])
-            for name, tree in (("params", params), ("reference", reference))}
+    flat = {
+        name: None if tree is None else _to_jax(pack([tree], layout, where=name)[0])
+        for name, tree in (("params", params), ("reference", reference))
+    }
     out, _ = session(_to_jax(matrix), weights, client_ids, flat["params"], flat["reference"])
     return unpack(torch.from_dlpack(out), layout, device)
