@@ -152,8 +152,11 @@ RULES = {
     ),
     "deepsight": _rule(
         lambda n, f: A.deepsight(min_cluster_size=2, min_samples=2),
-        {PERMUTATION},
-        why="inspects the model's output layer and outputs; clips around the origin",
+        set(),
+        why="inspects the model's output layer and outputs; clips around the origin; not permutation invariant: "
+        "HDBSCAN breaks ties between equal distances by point order (scikit-learn's too: its edge sort is not "
+        "even stable), mutual reachability makes ties, and the final clustering's distances are averages of 0/1 "
+        "memberships, where ties are the rule (whether a drawn cohort ties varied between machines)",
     ),
     "crfl": _rule(lambda n, f: A.crfl(), {PERMUTATION}, why="clips the global model's norm (noise from the fixed key)"),
 }
@@ -166,9 +169,6 @@ KNOWN_VIOLATIONS = {
     "decides which one is selected",
     ("signguard", PERMUTATION): "the mean-shift step breaks ties between equally large sign clusters by client "
     "order (sign features are discrete: with few coordinates, ties are common)",
-    ("deepsight", PERMUTATION): "HDBSCAN breaks ties between equal distances by point order (scikit-learn's too: its "
-    "edge sort is not even stable); mutual reachability makes ties, and the final "
-    "clustering's distances are averages of 0/1 memberships, where ties are the rule",
 }
 
 

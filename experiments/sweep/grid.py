@@ -30,10 +30,11 @@ from fljax.experiment import (
     validate,
 )
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """Version of the cell files; a file of another version is recomputed. 2: partitions shuffle
 the client order, poisoning counts real examples only, schedules gate the whole attack and
-detection is measured against each rule's own treatment (issue 12): version 1 numbers differ."""
+detection is measured against each rule's own treatment (issue 12): version 1 numbers differ.
+3: ``diverged_round`` and the evaluations' rounds are 1-based (issue 17), as the progress."""
 
 PARTITION_FIELDS = ("partition", "dirichlet_alpha", "bias", "shards_per_client")
 """Config fields that only shape the data partition: cells differing only in these can share a
