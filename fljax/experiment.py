@@ -651,6 +651,21 @@ def clamp_batch_size(config: ExperimentConfig, data: FederatedData) -> Experimen
     return dataclasses.replace(config, batch_size=largest)
 
 
+def warn_attacker_pivot(config: ExperimentConfig) -> None:
+    """A ``SettingNotice`` when ``monna``'s trusted pivot is a malicious client (ids
+    ``0..num_malicious-1``): its default ``pivot=0`` is one whenever there are attackers, which
+    studies a compromised pivot, not the rule the paper analyses."""
+    rule = components(config).rule
+    pivot = rule.kwargs.get("pivot", 0)
+    if rule.name == "monna" and pivot < config.num_malicious:
+        warnings.warn(
+            f"monna(pivot={pivot}) trusts client {pivot}, a malicious one (ids 0..{config.num_malicious - 1}): "
+            f"its guarantee needs an honest pivot, e.g. monna(pivot={config.num_malicious})",
+            SettingNotice,
+            stacklevel=3,
+        )
+
+
 def build(config: ExperimentConfig) -> Experiment:
     """Validates ``config`` (after ``scoped``: the experiment's config is the scoped one), loads
     and partitions the data, and builds the round and the run."""
@@ -658,6 +673,7 @@ def build(config: ExperimentConfig) -> Experiment:
     _validate(config)
     aggregator = build_aggregator(config)  # fails on bad hyper-parameters before loading data
     aggregator.requirement(config.clients_per_round)
+    warn_attacker_pivot(config)
     dataset = load(config.dataset, seed=config.seed, data_dir=config.data_dir)
     _check(
         config.num_clients <= len(dataset.y_train),

@@ -290,6 +290,20 @@ def test_monna_by_hand_pivot_is_a_population_id_and_the_fallback():
     assert not bool(info["pivot_present"])
 
 
+def test_runner_says_when_monnas_pivot_is_an_attacker():
+    import warnings
+
+    from fljax.experiment import SettingNotice, warn_attacker_pivot
+
+    for aggregator, num_malicious in (("monna", 20), ("monna(pivot=19)", 20), ("monna(pivot=3)", 4)):
+        with pytest.warns(SettingNotice, match=r"monna\(pivot=\d+\) trusts client \d+, a malicious one"):
+            warn_attacker_pivot(ExperimentConfig(aggregator=aggregator, num_malicious=num_malicious))
+    for aggregator, num_malicious in (("monna(pivot=20)", 20), ("monna", 0), ("median", 20)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", SettingNotice)
+            warn_attacker_pivot(ExperimentConfig(aggregator=aggregator, num_malicious=num_malicious))
+
+
 def test_arc_by_hand():
     x = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]])
     y, w, ids, mixing = [
