@@ -1,7 +1,12 @@
 """Shared pytest setup: the --runslow switch for full-size end-to-end runs, and one persistent
 JAX compilation cache for the session (its xdist workers and the subprocesses tests start
 inherit it), so a program compiled once, e.g. by each of a resume test's processes, is compiled
-once (measured: tests/test_resume.py + tests/test_runner.py 134 -> 114 s from a cold cache)."""
+once (measured: tests/test_resume.py + tests/test_runner.py 134 -> 114 s from a cold cache), and
+XLA:CPU's LLVM code generation at optimisation level 0 (``--xla_backend_optimization_level=0``
+in ``XLA_FLAGS``, unless ``XLA_FLAGS`` already sets a level): the tests' programs are small and
+compiled once each, so compiling dominates; the HLO passes, and so the programs' results, are
+the same (measured on 2 cores, -n 2: test_runner, test_models, test_layers, test_notebooks
+127 -> 82 s; test_contracts, test_hostile, test_properties, test_attacks_untargeted 92 -> 71 s)."""
 
 import os
 import shutil
@@ -24,6 +29,9 @@ def pytest_configure(config):
         os.environ["JAX_COMPILATION_CACHE_DIR"] = config._fljax_jax_cache
         for name, value in _CACHE_VARS.items():
             os.environ.setdefault(name, value)
+    xla_flags = os.environ.get("XLA_FLAGS", "")
+    if not hasattr(config, "workerinput") and "xla_backend_optimization_level" not in xla_flags:
+        os.environ["XLA_FLAGS"] = f"{xla_flags} --xla_backend_optimization_level=0".strip()
 
 
 def pytest_unconfigure(config):
