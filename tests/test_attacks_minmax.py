@@ -86,8 +86,8 @@ SMALL = dict(
     clients_per_round=20,
     num_malicious=4,
     local_steps=2,
-    rounds=30,
-    eval_every=30,
+    rounds=12,  # compiling is most of a run this size; 12 rounds keep each margin (measured below)
+    eval_every=12,
     aggregator="mean",
     execution="sequential",
 )
@@ -101,6 +101,7 @@ def accuracy(**overrides):
 
 
 def test_min_max_and_min_sum_lower_the_mean_rules_accuracy_small():
+    """20 clients, 4 malicious, 12 rounds (measured: mean 0.825 -> 0.697 / 0.710)."""
     clean = accuracy(attack="none")
     assert accuracy(attack="min_max") < clean - 0.03
     assert accuracy(attack="min_sum") < clean - 0.03

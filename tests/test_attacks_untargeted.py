@@ -120,8 +120,8 @@ SMALL = dict(
     clients_per_round=20,
     num_malicious=4,
     local_steps=2,
-    rounds=30,
-    eval_every=30,
+    rounds=12,  # compiling is most of a run this size; 12 rounds keep each margin (measured below)
+    eval_every=12,
     aggregator="mean",
     execution="sequential",
 )
@@ -135,7 +135,8 @@ def accuracy(**overrides):
 
 
 def test_untargeted_attacks_break_the_mean_and_zero_updates_break_krum_small():
-    """20% attackers on mnist5k. NaN and IPM (epsilon = 10) updates wreck the mean (the model goes
+    """20% attackers on mnist5k, 12 rounds (measured: clean 0.825; nan, ipm 0.090; zero vs Krum
+    0.068). NaN and IPM (epsilon = 10) updates wreck the mean (the model goes
     non-finite / reverses); the colluding zero updates form the tightest cluster, so Krum picks one
     every round and the model never trains. (Zero, ALIE and Mimic move the *mean's* accuracy by only
     a point or two in a run this short: see the README's attack x defense table.)"""
