@@ -37,8 +37,7 @@ Examples:
   >>> restored.step, int(restored.state["round"]), restored.meta["round"]
   (1, 5, 5)
   >>> import shutil
-  ...
-  ... shutil.rmtree(workdir)
+  >>> shutil.rmtree(workdir)
 """
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ def _binomials(n: int, f: int) -> np.ndarray:
 def removed_sets(ranks: Array, n: int, f: int) -> Array:
     """``int32 [B, f]``: the f removed clients of each subset rank (``0 <= rank < C(n, f)``),
     by the combinatorial number system: ``rank = sum_k C(c_k, k)`` with ``c_f > ... > c_1``,
-    ``c_k`` the largest c with ``C(c, k) <= `` what is left of the rank."""
+    ``c_k`` the largest c with ``C(c, k)`` at most what is left of the rank."""
     table = jnp.asarray(_binomials(n, f))
     out, rest = [], ranks
     for k in range(f, 0, -1):
