@@ -316,7 +316,23 @@ def test_every_reproduction_has_a_preset():
         "baruch2019",
         "catalogue",
         "tabular_backdoor",
+        "karimireddy2022_mimic",
+        "karimireddy2022_noattack",
     } <= set(PRESETS)
+
+
+def test_karimireddy_experiments_cover_their_tables():
+    """Both of Karimireddy et al.'s tables: 5 rules x with / without bucketing x IID / sorted, 3 seeds;
+    Experiment 1 without an attacker (n = 24), Experiment 2 with 5 mimics among 25."""
+    for name, n, malicious, rounds in (("karimireddy2022_noattack", 24, 0, 4500), ("karimireddy2022_mimic", 25, 5, 600)):
+        spec = load_config_file(name)
+        cells = sweep.make_cells(spec)
+        assert len(cells) == 20 and list(spec.seeds) == [0, 1, 2], name
+        assert all(sweep.check_cell(c.config) is None for c in cells), name
+        assert {c.config.partition for c in cells} == {"iid", "shards"}, name
+        assert {(c.config.num_clients, c.config.num_malicious, c.config.rounds) for c in cells} == {(n, malicious, rounds)}
+        assert sum(c.config.aggregator.startswith("bucketing(bucket_size=2)+") for c in cells) == 10, name
+        assert all(c.config.client_lr == 0.01 and c.config.batch_size == 32 and c.config.local_steps == 1 for c in cells)
 
 
 @pytest.mark.parametrize("name", PRESETS)
