@@ -215,6 +215,8 @@ def test_killed_inside_a_save_and_resumed_ends_exactly_as_an_uninterrupted_run_s
     proc = run_to_end(extra)
     assert proc.returncode == 0, proc.stderr
     assert f"resumed from {os.path.abspath(workdir)} after round 2 (2/8 blocks done)" in proc.stdout
+    noise = [line for line in proc.stderr.splitlines() if "metadata" in line.lower() or "orbax" in line.lower()]
+    assert not noise, noise  # a resume that goes well is quiet (no orbax "metadata file does not exist")
     assert not temporaries(workdir)
     assert baseline.wait(timeout=300) == 0, baseline.stderr.read()
     baseline.stderr.close()
