@@ -15,6 +15,28 @@ import numpy as np
 from fljax.client import Batch
 from fljax.data.federated import FederatedData
 
+SMALL_RUN = dict(
+    dataset="mnist5k",
+    num_clients=20,
+    clients_per_round=20,
+    num_malicious=4,
+    local_steps=2,
+    rounds=12,  # compiling is most of a run this size; 12 rounds keep each test's margin (in its docstring)
+    eval_every=12,
+    aggregator="mean",
+    execution="sequential",
+)
+"""The attack tests' small end-to-end run: mnist5k, 20 clients of which 4 malicious, 12 rounds."""
+
+
+def final_accuracy(**overrides) -> float:
+    """The runner's final test accuracy of ``SMALL_RUN`` with ``overrides``."""
+    from experiments.run import run_experiment
+    from fljax.experiment import ExperimentConfig, build
+
+    config = ExperimentConfig(**dict(SMALL_RUN, **overrides))
+    return run_experiment(build(config), log=lambda m: None)["final"]["accuracy"]
+
 
 def squared_loss(params, batch: Batch, key=None):
     """0.5 * mean over real examples of (x . w - y)^2 for a linear model ``{"w": [d]}``."""

@@ -9,6 +9,7 @@ import fljax
 from fljax.aggregators import krum
 from fljax.attacks import fang_krum, fang_trim
 from fljax.attacks.fang import krum_lambda_bound
+from tests.helpers import final_accuracy as accuracy  # SMALL_RUN with overrides
 
 D = 20
 MU0 = 0.1 * np.sign(np.sin(np.arange(D) + 1.0)).astype(np.float32)
@@ -147,25 +148,6 @@ def test_bad_parameters_and_requirement():
     ):
         fang_krum(num_byzantine=4).requirement(10, 1)
     fang_krum().requirement(10, 3)
-
-
-SMALL = dict(
-    dataset="mnist5k",
-    num_clients=20,
-    clients_per_round=20,
-    num_malicious=4,
-    local_steps=2,
-    rounds=12,  # compiling is most of a run this size; 12 rounds keep each margin (measured below)
-    eval_every=12,
-    execution="sequential",
-)
-
-
-def accuracy(**overrides):
-    from experiments.run import run_experiment
-    from fljax.experiment import ExperimentConfig, build
-
-    return run_experiment(build(ExperimentConfig(**dict(SMALL, **overrides))), log=lambda m: None)["final"]["accuracy"]
 
 
 def test_fang_krum_defeats_krum_small():

@@ -8,6 +8,7 @@ import pytest
 import fljax
 from fljax.attacks import min_max, min_sum
 from fljax.attacks.shejwalkar import shejwalkar_update
+from tests.helpers import final_accuracy as accuracy  # SMALL_RUN with overrides
 
 U = jnp.array([[1.0, -2.0], [3.0, 4.0], [5.0, 6.0]])
 MAL = jnp.array([True, False, False])
@@ -78,26 +79,6 @@ def test_bad_parameters():
         min_sum(gamma_init=0)
     with pytest.raises(ValueError, match="min_max: tau must be a number > 0"):
         min_max(tau=-1.0)
-
-
-SMALL = dict(
-    dataset="mnist5k",
-    num_clients=20,
-    clients_per_round=20,
-    num_malicious=4,
-    local_steps=2,
-    rounds=12,  # compiling is most of a run this size; 12 rounds keep each margin (measured below)
-    eval_every=12,
-    aggregator="mean",
-    execution="sequential",
-)
-
-
-def accuracy(**overrides):
-    from experiments.run import run_experiment
-    from fljax.experiment import ExperimentConfig, build
-
-    return run_experiment(build(ExperimentConfig(**dict(SMALL, **overrides))), log=lambda m: None)["final"]["accuracy"]
 
 
 def test_min_max_and_min_sum_lower_the_mean_rules_accuracy_small():

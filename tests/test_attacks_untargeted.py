@@ -10,6 +10,7 @@ from scipy.stats import norm
 import fljax
 from fljax.attacks import MODEL_ATTACKS, alie, inf, ipm, mimic, nan, zero
 from fljax.attacks.untargeted import alie_z
+from tests.helpers import final_accuracy as accuracy  # SMALL_RUN with overrides
 
 U = jnp.array([[1.0, -2.0], [3.0, 4.0], [5.0, 6.0]])
 MAL = jnp.array([True, False, False])
@@ -112,26 +113,6 @@ def test_bad_parameters_raise_naming_the_attack():
         alie(z="1")
     with pytest.raises(ValueError, match="mimic: choice must be one of max_variance, first, got 'last'"):
         mimic("last")
-
-
-SMALL = dict(
-    dataset="mnist5k",
-    num_clients=20,
-    clients_per_round=20,
-    num_malicious=4,
-    local_steps=2,
-    rounds=12,  # compiling is most of a run this size; 12 rounds keep each margin (measured below)
-    eval_every=12,
-    aggregator="mean",
-    execution="sequential",
-)
-
-
-def accuracy(**overrides):
-    from experiments.run import run_experiment
-    from fljax.experiment import ExperimentConfig, build
-
-    return run_experiment(build(ExperimentConfig(**dict(SMALL, **overrides))), log=lambda m: None)["final"]["accuracy"]
 
 
 def test_untargeted_attacks_break_the_mean_and_zero_updates_break_krum_small():
