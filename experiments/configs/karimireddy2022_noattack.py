@@ -18,37 +18,21 @@ one label-sorted shard per worker); the accuracy is the last evaluation (every 1
 first and say so.
 """
 
-from experiments.configs import SweepSpec
-from experiments.configs.karimireddy2022_mimic import RULES
-from fljax.experiment import ExperimentConfig
+import dataclasses
+
+from experiments.configs import SweepSpec, karimireddy2022_mimic
 
 
 def get_config() -> SweepSpec:
-    base = ExperimentConfig(
-        dataset="mnist5k",
-        model="cnn",
-        partition="iid",
-        num_clients=24,
-        clients_per_round=24,
-        num_malicious=0,
-        attack="none",
-        aggregator="mean",
-        protocol="fedavg",
-        local_steps=1,
-        batch_size=32,
-        client_lr=0.01,
-        rounds=4500,
-        eval_every=150,
-        seed=0,
+    mimic = karimireddy2022_mimic.get_config()  # the same settings, rules and partitions
+    base = dataclasses.replace(
+        mimic.base, num_clients=24, clients_per_round=24, num_malicious=0, attack="none", rounds=4500, eval_every=150
     )
-    return SweepSpec(
+    return dataclasses.replace(
+        mimic,
         base=base,
         attacks=["none"],
-        aggregators=["mean", "bucketing(bucket_size=2)+mean"]
-        + [r for rule in RULES for r in (rule, f"bucketing(bucket_size=2)+{rule}")],
         malicious_fractions=[0.0],
-        partitions=["iid", "shards:1"],
-        seeds=[0, 1, 2],
         description="Karimireddy et al. 2022, Experiment 1: no attacker, n = 24, IID and sorted non-IID, "
         "with and without bucketing.",
     )
