@@ -530,3 +530,24 @@ def test_combinatorial_unranking_enumerates_every_subset_once():
         )
         assert len({tuple(sorted(r)) for r in removed}) == total
         assert all(len(set(r)) == f and all(0 <= c < n for c in r) for r in removed)
+
+
+def test_runner_says_when_crfl_clips_the_model_to_under_half_its_initial_norm():
+    import warnings
+
+    from fljax.experiment import SettingNotice, warn_clip_below_model_norm
+
+    params = {"w": jnp.full((4, 25), 2.0)}  # norm 20
+    for aggregator, first in (
+        ("crfl", "2.1"),
+        ("crfl(clip_start=9.0, clip_norm=30.0)", "9.1"),
+        ("crfl(clip_norm=5.0, clip_start=9.0)", "5"),
+    ):
+        with pytest.warns(
+            SettingNotice, match=rf"crfl clips the global model to norm {first} in round 1 .* norm \(about 20\.0\)"
+        ):
+            warn_clip_below_model_norm(ExperimentConfig(aggregator=aggregator), params)
+    for aggregator in ("crfl(clip_start=20.0, clip_norm=40.0)", "crfl(clip_start=10.0, clip_norm=40.0)", "median"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", SettingNotice)
+            warn_clip_below_model_norm(ExperimentConfig(aggregator=aggregator), params)
