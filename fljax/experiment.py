@@ -41,7 +41,7 @@ from fljax import flat_settings
 from fljax import models as models_lib
 from fljax import momentum as momentum_lib
 from fljax.client import EXECUTIONS, classification_loss, fedavg, fedsgd
-from fljax.data import METHODS, NATURAL_DATASETS, FederatedData, check_name, federate, load
+from fljax.data import METHODS, NATURAL_DATASETS, Dataset, FederatedData, check_name, federate, load
 from fljax.metrics import make_evaluate, with_rule_metrics
 from fljax.models import Model
 from fljax.precision import PRECISIONS, mixed_precision, with_matmul_precision
@@ -73,6 +73,11 @@ class ExperimentConfig(flat_settings.FlatSettings):
         "where the data is: TFDS's data directory (default ~/tensorflow_datasets), the "
         "four IDX files (fashion_mnist default: /usr/share/datasets/fashion-mnist from "
         "apt-get install dataset-fashion-mnist), or LEAF's data directory (train/, test/)",
+    )
+    train_examples: Optional[int] = _field(
+        None,
+        "train on this many of the dataset's training examples, a random subset drawn with --seed "
+        "(default: all of them): the data-size ablations of the reproductions",
     )
     model: str = _field("mlp", f"one of {', '.join(models_lib.MODELS)}")
     partition: str = _field(
@@ -165,7 +170,16 @@ def config_dict(config: ExperimentConfig) -> dict:
     flat = flat_settings.given(config)
     if flat:
         raise ValueError(f"config_dict: --{', --'.join(flat)} set: call scoped(config) first")
-    return {name: getattr(config, name) for name in SETTINGS}
+    out = {name: getattr(config, name) for name in SETTINGS}
+    for name in RECORDED_WHEN_SET:
+        if out[name] is None:
+            del out[name]
+    return out
+
+
+RECORDED_WHEN_SET = ("train_examples",)
+"""Settings added after sweep cell format 3, recorded only when set: a run that leaves them unset
+is the run it was before they existed, so its cells and checkpoints keep their keys."""
 
 
 RUN_FIXED = {
@@ -467,6 +481,10 @@ def _validate(c: ExperimentConfig) -> None:
         f"--worker_momentum_convention must be one of {', '.join(momentum_lib.CONVENTIONS)}, "
         f"got {c.worker_momentum_convention!r}",
     )
+    _check(
+        c.train_examples is None or (_is_int(c.train_examples) and c.train_examples >= 1),
+        f"--train_examples must be an integer >= 1 (or unset: all), got {c.train_examples!r}",
+    )
     _check(c.dirichlet_alpha > 0, f"--dirichlet_alpha must be > 0, got {c.dirichlet_alpha!r}")
     _check(0 <= c.bias <= 1, f"--bias must be in [0, 1], got {c.bias!r}")
     _check(c.partition in METHODS, f"--partition: unknown partition {c.partition!r}; valid: {', '.join(METHODS)}")
@@ -689,6 +707,19 @@ def warn_clip_below_model_norm(config: ExperimentConfig, params) -> None:
         )
 
 
+def training_subset(dataset: Dataset, size: int, seed: int) -> Dataset:
+    """``dataset`` with ``size`` of its training examples, drawn without replacement with
+    ``seed`` (in their original order); the test split is unchanged."""
+    available = len(dataset.y_train)
+    _check(
+        size <= available,
+        f"--train_examples must be in 1..{available} (the training examples of {dataset.name}), got {size}",
+    )
+    keep = np.sort(np.asarray(jax.random.permutation(jax.random.PRNGKey(seed), available))[:size])
+    clients = None if dataset.train_clients is None else dataset.train_clients[keep]
+    return dataset._replace(x_train=dataset.x_train[keep], y_train=dataset.y_train[keep], train_clients=clients)
+
+
 def build(config: ExperimentConfig) -> Experiment:
     """Validates ``config`` (after ``scoped``: the experiment's config is the scoped one), loads
     and partitions the data, and builds the round and the run."""
@@ -698,6 +729,8 @@ def build(config: ExperimentConfig) -> Experiment:
     aggregator.requirement(config.clients_per_round)
     warn_attacker_pivot(config)
     dataset = load(config.dataset, seed=config.seed, data_dir=config.data_dir)
+    if config.train_examples is not None:
+        dataset = training_subset(dataset, config.train_examples, config.seed)
     _check(
         config.num_clients <= len(dataset.y_train),
         f"--num_clients must be at most the {len(dataset.y_train)} training examples of {config.dataset}, got {config.num_clients}",

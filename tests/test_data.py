@@ -247,3 +247,30 @@ def test_runner_validates_dataset_names():
     validate(ExperimentConfig(dataset="synthetic:femnist", partition="natural"))
     with pytest.raises(ValueError, match="--partition=natural needs .*got --dataset=synthetic:cifar10"):
         validate(ExperimentConfig(dataset="synthetic:cifar10", partition="natural"))
+
+
+def test_train_examples_is_a_seeded_subset_recorded_only_when_set():
+    from fljax.experiment import ExperimentConfig, build, config_dict, training_subset, validate
+
+    full = data.load("digits", seed=0)
+    subset = training_subset(full, 300, seed=3)
+    assert subset.x_train.shape == (300, *full.x_train.shape[1:]) and subset.x_test is full.x_test
+    # Drawn without replacement, in the original order, the same for the same seed.
+    rows = {r.tobytes(): i for i, r in enumerate(full.x_train)}
+    picked = [rows[r.tobytes()] for r in subset.x_train]
+    assert picked == sorted(set(picked)) and np.array_equal(full.y_train[picked], subset.y_train)
+    assert np.array_equal(training_subset(full, 300, seed=3).x_train, subset.x_train)
+    assert not np.array_equal(training_subset(full, 300, seed=4).x_train, subset.x_train)
+    # Unset, it is not recorded (earlier cells and checkpoints keep their keys); set, it is.
+    assert "train_examples" not in config_dict(ExperimentConfig())
+    assert config_dict(ExperimentConfig(train_examples=400))["train_examples"] == 400
+    exp = build(
+        ExperimentConfig(dataset="digits", train_examples=400, num_clients=10, clients_per_round=10, num_malicious=2)
+    )
+    assert int(np.sum(np.asarray(exp.data.client_counts))) == 400
+    with pytest.raises(ValueError, match=r"--train_examples must be an integer >= 1 \(or unset: all\), got 0"):
+        validate(ExperimentConfig(train_examples=0))
+    with pytest.raises(
+        ValueError, match=r"--train_examples must be in 1..1438 \(the training examples of digits\), got 5000"
+    ):
+        build(ExperimentConfig(dataset="digits", train_examples=5000))
