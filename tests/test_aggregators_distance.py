@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import fljax
-from fljax.aggregators import bulyan, geometric_median, rfa
+from fljax.aggregators import _common, bulyan, geometric_median, rfa
 from fljax.aggregators.bulyan import closest_to_median_mean, iterated_krum
 from fljax.aggregators.krum import krum_scores
 from tests.helpers import aggregate_once
@@ -258,3 +258,18 @@ def test_gram_is_float32_accurate():
     y = rng.normal(size=(5, 3000)).astype(np.float32)
     g = np.asarray(jax.jit(_common.gram)(jnp.asarray(x), jnp.asarray(y)), np.float64)
     np.testing.assert_allclose(g, x64 @ y.astype(np.float64).T, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("d", [7, 300, 301])
+def test_centered_gram_over_column_blocks_equals_one_matmul(d, monkeypatch):
+    # CPU sums the Gram matrix over column blocks (the last one shifted to end at d, its repeated
+    # columns masked out); excluded rows are zero rows whatever they hold.
+    monkeypatch.setattr(_common, "GRAM_BLOCK_BYTES", 4 * 5 * 128)  # 128 columns per block for n = 5
+    x = jax.random.normal(jax.random.PRNGKey(0), (5, d)) + 3.0
+    x = x.at[3, 0].set(jnp.nan)
+    rows = _common.finite_rows(x)
+    center = jnp.mean(x[:3], axis=0)
+    centered = np.where(np.asarray(rows)[:, None], np.asarray(x, np.float64) - np.asarray(center), 0.0)
+    got = jax.jit(_common.centered_gram)(x, center, rows)
+    np.testing.assert_allclose(got, centered @ centered.T, rtol=2e-5, atol=1e-4)
+    assert not np.any(np.asarray(got)[3]) and not np.any(np.asarray(got)[:, 3])

@@ -231,7 +231,6 @@ def centered_gram(updates: Array) -> tuple[Array, Array]:
     offset does not cancel catastrophically), with the rows and columns of ``bad`` rows (not
     finite, or whose centered squared norm overflows float32) zeroed."""
     finite = _common.finite_rows(updates)
-    x = jnp.where(finite[:, None], updates - _common.short_rows_center(updates), 0.0)
-    k = _common.gram(x)
+    k = _common.centered_gram(updates, _common.short_rows_center(updates), finite)
     bad = ~(finite & jnp.isfinite(jnp.diag(k)))
     return jnp.where(bad[:, None] | bad[None, :], 0.0, k), bad
