@@ -261,7 +261,7 @@ def test_gram_is_float32_accurate():
 
 
 @pytest.mark.parametrize("d", [7, 300, 301])
-def test_centered_gram_over_column_blocks_equals_one_matmul(d, monkeypatch):
+def test_gram_of_centered_rows_over_column_blocks_equals_one_matmul(d, monkeypatch):
     # CPU sums the Gram matrix over column blocks (the last one shifted to end at d, its repeated
     # columns masked out); excluded rows are zero rows whatever they hold.
     monkeypatch.setattr(_common, "GRAM_BLOCK_BYTES", 4 * 5 * 128)  # 128 columns per block for n = 5
@@ -270,6 +270,6 @@ def test_centered_gram_over_column_blocks_equals_one_matmul(d, monkeypatch):
     rows = _common.finite_rows(x)
     center = jnp.mean(x[:3], axis=0)
     centered = np.where(np.asarray(rows)[:, None], np.asarray(x, np.float64) - np.asarray(center), 0.0)
-    got = jax.jit(_common.centered_gram)(x, center, rows)
+    got = jax.jit(_common.gram_of_centered_rows)(x, center, rows)
     np.testing.assert_allclose(got, centered @ centered.T, rtol=2e-5, atol=1e-4)
     assert not np.any(np.asarray(got)[3]) and not np.any(np.asarray(got)[:, 3])

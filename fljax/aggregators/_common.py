@@ -145,10 +145,10 @@ def top_eigenpair(g: Array, squarings: int = 12) -> tuple[Array, Array]:
 
 
 GRAM_BLOCK_BYTES = 4 << 20
-"""Bytes of one ``[n, columns]`` float32 block of ``centered_gram`` on CPU."""
+"""Bytes of one ``[n, columns]`` float32 block of ``gram_of_centered_rows`` on CPU."""
 
 
-def centered_gram(updates: Array, center: Array, rows: Array) -> Array:
+def gram_of_centered_rows(updates: Array, center: Array, rows: Array) -> Array:
     """``x @ x.T`` (float32-accurate, ``gram``) for ``x = where(rows[:, None], updates - center,
     0)``, without storing ``x`` on CPU: there the Gram matrix is summed over column blocks of
     ``GRAM_BLOCK_BYTES`` (the ``[n, d]`` centered copy, a fresh buffer, cost as much as the
@@ -198,7 +198,7 @@ def pairwise_sq_distances(updates: Array) -> Array:
     """
     finite = finite_rows(updates)
     center = jax.lax.stop_gradient(short_rows_center(updates))
-    g = centered_gram(updates, center, finite)
+    g = gram_of_centered_rows(updates, center, finite)
     sq = jnp.diag(g)
     ok = finite & jnp.isfinite(sq)
     d = jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * g, 0.0)

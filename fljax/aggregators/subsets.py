@@ -231,6 +231,6 @@ def centered_gram(updates: Array) -> tuple[Array, Array]:
     offset does not cancel catastrophically), with the rows and columns of ``bad`` rows (not
     finite, or whose centered squared norm overflows float32) zeroed."""
     finite = _common.finite_rows(updates)
-    k = _common.centered_gram(updates, _common.short_rows_center(updates), finite)
+    k = _common.gram_of_centered_rows(updates, _common.short_rows_center(updates), finite)
     bad = ~(finite & jnp.isfinite(jnp.diag(k)))
     return jnp.where(bad[:, None] | bad[None, :], 0.0, k), bad
