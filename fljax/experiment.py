@@ -22,12 +22,11 @@ is compiled. The flat per-component settings of the previous release (``--kappa`
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import os
 import typing
 import warnings
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -48,6 +47,7 @@ from fljax.precision import PRECISIONS, mixed_precision, with_matmul_precision
 from fljax.rounds import Round, make_round
 from fljax.spec import Spec, chain_text, parse
 from fljax.train import Train, make_train
+from fljax.types import PyTree
 
 
 def _field(default, help: str, **kwargs):
@@ -685,18 +685,18 @@ def warn_attacker_pivot(config: ExperimentConfig) -> None:
         )
 
 
-def warn_clip_below_model_norm(config: ExperimentConfig, params) -> None:
+def warn_clip_below_model_norm(config: ExperimentConfig, initial_params: Callable[[], PyTree]) -> None:
     """A ``SettingNotice`` when ``crfl`` clips the global model to under half its initial norm
     in round 1: its defaults are the authors' MNIST bounds (2 growing to 15), and a model that
     starts larger (fljax's MLP: 20.2) is shrunk every round and trains to chance (mnist5k, 30
-    rounds: 0.09)."""
+    rounds: 0.09). ``initial_params()`` is called only for ``crfl``."""
     rule = components(config).rule
     if rule.name != "crfl":
         return
-    defaults = {k: p.default for k, p in inspect.signature(aggregators_lib.REGISTRY["crfl"].factory).parameters.items()}
+    defaults = {k: p.default for k, p in aggregators_lib.REGISTRY["crfl"].parameters().items()}
     args = {**defaults, **rule.kwargs}
     first = min(args["clip_start"] + args["clip_growth"], args["clip_norm"])  # rho_1
-    norm = float(optax.tree.norm(params))
+    norm = float(optax.tree.norm(initial_params()))
     if first < norm / 2:
         warnings.warn(
             f"crfl clips the global model to norm {first:g} in round 1 (growing to at most {args['clip_norm']:g}), under "
@@ -753,8 +753,7 @@ def build(config: ExperimentConfig) -> Experiment:
         shards_per_client=config.shards_per_client,
     )
     model = models_lib.get(config.model, dataset.x_train.shape[1:], dataset.num_classes)
-    if components(config).rule.name == "crfl":  # an initial model's norm (any key gives about the same)
-        warn_clip_below_model_norm(config, jax.jit(model.init)(k_run))
+    warn_clip_below_model_norm(config, lambda: jax.jit(model.init)(k_run))  # any key's norm is about the same
     data_attack, model_attack = build_attacks(config, dataset.num_classes, dataset.x_train, model=model, data=data)
     if model_attack is not None:
         model_attack.requirement(config.clients_per_round, effective_num_byzantine(config))

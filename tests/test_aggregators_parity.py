@@ -546,8 +546,8 @@ def test_runner_says_when_crfl_clips_the_model_to_under_half_its_initial_norm():
         with pytest.warns(
             SettingNotice, match=rf"crfl clips the global model to norm {first} in round 1 .* norm \(about 20\.0\)"
         ):
-            warn_clip_below_model_norm(ExperimentConfig(aggregator=aggregator), params)
+            warn_clip_below_model_norm(ExperimentConfig(aggregator=aggregator), lambda: params)
     for aggregator in ("crfl(clip_start=20.0, clip_norm=40.0)", "crfl(clip_start=10.0, clip_norm=40.0)", "median"):
         with warnings.catch_warnings():
             warnings.simplefilter("error", SettingNotice)
-            warn_clip_below_model_norm(ExperimentConfig(aggregator=aggregator), params)
+            warn_clip_below_model_norm(ExperimentConfig(aggregator=aggregator), lambda: params)
