@@ -49,7 +49,7 @@ SPEC = SweepSpec(
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("sweep"))
-    cache = sweep.ProgramCache()
+    cache = sweep.ProgramCache(max_programs=1)  # cells sharing a program run back to back
     result = sweep.run_sweep(SPEC, out, log=lambda *a: None, progress=False, cache=cache)
     return out, cache, result
 
@@ -63,7 +63,7 @@ def test_grid_writes_every_output(grid):
     out, cache, result = grid
     assert len(result.cells) == 8 and len(result.computed) == 8 and not result.invalid
     # One program per (attack, rule); the shards cells reuse them.
-    assert cache.compiled == 4 and cache.reused == 4
+    assert cache.compiled == 4 and cache.reused == 4 and len(cache) == 1  # the older three were dropped
     assert sorted(r["timing"]["program"] for r in result.cells) == ["compiled"] * 4 + ["shared"] * 4
     assert len(_cell_files(out)) == 8
     with open(os.path.join(out, "results.csv")) as f:
@@ -461,3 +461,9 @@ def test_standard_benchmark_presets_run_small_on_their_synthetic_stand_ins(name,
     assert cell["config"]["model"] == load_config_file(name).base.model
     assert 0.0 <= cell["final"]["accuracy"]["mean"] <= 1.0 and "attack_success_rate" in cell["final"]
     assert "synthetic" in open(tmp_path / "results.md").read()
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.0, True])
+def test_program_cache_refuses_a_bound_below_one(bad):
+    with pytest.raises(ValueError, match=r"max_programs must be an integer >= 1"):
+        sweep.ProgramCache(max_programs=bad)
