@@ -38,6 +38,7 @@ import json
 import os
 import platform
 import sys
+import time
 from typing import Callable, Optional
 
 import jax
@@ -715,9 +716,12 @@ def main(argv) -> None:
         "run": lambda: section_run(check, work, rule_scale, pick(FLAGS.run_rounds, 30, 3)),
         "flute": lambda: section_flute(check, small),
     }
+    check.results["section_seconds"] = {}
     for name in SECTIONS:
         if name in FLAGS.sections:
+            t0 = time.perf_counter()
             steps[name]()
+            check.results["section_seconds"][name] = round(time.perf_counter() - t0, 1)
     evaluate_targets(check, rule_scale)
     check.save()
     print(
