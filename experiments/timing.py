@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import fljax
-from fljax.aggregators import REGISTRY
+from fljax.aggregators import REGISTRY, order_statistics
 
 INPUT_SHAPE, NUM_CLASSES = (28, 28, 1), 10
 
@@ -175,9 +175,11 @@ def model_access(apply_fn: Callable, params, input_shape: Sequence[int], dtype=j
 def time_aggregator(
     aggregator, updates: jax.Array, repeats: int, model: Optional[fljax.types.ModelAccess] = None
 ) -> tuple[float, float]:
-    """``aggregator.update`` on ``updates [n, d]`` under jit, as a round calls it:
-    ``(compile + first call seconds, median seconds)``. ``model`` (``model_access``): the model
-    the updates belong to, for a rule that reads it (DeepSight); without it such a rule raises."""
+    """``aggregator.update`` on ``updates [n, d]`` under jit, as a round calls it (under the
+    default ``parallel`` client execution of a multi-core CPU, with the coordinates split over
+    the cores: ``order_statistics.columns_over_devices``): ``(compile + first call seconds,
+    median seconds)``. ``model`` (``model_access``): the model the updates belong to, for a rule
+    that reads it (DeepSight); without it such a rule raises."""
     n, d = updates.shape
     flat_params = jnp.zeros(d, updates.dtype)
     context = fljax.AggregationContext(
@@ -190,7 +192,8 @@ def time_aggregator(
     )
     state = aggregator.init(flat_params)
     step = jax.jit(lambda u, s: (lambda out: (out[0], out[2]["weights"]))(aggregator.update(u, s, context)))
-    return timed(lambda: step(updates, state), repeats)
+    with order_statistics.columns_over_devices(fljax.client.default_execution() == "parallel"):
+        return timed(lambda: step(updates, state), repeats)  # traced at its first call, in the context
 
 
 def round_updates(client_update, params, data: fljax.FederatedData, n: int, execution: str = "auto") -> jax.Array:

@@ -19,9 +19,10 @@ from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh
 
 from fljax import sharding as sharding_lib
+from fljax.aggregators import order_statistics
 from fljax.aggregators._common import finite_rows, normalize
 from fljax.attacks.model import no_attack
-from fljax.client import ClientData, ClientUpdate, map_clients
+from fljax.client import ClientData, ClientUpdate, default_execution, map_clients
 from fljax.data.federated import FederatedData
 from fljax.momentum import WorkerMomentum
 from fljax.types import AggregationContext, Aggregator, AttackContext, DataAttack, ModelAccess, ModelAttack, ServerState
@@ -272,7 +273,15 @@ def make_round(
             agg_state=state.agg_state,
             client_ids=cohort,
         )
-        updates, attack_state = model_attack.update(updates, malicious, state.attack_state, k_attack, attack_ctx)
+        # Clients run one stream per CPU core: the rule (and an attack's calls of it) may split
+        # its coordinates over the same cores (``order_statistics.columns_over_devices``).
+        split = (
+            mesh is None
+            and (default_execution() if execution == "auto" else execution) == "parallel"
+            and jax.process_count() == 1
+        )
+        with order_statistics.columns_over_devices(split):
+            updates, attack_state = model_attack.update(updates, malicious, state.attack_state, k_attack, attack_ctx)
 
         reference = jnp.zeros_like(flat_params)
         if aggregator.needs_reference:
@@ -292,7 +301,8 @@ def make_round(
             reference=reference,
             model=model,
         )
-        aggregate, agg_state, info = aggregator.update(updates, state.agg_state, agg_ctx)
+        with order_statistics.columns_over_devices(split):
+            aggregate, agg_state, info = aggregator.update(updates, state.agg_state, agg_ctx)
 
         pseudo_grad = unravel(-aggregate)
         server_updates, opt_state = server_optimizer.update(pseudo_grad, state.opt_state, state.params)

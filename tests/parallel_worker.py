@@ -4,7 +4,9 @@ line, or every registered rule and local-training attack.
 
 ``use_cpu_cores`` must run before JAX starts, hence the subprocess. Prints, as JSON on its last
 line, the default execution it saw and per case whether two rounds finished with finite params,
-and how far the parallel round's params are from the sequential round's (same clients, same keys).
+and how far the parallel round's params are from the sequential round's (same clients, same keys),
+and whether the parallel round split the rule's coordinates over the devices (every input is
+wide enough here: ``COLUMN_SPLIT_MIN_COLUMNS`` is lowered to 1, so the split is what is compared).
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ import optax  # noqa: E402
 
 from experiments.timing import build_aggregator  # noqa: E402
 from fljax import attacks  # noqa: E402
-from fljax.aggregators import REGISTRY  # noqa: E402
+from fljax.aggregators import REGISTRY, order_statistics  # noqa: E402
+
+order_statistics.COLUMN_SPLIT_MIN_COLUMNS = 1  # the tiny model's 15 coordinates split too (7 + 7, one unsplit)
 
 NUM_CLASSES, N = 3, 11  # 11 clients over 2 devices: one padding client; Bulyan's n >= 4f + 3 with f = 2
 
@@ -76,14 +80,16 @@ def main():
         kwargs = cases[name]
         result = {}
         try:
-            finals = {
-                e: two_rounds(
-                    fljax.make_round(update, clients_per_round=N, execution=e, model_apply=apply, **kwargs),
-                    params,
-                    data,
-                )
+            rounds = {
+                e: fljax.make_round(update, clients_per_round=N, execution=e, model_apply=apply, **kwargs)
                 for e in ("auto", "sequential")
             }
+            finals = {e: two_rounds(rnd, params, data) for e, rnd in rounds.items()}
+            auto = rounds["auto"]
+            traced = str(
+                jax.make_jaxpr(lambda s, rnd=auto: rnd.step(s, data, jax.random.PRNGKey(0)))(auto.init(params))
+            )
+            result["columns_split"] = "'columns'" in traced
             leaves = [np.asarray(a, np.float64) for a in jax.tree.leaves(finals["auto"])]
             result["finite"] = all(bool(np.all(np.isfinite(a))) for a in leaves)
             result["diff"] = max(

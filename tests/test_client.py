@@ -159,14 +159,21 @@ def _check_parallel(result, names):
         assert "error" not in case, (name, case)
         # the same clients with the same keys as one sequential stream: equal to float rounding
         assert case["finite"] and case["diff"] <= 1e-6, (name, case)
+    return result
 
 
 def test_default_execution_on_two_cpu_cores_is_parallel_and_equals_sequential():
     """With 2 cores exposed, the default runs clients as ``pmap`` streams; DnC (whose LAPACK
-    ``eigh`` once stalled under ``pmap``), the median and PGD's malicious training finish and
-    equal the sequential round. The slow version covers every rule and local-training attack."""
-    cases = ("dnc", "median", "attack:pgd")
-    _check_parallel(_parallel_worker(*cases), cases)
+    ``eigh`` once stalled under ``pmap``), the median and trimmed mean (their coordinates split
+    over the two cores) and PGD's malicious training finish and equal the sequential round.
+    The slow version covers every rule and local-training attack."""
+    cases = ("dnc", "median", "trimmed_mean", "attack:pgd")
+    result = _check_parallel(_parallel_worker(*cases), cases)
+    assert [name for name in cases if result["cases"][name]["columns_split"]] == [
+        "median",
+        "trimmed_mean",
+        "attack:pgd",
+    ]
 
 
 @pytest.mark.slow
