@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import fljax
-from fljax.aggregators import REGISTRY, order_statistics
+from fljax.aggregators import REGISTRY, column_split
 
 INPUT_SHAPE, NUM_CLASSES = (28, 28, 1), 10
 
@@ -177,7 +177,7 @@ def time_aggregator(
 ) -> tuple[float, float]:
     """``aggregator.update`` on ``updates [n, d]`` under jit, as a round calls it (under the
     default ``parallel`` client execution of a multi-core CPU, with the coordinates split over
-    the cores: ``order_statistics.columns_over_devices``): ``(compile + first call seconds,
+    the cores: ``column_split.columns_over_devices``): ``(compile + first call seconds,
     median seconds)``. ``model`` (``model_access``): the model the updates belong to, for a rule
     that reads it (DeepSight); without it such a rule raises."""
     n, d = updates.shape
@@ -192,7 +192,7 @@ def time_aggregator(
     )
     state = aggregator.init(flat_params)
     step = jax.jit(lambda u, s: (lambda out: (out[0], out[2]["weights"]))(aggregator.update(u, s, context)))
-    with order_statistics.columns_over_devices(fljax.client.default_execution() == "parallel"):
+    with column_split.columns_over_devices(fljax.client.default_execution() == "parallel"):
         return timed(lambda: step(updates, state), repeats)  # traced at its first call, in the context
 
 

@@ -19,7 +19,7 @@ from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh
 
 from fljax import sharding as sharding_lib
-from fljax.aggregators import order_statistics
+from fljax.aggregators import column_split
 from fljax.aggregators._common import finite_rows, normalize
 from fljax.attacks.model import no_attack
 from fljax.client import ClientData, ClientUpdate, default_execution, map_clients
@@ -274,13 +274,13 @@ def make_round(
             client_ids=cohort,
         )
         # Clients run one stream per CPU core: the rule (and an attack's calls of it) may split
-        # its coordinates over the same cores (``order_statistics.columns_over_devices``).
+        # its coordinates over the same cores (``column_split.columns_over_devices``).
         split = (
             mesh is None
             and (default_execution() if execution == "auto" else execution) == "parallel"
             and jax.process_count() == 1
         )
-        with order_statistics.columns_over_devices(split):
+        with column_split.columns_over_devices(split):
             updates, attack_state = model_attack.update(updates, malicious, state.attack_state, k_attack, attack_ctx)
 
         reference = jnp.zeros_like(flat_params)
@@ -301,7 +301,7 @@ def make_round(
             reference=reference,
             model=model,
         )
-        with order_statistics.columns_over_devices(split):
+        with column_split.columns_over_devices(split):
             aggregate, agg_state, info = aggregator.update(updates, state.agg_state, agg_ctx)
 
         pseudo_grad = unravel(-aggregate)

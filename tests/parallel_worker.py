@@ -6,7 +6,7 @@ line, or every registered rule and local-training attack.
 line, the default execution it saw and per case whether two rounds finished with finite params,
 and how far the parallel round's params are from the sequential round's (same clients, same keys),
 and whether the parallel round split the rule's coordinates over the devices (every input is
-wide enough here: ``COLUMN_SPLIT_MIN_COLUMNS`` is lowered to 1, so the split is what is compared).
+wide enough here: ``column_split.MIN_COLUMNS`` is lowered to 1, so the split is what is compared).
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ import optax  # noqa: E402
 
 from experiments.timing import build_aggregator  # noqa: E402
 from fljax import attacks  # noqa: E402
-from fljax.aggregators import REGISTRY, order_statistics  # noqa: E402
+from fljax.aggregators import REGISTRY, column_split  # noqa: E402
 
-order_statistics.COLUMN_SPLIT_MIN_COLUMNS = 1  # the tiny model's 15 coordinates split too (7 + 7, one unsplit)
+column_split.MIN_COLUMNS = 1  # the tiny model's 15 coordinates split too (7 + 7, one unsplit)
 
 NUM_CLASSES, N = 3, 11  # 11 clients over 2 devices: one padding client; Bulyan's n >= 4f + 3 with f = 2
 

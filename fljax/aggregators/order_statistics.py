@@ -25,12 +25,8 @@ How the order statistics are found (exact, no sort; ``experiments/benchmark.py``
 * Column reductions are trees of row slices (XLA CPU's ``jnp.sum(axis=0)`` on ``[n, d]``
   walks one column at a time, ~60x slower than a matvec), a few rows per step of a
   ``fori_loop`` on CPU so that the compiled program does not grow with n.
-* Inside ``columns_over_devices`` (``make_round`` enters it when the clients run ``parallel``,
-  one stream per CPU core), inputs of ``COLUMN_SPLIT_MIN_COLUMNS`` columns or more split their
-  columns over the process's devices with ``shard_map``, one share per core: each column's
-  result is the same, found in parallel (measured on 2 cores, 100 clients x 4 steps of the
-  MLP, d = 199,210, a scanned run: the median's round 219 -> 144 ms, the trimmed mean's 261 ->
-  189 ms, the mean's 108 ms).
+* Inside ``column_split.columns_over_devices`` (``make_round`` enters it when the clients run
+  ``parallel``, one stream per CPU core) wide inputs split their columns over the devices.
 * On CPU the columns go in blocks of ~1 MiB of int16 keys (``fori_loop`` over blocks), so
   that all passes over a block hit the cache, ``x`` is read from memory once and no ``[n, d]``
   temporary is stored (fresh buffers cost ~0.6 ms/MB in page faults); on GPU/TPU the whole
@@ -43,18 +39,15 @@ other dtypes fall back to ``jnp.sort``.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import functools
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.sharding import Mesh
-from jax.sharding import PartitionSpec as P
 
+from fljax.aggregators import column_split
 from fljax.types import Array
 
 BLOCK_ELEMENTS = 1 << 19
@@ -62,11 +55,6 @@ BLOCK_ELEMENTS = 1 << 19
 
 NETWORK_MAX_N = 32
 """Up to this many rows a selection network (min/max of whole rows) replaces radix select."""
-
-COLUMN_SPLIT_MIN_COLUMNS = 1 << 16
-"""Inside ``columns_over_devices``, inputs with fewer columns are not split over the devices."""
-
-_COLUMN_MESH: contextvars.ContextVar = contextvars.ContextVar("fljax_column_mesh", default=None)
 
 _I16_MIN, _I16_MAX = np.int16(-32768), np.int16(32767)
 Reduction = tuple[Callable[..., Array], Callable[[Array, Array], Array]]
@@ -318,51 +306,6 @@ def _block_columns(n: int, d: int) -> int:
     return min(d, max(16, BLOCK_ELEMENTS // max(n, 1)) // 16 * 16)
 
 
-@contextlib.contextmanager
-def columns_over_devices(enabled: bool = True) -> Iterator[None]:
-    """While tracing inside this context, the order statistics of inputs with at least
-    ``COLUMN_SPLIT_MIN_COLUMNS`` columns split the columns over this process's devices
-    (``shard_map``; a no-op with one device or ``enabled=False``). For programs that own the
-    devices, as ``make_round`` with ``execution="parallel"``; not inside a map over devices."""
-    devices = jax.local_devices()
-    mesh = Mesh(np.array(devices), ("columns",)) if enabled and len(devices) > 1 else None
-    token = _COLUMN_MESH.set(mesh)
-    try:
-        yield
-    finally:
-        _COLUMN_MESH.reset(token)
-
-
-def _split_over_devices(mesh: Mesh, x: Array, block_fn: Callable, num_columns_out: int, rows_out: int, *columns):
-    """``_over_column_blocks`` with each device taking an equal share of the columns; the last
-    ``d mod devices`` columns run unsplit."""
-    d, parts = x.shape[1], mesh.size
-    head = d - d % parts
-
-    def local(x, *columns):
-        cols, rows = _over_column_blocks(x, block_fn, num_columns_out, rows_out, *columns)
-        return cols, lax.psum(rows, "columns")
-
-    token = _COLUMN_MESH.set(None)  # the shares run as usual
-    try:
-        split = jax.shard_map(
-            local,
-            mesh=mesh,
-            in_specs=(P(None, "columns"),) + (P("columns"),) * len(columns),
-            out_specs=(P(None, "columns"), P()),
-            check_vma=False,
-        )
-        cols, rows = split(x[:, :head], *(a[:head] for a in columns))
-        if head < d:
-            tail, tail_rows = _over_column_blocks(
-                x[:, head:], block_fn, num_columns_out, rows_out, *(a[head:] for a in columns)
-            )
-            cols, rows = jnp.concatenate([cols, tail], axis=1), rows + tail_rows
-    finally:
-        _COLUMN_MESH.reset(token)
-    return cols, rows
-
-
 def _over_column_blocks(x: Array, block_fn: Callable, num_columns_out: int, rows_out: int, *columns: Array):
     """Runs ``block_fn(block [n, c], fresh bool[c], *column_blocks) -> (columns
     [num_columns_out, c], rows [rows_out])`` over column blocks of ``x`` (and of the ``[d]``
@@ -372,9 +315,11 @@ def _over_column_blocks(x: Array, block_fn: Callable, num_columns_out: int, rows
     columns not already covered, so that row sums count every column once.
     """
     n, d = x.shape
-    mesh = _COLUMN_MESH.get()
-    if mesh is not None and d >= max(COLUMN_SPLIT_MIN_COLUMNS, mesh.size):
-        return _split_over_devices(mesh, x, block_fn, num_columns_out, rows_out, *columns)
+    mesh = column_split.mesh_for(d)
+    if mesh is not None:  # each device its share of the columns
+        return column_split.over_column_shares(
+            mesh, lambda x, *cols: _over_column_blocks(x, block_fn, num_columns_out, rows_out, *cols), x, *columns
+        )
     c = _block_columns(n, d)
     if c == d:
         return block_fn(x, jnp.ones(d, bool), *columns)
