@@ -165,7 +165,10 @@ def fedavg(
         start = (params, optimizer.init(params), jnp.arange(prefix))
         (local, _, _), _ = lax.scan(body, start, jnp.arange(total))
         # A client with no data sends a zero update (selected once here, not at every step).
-        return jax.tree.map(lambda a, b: jnp.where(count > 0, a - b, jnp.zeros_like(a)), local, params)
+        # (a literal 0, not zeros_like: in a program with two pmaps, e.g. a targeted adaptive
+        # attack's, params can carry the first one's mesh, which zeros_like would copy into the
+        # second one's trace, where JAX refuses it)
+        return jax.tree.map(lambda a, b: jnp.where(count > 0, a - b, 0), local, params)
 
     return update
 

@@ -59,6 +59,49 @@ def two_rounds(rnd, params, data):
     return jax.block_until_ready(state.params)
 
 
+def round_pair(kwargs, update, apply, params, data):
+    """Two rounds under each execution, and whether the parallel one split its rule's columns."""
+    rounds = {
+        e: fljax.make_round(update, clients_per_round=N, execution=e, model_apply=apply, **kwargs)
+        for e in ("auto", "sequential")
+    }
+    finals = {e: two_rounds(rnd, params, data) for e, rnd in rounds.items()}
+    auto = rounds["auto"]
+    traced = str(jax.make_jaxpr(lambda s: auto.step(s, data, jax.random.PRNGKey(0)))(auto.init(params)))
+    return finals, "'columns'" in traced
+
+
+RUN_CASE = "run:backdoor+adaptive(objective='targeted')"
+"""A whole jitted run (``fljax.experiment.build``, evaluated every round) whose attack
+differentiates through the attackers' training: several client maps in one program; under
+``pmap`` one once failed ("Context mesh ... should match the mesh of sharding ...")."""
+
+
+def whole_runs():
+    """RUN_CASE's final params under each execution, and whether its rule's columns were split."""
+    from fljax.experiment import ExperimentConfig, build
+
+    config = dict(
+        dataset="digits",
+        num_clients=10,
+        clients_per_round=10,
+        num_malicious=2,
+        rounds=2,
+        aggregator="median",
+        attack="backdoor(target_label=0, trigger_size=2)+adaptive(objective='targeted', attack_steps=2)",
+    )
+    finals, lowered = {}, column_split.MIN_COLUMNS
+    column_split.MIN_COLUMNS = 1 << 16  # as in the library: this small model's rule runs unsplit
+    try:
+        for e in ("auto", "sequential"):
+            exp = build(ExperimentConfig(execution=e, **config))
+            state, _ = jax.jit(exp.train.run)(exp.train.init(jax.random.PRNGKey(0)), exp.data)
+            finals[e] = jax.block_until_ready(state.server.params)
+    finally:
+        column_split.MIN_COLUMNS = lowered
+    return finals, False
+
+
 def main():
     data, apply, params = tiny()
     loss = fljax.classification_loss(apply)
@@ -74,22 +117,15 @@ def main():
             data_attack=attacks.label_flip(NUM_CLASSES, source=0, target=1),
             malicious_client_update=entry.local_training(loss, optimizer, local_steps=2, batch_size=3),
         )
-    wanted = sys.argv[1:] or list(cases)
+    wanted = sys.argv[1:] or [*cases, RUN_CASE]
     out = {"default_execution": fljax.client.default_execution(), "devices": jax.local_device_count(), "cases": {}}
     for name in wanted:
-        kwargs = cases[name]
         result = {}
         try:
-            rounds = {
-                e: fljax.make_round(update, clients_per_round=N, execution=e, model_apply=apply, **kwargs)
-                for e in ("auto", "sequential")
-            }
-            finals = {e: two_rounds(rnd, params, data) for e, rnd in rounds.items()}
-            auto = rounds["auto"]
-            traced = str(
-                jax.make_jaxpr(lambda s, rnd=auto: rnd.step(s, data, jax.random.PRNGKey(0)))(auto.init(params))
-            )
-            result["columns_split"] = "'columns'" in traced
+            if name == RUN_CASE:
+                finals, result["columns_split"] = whole_runs()
+            else:
+                finals, result["columns_split"] = round_pair(cases[name], update, apply, params, data)
             leaves = [np.asarray(a, np.float64) for a in jax.tree.leaves(finals["auto"])]
             result["finite"] = all(bool(np.all(np.isfinite(a))) for a in leaves)
             result["diff"] = max(

@@ -136,6 +136,11 @@ def test_parallel_execution_with_one_device_is_sequential():
     np.testing.assert_allclose(out, xs[0] * xs[1] + 1)
 
 
+RUN_CASE = (
+    "run:backdoor+adaptive(objective='targeted')"  # tests/parallel_worker.py's whole run (it sets up JAX on import)
+)
+
+
 def _parallel_worker(*cases):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, JAX_PLATFORMS="cpu")
@@ -165,9 +170,10 @@ def _check_parallel(result, names):
 def test_default_execution_on_two_cpu_cores_is_parallel_and_equals_sequential():
     """With 2 cores exposed, the default runs clients as ``pmap`` streams; DnC (whose LAPACK
     ``eigh`` once stalled under ``pmap``), the median and trimmed mean (their coordinates split
-    over the two cores) and PGD's malicious training finish and equal the sequential round.
+    over the two cores), PGD's malicious training and a whole run with a targeted adaptive
+    attack (two client maps in one program) finish and equal the sequential ones.
     The slow version covers every rule and local-training attack."""
-    cases = ("dnc", "median", "trimmed_mean", "attack:pgd")
+    cases = ("dnc", "median", "trimmed_mean", "attack:pgd", RUN_CASE)
     result = _check_parallel(_parallel_worker(*cases), cases)
     assert [name for name in cases if result["cases"][name]["columns_split"]] == [
         "median",
@@ -183,5 +189,7 @@ def test_every_rule_and_local_training_attack_under_the_parallel_default():
 
     _check_parallel(
         _parallel_worker(),
-        set(REGISTRY) | {f"attack:{a}" for a, e in attacks.MODEL_ATTACKS.items() if e.local_training is not None},
+        set(REGISTRY)
+        | {f"attack:{a}" for a, e in attacks.MODEL_ATTACKS.items() if e.local_training is not None}
+        | {RUN_CASE},
     )

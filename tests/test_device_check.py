@@ -44,7 +44,7 @@ def test_every_section_is_written(check):
     results, markdown = check
     assert list(results["sections"]) == ["device", "rounds", "torch", "kernels", "rules", "run", "flute"]
     seconds = results["section_seconds"]  # where the check's minutes go, section by section
-    assert list(seconds) == list(results["sections"]) and all(s > 0 for s in seconds.values())
+    assert list(seconds) == list(results["sections"]) and all(s >= 0 for s in seconds.values())
     assert sum(seconds.values()) <= results["elapsed_s"] + 1
     device = results["device"]
     assert device["backend"] == "cpu" and device["fp32_peak_tflops"] > 0 and device["jax"]

@@ -196,6 +196,6 @@ def alter_min_training(
 
         start = (params, optimizer.init(params), optimizer.init(params))
         (local_params, _, _), _ = lax.scan(step, start, jnp.arange(total))
-        return jax.tree.map(lambda a, b: jnp.where(count > 0, a - b, jnp.zeros_like(a)), local_params, params)
+        return jax.tree.map(lambda a, b: jnp.where(count > 0, a - b, 0), local_params, params)  # as fedavg's
 
     return update
