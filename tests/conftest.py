@@ -9,7 +9,9 @@ test_contracts + test_hostile: 43 s cold, 18 s from a warm cache). LLVM at optim
 test_layers, test_notebooks 127 -> 82 s) and the classic elemental emitters instead of the
 fusion emitters (``--xla_cpu_use_fusion_emitters=false``: the whole suite 473 -> 303 s, user
 CPU 827 -> 508 s; the doctests 27 -> 18 s); the HLO passes, and so the programs' results, are
-the same. The doctests load this file too: ``pytest --doctest-modules fljax -p tests.conftest``."""
+the same. The docstrings' examples run in the same session (pyproject: ``--doctest-modules`` over
+``tests`` and ``fljax``); the worker scripts below are not collected, since importing them
+sets up JAX for their own subprocess (``parallel_worker`` exposes 2 CPU devices)."""
 
 import os
 import shutil
@@ -18,6 +20,9 @@ import tempfile
 import pytest
 
 _CACHE_VARS = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
+collect_ignore = ["parallel_worker.py", "sharding_worker.py"]
 
 
 def pytest_addoption(parser):

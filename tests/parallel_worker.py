@@ -86,7 +86,7 @@ def whole_runs():
         num_clients=10,
         clients_per_round=10,
         num_malicious=2,
-        rounds=2,
+        rounds=1,
         aggregator="median",
         attack="backdoor(target_label=0, trigger_size=2)+adaptive(objective='targeted', attack_steps=2)",
     )
