@@ -183,6 +183,11 @@ def default_execution() -> str:
     return "parallel" if jax.local_device_count() > 1 else "sequential"
 
 
+def resolve_execution(execution: str) -> str:
+    """``execution``, with ``auto`` replaced by ``default_execution()``."""
+    return default_execution() if execution == "auto" else execution
+
+
 def use_cpu_cores(count: Optional[int] = None) -> None:
     """Exposes ``count`` CPU cores (default: all this process may use) as separate JAX devices,
     so that ``execution="parallel"`` trains one sequential stream of clients per core.
@@ -227,8 +232,7 @@ def map_clients(fn: Callable, xs, execution: str = "auto", chunk_size: int = 8):
     ``auto``: ``default_execution()``.
     Every strategy computes the same per-client function, so results agree to float rounding.
     """
-    if execution == "auto":
-        execution = default_execution()
+    execution = resolve_execution(execution)
     if execution == "vmap":
         return jax.vmap(fn)(xs)
     if execution == "chunked":

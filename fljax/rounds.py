@@ -22,7 +22,7 @@ from fljax import sharding as sharding_lib
 from fljax.aggregators import column_split
 from fljax.aggregators._common import finite_rows, normalize
 from fljax.attacks.model import no_attack
-from fljax.client import ClientData, ClientUpdate, default_execution, map_clients
+from fljax.client import ClientData, ClientUpdate, map_clients, resolve_execution
 from fljax.data.federated import FederatedData
 from fljax.momentum import WorkerMomentum
 from fljax.types import AggregationContext, Aggregator, AttackContext, DataAttack, ModelAccess, ModelAttack, ServerState
@@ -275,11 +275,7 @@ def make_round(
         )
         # Clients run one stream per CPU core: the rule (and an attack's calls of it) may split
         # its coordinates over the same cores (``column_split.columns_over_devices``).
-        split = (
-            mesh is None
-            and (default_execution() if execution == "auto" else execution) == "parallel"
-            and jax.process_count() == 1
-        )
+        split = mesh is None and resolve_execution(execution) == "parallel" and jax.process_count() == 1
         with column_split.columns_over_devices(split):
             updates, attack_state = model_attack.update(updates, malicious, state.attack_state, k_attack, attack_ctx)
 

@@ -41,8 +41,10 @@ def build_cell(config: ExperimentConfig, seed_execution: str = "vmap"):
     would run ``parallel`` (``pmap`` over the CPU devices) run ``sequential`` instead, since the
     seeds program owns the devices (and a ``pmap`` under the seeds' ``vmap`` was measured ~35x
     slower with median on 2 CPU devices); under ``map`` (one seed at a time) they keep them."""
-    execution = config.execution if config.execution != "auto" else fljax.client.default_execution()
-    if execution == "parallel" and resolve_seed_execution(seed_execution) in ("vmap", "parallel"):
+    if fljax.client.resolve_execution(config.execution) == "parallel" and resolve_seed_execution(seed_execution) in (
+        "vmap",
+        "parallel",
+    ):
         config = dataclasses.replace(config, execution="sequential")
     return build(config)
 
