@@ -265,20 +265,6 @@ def make_round(
         if worker_momentum is not None:  # the clients send their momenta; the attack sees the honest ones
             updates, momenta = worker_momentum.update(momenta, updates, cohort)
 
-        attack_ctx = AttackContext(
-            params=flat_params,
-            weights=counts,
-            round=state.round,
-            aggregator=aggregator if attack_knows_aggregator else None,
-            agg_state=state.agg_state,
-            client_ids=cohort,
-        )
-        # Clients run one stream per CPU core: the rule (and an attack's calls of it) may split
-        # its coordinates over the same cores (``column_split.columns_over_devices``).
-        split = mesh is None and resolve_execution(execution) == "parallel" and jax.process_count() == 1
-        with column_split.columns_over_devices(split):
-            updates, attack_state = model_attack.update(updates, malicious, state.attack_state, k_attack, attack_ctx)
-
         reference = jnp.zeros_like(flat_params)
         if aggregator.needs_reference:
             root = jax.random.permutation(jax.random.PRNGKey(0), data.x.shape[0])[:root_size]
@@ -289,6 +275,23 @@ def make_round(
             model = ModelAccess(
                 unravel=unravel, apply=model_apply, inputs=jax.ShapeDtypeStruct(data.x.shape[1:], data.x.dtype)
             )
+        attack_ctx = AttackContext(
+            params=flat_params,
+            weights=counts,
+            round=state.round,
+            aggregator=aggregator if attack_knows_aggregator else None,
+            agg_state=state.agg_state,
+            client_ids=cohort,
+            # What the server's rule reads besides the updates, for attacks that run it.
+            reference=reference if attack_knows_aggregator and aggregator.needs_reference else None,
+            model=model if attack_knows_aggregator else None,
+        )
+        # Clients run one stream per CPU core: the rule (and an attack's calls of it) may split
+        # its coordinates over the same cores (``column_split.columns_over_devices``).
+        split = mesh is None and resolve_execution(execution) == "parallel" and jax.process_count() == 1
+        with column_split.columns_over_devices(split):
+            updates, attack_state = model_attack.update(updates, malicious, state.attack_state, k_attack, attack_ctx)
+
         agg_ctx = AggregationContext(
             weights=counts.astype(updates.dtype),
             key=k_agg,

@@ -124,6 +124,10 @@ class AttackContext(NamedTuple):
         through it); ``None`` when unknown.
       agg_state: the aggregator's state at this round (for stateful rules).
       client_ids: ``[n]`` population ids of the round's clients.
+      reference: ``[d]`` the server's reference update (``Aggregator.needs_reference``: FLTrust's
+        root-data update), given with ``aggregator``; ``None`` when the rule reads none or is unknown.
+      model: the model behind the flat vectors (``Aggregator.needs_model``: DeepSight), given with
+        ``aggregator``; ``None`` otherwise. Attacks that run the server's rule pass both on.
     """
 
     params: Array
@@ -132,6 +136,8 @@ class AttackContext(NamedTuple):
     aggregator: Optional[Aggregator]
     agg_state: Any
     client_ids: Array
+    reference: Optional[Array] = None
+    model: Optional[ModelAccess] = None
 
 
 class ModelAttack(NamedTuple):

@@ -32,7 +32,7 @@ from fljax.client import Batch, ClientData, classification_loss, fedavg
 from fljax.data.edge import edge_digits, fit_to_frame
 from fljax.metrics import make_evaluate
 from fljax.types import AggregationContext, Aggregator, AttackContext
-from tests.helpers import aggregate_once
+from tests.helpers import aggregate_once, make_data, squared_loss
 
 # ----------------------------------------------------------------------------- optimal IPM / ALIE
 
@@ -142,6 +142,63 @@ def test_the_search_runs_through_the_given_rule_pre_aggregations_included():
     np.testing.assert_allclose(np.asarray(out)[:F], np.broadcast_to(-float(state.tau) * MU, (F, D)), rtol=1e-5)
     agg, _ = aggregate_once(chain, out)
     np.testing.assert_allclose(float(state.deviation), np.linalg.norm(agg - MU), rtol=1e-4)
+
+
+def test_the_search_reads_the_servers_reference_update():
+    # FLTrust scores each update against the server's root-data update g0: simulated with zeros
+    # (before the round passed g0 to the attack) every trust score is 0, the aggregate 0, and
+    # every tau looks alike. The attack must see the g0 the server uses.
+    reference = jnp.asarray(HONEST[0] + 0.1, jnp.float32)
+    rule = fljax.aggregators.fltrust()
+    ctx = context(rule)._replace(reference=reference)
+    attack = optimal_alie()
+    out, state = jax.jit(lambda: attack.update(UPDATES, MAL, attack.init(jnp.zeros(D)), jax.random.PRNGKey(0), ctx))()
+    server = AggregationContext(jnp.ones(N), jax.random.PRNGKey(1), jnp.arange(N), jnp.zeros(D), reference)
+    agg = rule.update(out, rule.init(jnp.zeros(D)), server)[0]
+    assert float(state.tau) > 0
+    np.testing.assert_allclose(float(state.deviation), np.linalg.norm(np.asarray(agg) - MU), rtol=1e-4)
+    assert float(state.deviation) != pytest.approx(np.linalg.norm(MU), rel=1e-3)  # what zeros would give
+
+
+@pytest.mark.parametrize("knows", [True, False])
+def test_a_round_gives_the_attack_what_the_server_rule_reads(knows):
+    """The round's reference update and model access reach an attack that knows the rule (the
+    same arrays the rule then reads), and neither reaches one that does not."""
+    seen = {}
+
+    def rule_update(updates, state, ctx):
+        w = jnp.full(updates.shape[0], 1.0 / updates.shape[0])
+        return w @ updates, ctx.reference, {"weights": w}
+
+    rule = fljax.Aggregator(
+        init=lambda p: jnp.zeros_like(p), update=rule_update, needs_reference=True, needs_model=True
+    )
+
+    def attack_update(updates, malicious, state, key, ctx):
+        seen["model"] = ctx.model  # at trace time
+        return updates, jnp.zeros_like(ctx.params) if ctx.reference is None else ctx.reference
+
+    spy = fljax.ModelAttack(init=lambda p: jnp.zeros_like(p), update=attack_update)
+    data = make_data([[0, 1], [2, 3], [4, 5], [6, 7]], np.arange(16.0).reshape(8, 2), np.arange(8.0))
+    apply = lambda p, x: x @ p["w"]
+    rnd = fljax.make_round(
+        fljax.fedsgd(squared_loss),
+        rule,
+        clients_per_round=4,
+        num_malicious=1,
+        model_attack=spy,
+        model_apply=apply,
+        root_size=4,
+        attack_knows_aggregator=knows,
+    )
+    state, _ = rnd.step(rnd.init({"w": jnp.ones(2)}), data, jax.random.PRNGKey(0))
+    server_reference = np.asarray(state.agg_state)
+    assert np.linalg.norm(server_reference) > 0
+    if knows:
+        np.testing.assert_array_equal(np.asarray(state.attack_state), server_reference)
+        assert seen["model"].apply is apply and seen["model"].inputs.shape == (2,)
+    else:
+        assert not np.any(np.asarray(state.attack_state)) and seen["model"] is None
 
 
 def test_optimal_attacks_stay_finite_on_hostile_inputs():

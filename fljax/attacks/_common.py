@@ -6,7 +6,7 @@ from typing import Callable
 
 import jax.numpy as jnp
 
-from fljax.types import Array, AttackContext, ModelAttack, no_state
+from fljax.types import AggregationContext, Array, AttackContext, ModelAttack, no_state
 
 
 def stateless(craft: Callable[[Array, Array, Array, AttackContext], Array], **fields) -> ModelAttack:
@@ -23,6 +23,20 @@ def stateless(craft: Callable[[Array, Array, Array, AttackContext], Array], **fi
         return replace_rows(updates, malicious, craft(updates, malicious, key, context)), state
 
     return ModelAttack(init=no_state, update=update, **fields)
+
+
+def simulated_server_context(context: AttackContext, dtype, key: Array) -> AggregationContext:
+    """The server rule's context as an attack that runs the rule (line search, gradient ascent)
+    rebuilds it: the round's weights, ids and model, the server's reference update (zeros where
+    the round gives none) and model access, and ``key``, the attack's own aggregation key."""
+    return AggregationContext(
+        weights=context.weights.astype(dtype),
+        key=key,
+        client_ids=context.client_ids,
+        params=context.params,
+        reference=jnp.zeros_like(context.params) if context.reference is None else context.reference,
+        model=context.model,
+    )
 
 
 def replace_rows(updates: Array, malicious: Array, crafted: Array) -> Array:

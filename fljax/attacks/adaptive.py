@@ -30,10 +30,10 @@ import optax
 from jax import lax
 
 from fljax.aggregators.averaging import mean
-from fljax.attacks._common import check_number, replace_rows
+from fljax.attacks._common import check_number, replace_rows, simulated_server_context
 from fljax.attacks.threat import check_knowledge, masked_mean_std, observed_rows
 from fljax.attacks.untargeted import alie_z
-from fljax.types import AggregationContext, Aggregator, Array, DataAttack, ModelAttack
+from fljax.types import Aggregator, Array, DataAttack, ModelAttack
 
 OBJECTIVES = ("untargeted", "deviation", "targeted")
 CONSTRAINTS = ("max_norm", "distance", "none")
@@ -220,13 +220,7 @@ def adaptive(
             base = updates
         else:
             base = mu + sigma * jax.random.normal(k_honest, updates.shape, updates.dtype)
-        agg_ctx = AggregationContext(
-            weights=context.weights.astype(updates.dtype),
-            key=k_agg,
-            client_ids=context.client_ids,
-            params=context.params,
-            reference=jnp.zeros_like(context.params),
-        )
+        agg_ctx = simulated_server_context(context, updates.dtype, k_agg)
         direction = mu / jnp.maximum(_safe_norm(mu), _TINY)
 
         def score(z):

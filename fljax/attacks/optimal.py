@@ -23,9 +23,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from fljax.aggregators.averaging import mean
-from fljax.attacks._common import replace_rows
+from fljax.attacks._common import replace_rows, simulated_server_context
 from fljax.attacks.threat import masked_mean_std
-from fljax.types import AggregationContext, Aggregator, Array, ModelAttack
+from fljax.types import Aggregator, Array, ModelAttack
 
 GOLDEN = 0.6180339887498949
 """``(sqrt(5) - 1) / 2``, the golden-section ratio."""
@@ -135,13 +135,7 @@ def _optimal(
         agg_state = context.agg_state if agg_rule is context.aggregator else agg_rule.init(context.params)
         # The server's aggregation key is not the attacker's: a random rule (bucketing) is simulated
         # with a key of the attack's own, the same for every tau, so the search is deterministic.
-        agg_ctx = AggregationContext(
-            weights=context.weights.astype(updates.dtype),
-            key=key,
-            client_ids=context.client_ids,
-            params=context.params,
-            reference=jnp.zeros_like(context.params),
-        )
+        agg_ctx = simulated_server_context(context, updates.dtype, key)
         # Statistics that overflow (honest rows near the float maximum) are taken as 0.
         mu, sigma = (jnp.where(jnp.isfinite(s), s, 0.0) for s in masked_mean_std(updates, ~malicious))
 
