@@ -221,8 +221,8 @@ def deepsight(
         if model is None:
             raise ValueError(
                 f"{rule}: the context carries no model (context.model, Aggregator.needs_model): "
-                "make_round(..., model_apply=model.apply) supplies it; a context built by hand (a test, "
-                "an attack that runs the rule) must give it"
+                "make_round(..., model_apply=model.apply) supplies it (and passes it to attacks that run the "
+                "rule); a context built by hand must give it, e.g. fljax.aggregate(..., model=...)"
             )
         if not jnp.issubdtype(model.inputs.dtype, jnp.floating):
             raise ValueError(
