@@ -63,9 +63,14 @@ def apply_attack(
     aggregator: Optional[Aggregator] = None,
     weights: Optional[Array] = None,
     params: Optional[PyTree] = None,
+    reference: Optional[Array] = None,
+    model: Optional[ModelAccess] = None,
 ):
     """Applies a model attack once to ``updates`` (``[n, d]`` or stacked pytree) with the
-    ``bool[n]`` ``malicious`` mask; returns the poisoned updates in the same structure."""
+    ``bool[n]`` ``malicious`` mask; returns the poisoned updates in the same structure.
+
+    ``reference`` and ``model`` are what ``aggregator`` reads besides the updates (as in
+    ``aggregate``: FLTrust's server update, DeepSight's model), for attacks that run the rule."""
     matrix, unravel = _as_matrix(updates)
     n, d = matrix.shape
     flat_params = jnp.zeros(d, matrix.dtype) if params is None else ravel_pytree(params)[0]
@@ -76,6 +81,8 @@ def apply_attack(
         aggregator=aggregator,
         agg_state=None if aggregator is None else aggregator.init(flat_params),
         client_ids=jnp.arange(n),
+        reference=None if reference is None else jnp.asarray(reference, matrix.dtype),
+        model=model,
     )
     out, _ = attack.update(
         matrix,

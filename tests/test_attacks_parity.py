@@ -158,6 +158,9 @@ def test_the_search_reads_the_servers_reference_update():
     assert float(state.tau) > 0
     np.testing.assert_allclose(float(state.deviation), np.linalg.norm(np.asarray(agg) - MU), rtol=1e-4)
     assert float(state.deviation) != pytest.approx(np.linalg.norm(MU), rel=1e-3)  # what zeros would give
+    # fljax.apply_attack takes the same reference for the rule (as fljax.aggregate does).
+    rows = fljax.apply_attack(attack, UPDATES, MAL, jax.random.PRNGKey(0), rule, reference=reference)
+    np.testing.assert_allclose(np.asarray(rows), np.asarray(out), rtol=1e-6)
 
 
 @pytest.mark.parametrize("knows", [True, False])
