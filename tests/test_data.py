@@ -1,6 +1,8 @@
 """Embedded datasets, TFDS by name (mock data, offline failure), synthetic stand-ins, and the
 four label partitions. IDX files / Fashion-MNIST: test_data_idx.py; LEAF: test_data_leaf.py."""
 
+import subprocess
+import sys
 import time
 
 import jax
@@ -92,6 +94,30 @@ def test_digits_and_breast_cancer():
     b = data.load("breast_cancer")
     assert b.x_train.shape[1] == 30 and b.num_classes == 2
     np.testing.assert_allclose(b.x_train.mean(0), 0, atol=1e-4)
+
+
+def test_digits_and_breast_cancer_are_scikit_learns_tables_read_without_importing_it():
+    """The same examples and labels as ``sklearn.datasets.load_*``, shuffled and split alike;
+    loading them does not import scikit-learn (1.4 s of a process's start)."""
+    sklearn_datasets = pytest.importorskip("sklearn.datasets")
+    for name, loader, scale in (("digits", "load_digits", 16.0), ("breast_cancer", "load_breast_cancer", None)):
+        ref = getattr(sklearn_datasets, loader)()
+        ds = data.load(name)
+        x = np.concatenate([ds.x_train, ds.x_test]).reshape(len(ref.target), -1)
+        y = np.concatenate([ds.y_train, ds.y_test])
+        order = np.asarray(jax.random.permutation(jax.random.PRNGKey(0), len(ref.target)))
+        n_test = len(ds.y_test)
+        order = np.concatenate([order[n_test:], order[:n_test]])  # train first, as concatenated above
+        np.testing.assert_array_equal(y, ref.target[order])
+        if scale:
+            np.testing.assert_array_equal(x, ref.data[order].astype(np.float32) / scale)
+        else:  # standardized with the training split's statistics
+            raw = ref.data[order].astype(np.float32)
+            mu, sd = raw[: len(ds.y_train)].mean(0), raw[: len(ds.y_train)].std(0) + 1e-6
+            np.testing.assert_allclose(x, (raw - mu) / sd, rtol=1e-5, atol=1e-5)
+    code = "import sys; from fljax import data; data.load('digits'); data.load('breast_cancer'); print('sklearn' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
 
 
 def test_unknown_dataset_lists_valid_ones():
