@@ -135,7 +135,7 @@ def benchmark_cohort(n: int, models: dict, peak: float) -> None:
         )
 
     # 1. Rounds per client execution strategy (and convolution implementation).
-    rows, round_seconds, round_cpu = [], {}, {}
+    rows, round_seconds, round_cpu, runners = [], {}, {}, {}
     for spec in FLAGS.executions:
         execution, chunk = parse_execution(spec)
         for impl, (model, params) in models.items():
@@ -161,7 +161,7 @@ def benchmark_cohort(n: int, models: dict, peak: float) -> None:
             first, _ = timed(run, 1)
             _, seconds = timed(run, repeats)
             cpu_ms = 1e3 * float(np.median(cpu[-repeats:]))
-            round_seconds[label], round_cpu[label] = seconds, cpu_ms
+            round_seconds[label], round_cpu[label], runners[label] = seconds, cpu_ms, run
             rows.append(
                 [
                     label,
@@ -200,13 +200,19 @@ def benchmark_cohort(n: int, models: dict, peak: float) -> None:
         if one_round is None:
             print("\nPyTorch round: skipped (torch is not importable)")
         else:
+            # Each PyTorch round is followed by one round of every fljax strategy and the ratios
+            # come from these interleaved rounds, so a drift in the machine's speed (seen here:
+            # 15% between minutes) moves both sides alike.
             one_round(n)  # warm-up
-            walls, cpus = [], []
+            walls, cpus, paired = [], [], {label: [] for label in runners}
             for _ in range(max(1, repeats // 2)):
                 start = time.process_time()
                 walls.append(one_round(n))
                 cpus.append(time.process_time() - start)
+                for label, run in runners.items():
+                    paired[label].append(timed(run, 0)[0])
             seconds, cpu_ms = float(np.median(walls)), 1e3 * float(np.median(cpus))
+            interleaved = {label: float(np.median(times)) for label, times in paired.items()}
             version = torch_version(FLAGS.torch_threads)
             rows = [
                 [
@@ -227,11 +233,12 @@ def benchmark_cohort(n: int, models: dict, peak: float) -> None:
                     f"{s / seconds:.2f}",
                     f"{seconds / s:.2f}",
                 ]
-                for label, s in round_seconds.items()
+                for label, s in interleaved.items()
             ]
             print(
                 table(
-                    f"PyTorch round ({version}) vs fljax, {FLAGS.model}",
+                    f"PyTorch round ({version}) vs fljax, {FLAGS.model} (each fljax round timed right after a "
+                    "PyTorch one; medians)",
                     ["implementation", "round ms", "CPU ms", "TFLOP/s", "time / torch", "speed-up"],
                     rows,
                 )

@@ -29,7 +29,8 @@ def now() -> float:
 
 
 def timed(fn: Callable[[], object], repeats: int, best: bool = False) -> tuple[float, float]:
-    """``(first call seconds (compile + run), median (or best) seconds of the next repeats)``."""
+    """``(first call seconds (compile + run), median (or best) seconds of the next repeats)``;
+    with ``repeats=0`` both are the one call's."""
     start = now()
     jax.block_until_ready(fn())
     first = now() - start
@@ -38,6 +39,8 @@ def timed(fn: Callable[[], object], repeats: int, best: bool = False) -> tuple[f
         start = now()
         jax.block_until_ready(fn())
         times.append(now() - start)
+    if not times:
+        return first, first
     return first, min(times) if best else statistics.median(times)
 
 

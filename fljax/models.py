@@ -54,7 +54,8 @@ class CNN(nn.Module):
 
     Each convolution computes only the outputs its pool keeps (``layers.crop_for_pool``: on
     28x28 inputs the second one computes 10x10 of its 11x11 outputs); values and gradients are
-    those of the uncropped network.
+    those of the uncropped network. With patch convolutions (CPU) the convolutions and pools run
+    in the ``"CHWN"`` layout (``fljax.layers``: every product has the long axis minor).
 
     References:
       Fang, Cao, Jia, Gong, "Local Model Poisoning Attacks to Byzantine-Robust Federated
@@ -66,9 +67,12 @@ class CNN(nn.Module):
 
     @nn.compact
     def __call__(self, x):
+        chwn = layers.resolve_impl(self.impl) == "patches"
+        x = layers.swap_batch_and_channels(x) if chwn else x
         for features in (30, 50):  # each convolution computes only the outputs its pool keeps
-            x = layers.Conv(features, (3, 3), padding="VALID", impl=self.impl)(layers.crop_for_pool(x, (3, 3), (2, 2)))
-            x = layers.max_pool(nn.relu(x), (2, 2), strides=(2, 2), impl=self.impl)
+            conv = layers.Conv(features, (3, 3), padding="VALID", impl=self.impl, layout="CHWN" if chwn else "NHWC")
+            x = layers.max_pool(nn.relu(conv(layers.crop_for_pool(x, (3, 3), (2, 2)))), (2, 2), impl=self.impl)
+        x = layers.swap_batch_and_channels(x) if chwn else x
         x = nn.relu(nn.Dense(200)(x.reshape(x.shape[0], -1)))
         return nn.Dense(self.num_classes)(x)
 
@@ -90,10 +94,14 @@ class LeNet5(nn.Module):
     @nn.compact
     def __call__(self, x):
         pad = [(max(0, (32 - n) // 2), max(0, 32 - n - (32 - n) // 2)) for n in x.shape[1:3]]
-        x = nn.relu(layers.Conv(6, (5, 5), padding=pad, impl=self.impl)(x))
+        chwn = layers.resolve_impl(self.impl) == "patches"
+        layout = "CHWN" if chwn else "NHWC"
+        x = layers.swap_batch_and_channels(x) if chwn else x
+        x = nn.relu(layers.Conv(6, (5, 5), padding=pad, impl=self.impl, layout=layout)(x))
         x = layers.max_pool(x, (2, 2), strides=(2, 2), impl=self.impl)
-        x = nn.relu(layers.Conv(16, (5, 5), padding="VALID", impl=self.impl)(x))
+        x = nn.relu(layers.Conv(16, (5, 5), padding="VALID", impl=self.impl, layout=layout)(x))
         x = layers.max_pool(x, (2, 2), strides=(2, 2), impl=self.impl)
+        x = layers.swap_batch_and_channels(x) if chwn else x
         x = x.reshape(x.shape[0], -1)
         x = nn.relu(nn.Dense(120)(x))
         x = nn.relu(nn.Dense(84)(x))

@@ -81,6 +81,67 @@ def test_one_channel_input_with_dilation_strides_and_padding():
         assert_close(run(mine), run(ref))
 
 
+CHWN_CASES = CONV_CASES + [((3, 3), 1, "SAME", 3, 4, {"kernel_dilation": 2, "use_bias": False})]
+
+
+@pytest.mark.parametrize("impl", ["patches", "xla"])
+@pytest.mark.parametrize("case", CHWN_CASES)
+def test_chwn_conv_is_flax_conv_on_the_swapped_axes(case, impl):
+    """``layout="CHWN"``: flax's parameters, and its outputs and gradients with the batch and
+    channel axes swapped, in both implementations."""
+    kernel, strides, padding, cin, cout, *extra = case
+    kwargs = dict(strides=strides, padding=padding, **(extra[0] if extra else {}))
+    x = jax.random.normal(jax.random.PRNGKey(1), (3, 11, 10, cin))
+    ref = nn.Conv(cout, kernel, **kwargs)
+    mine = layers.Conv(cout, kernel, layout="CHWN", impl=impl, **kwargs)
+    params = ref.init(jax.random.PRNGKey(0), x)
+    swap = layers.swap_batch_and_channels
+    jax.tree.map(np.testing.assert_array_equal, mine.init(jax.random.PRNGKey(0), swap(x)), params)
+    chwn = lambda p, x: swap(mine.apply(p, swap(x)))  # NHWC in and out
+    if impl == "patches":
+        assert "conv_general_dilated" not in primitives(chwn, params, x)
+
+    def outputs_and_grads(f):
+        loss = lambda p, x: jnp.sum(jnp.sin(f(p, x)) * jnp.arange(cout))
+        return jax.jit(lambda p, x: (f(p, x), jax.grad(loss, argnums=(0, 1))(p, x)))(params, x)
+
+    assert_close(outputs_and_grads(chwn), outputs_and_grads(ref.apply))
+
+
+def test_chwn_max_pool_and_crop_are_flax_on_the_swapped_axes():
+    """``max_pool`` and ``crop_for_pool`` read any layout whose spatial axes sit between the
+    first and the last; ties send the gradient to the window's first maximum in CHWN too."""
+    x = jnp.round(jax.random.normal(jax.random.PRNGKey(0), (2, 9, 8, 3)) * 2) / 2
+    swap = layers.swap_batch_and_channels
+    weights = jax.random.normal(jax.random.PRNGKey(1), (2, 4, 4, 3))
+
+    def run(pool):
+        loss = lambda x: jnp.sum(jnp.sin(pool(x)) * weights)
+        return jax.jit(lambda x: (pool(x), jax.grad(loss)(x)))(x)
+
+    ref = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))
+    mine = lambda x: swap(layers.max_pool(swap(x), (2, 2), impl="patches"))
+    jax.tree.map(np.testing.assert_array_equal, run(mine), run(ref))
+    np.testing.assert_array_equal(
+        swap(layers.crop_for_pool(swap(x), (3, 3), (2, 2))), layers.crop_for_pool(x, (3, 3), (2, 2))
+    )
+
+
+def test_chwn_refuses_what_it_does_not_cover():
+    x = jnp.ones((4, 8, 8, 2))  # [C, H, W, B]
+    with pytest.raises(ValueError, match="layout: unknown layout 'NCHW'; valid: NHWC, CHWN"):
+        layers.Conv(3, (3, 3), layout="NCHW")
+    for kwargs, needs in [
+        ({"feature_group_count": 2}, "feature_group_count=1"),
+        ({"padding": "CIRCULAR"}, "zero padding"),
+        ({"input_dilation": 2}, "input_dilation=1"),
+    ]:
+        with pytest.raises(ValueError, match=f"layout='CHWN' needs {needs}; use layout='NHWC'"):
+            layers.Conv(4, (3, 3), layout="CHWN", **kwargs).init(jax.random.PRNGKey(0), x)
+    with pytest.raises(ValueError, match=r"inputs \[C, \*spatial, B\] of rank 4"):
+        layers.Conv(4, (3, 3), layout="CHWN").init(jax.random.PRNGKey(0), x[0])
+
+
 @pytest.mark.parametrize("size", [(13, 13), (12, 11), (28, 27), (5, 4)])
 def test_crop_for_pool_keeps_pooled_values_and_gradients(size):
     """Cropping what the pool drops changes neither the pooled output nor any gradient (the
