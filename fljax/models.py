@@ -121,22 +121,32 @@ class ResidualBlock(nn.Module):
     shortcut: str = "projection"
     norm_groups: int = 2
     impl: str = "auto"
+    layout: str = "NHWC"  # or "CHWN" (``fljax.layers``)
 
     @nn.compact
     def __call__(self, x):
         conv = lambda f, k, s: layers.Conv(
-            f, (k, k), strides=s, padding="SAME" if k > 1 else "VALID", use_bias=False, impl=self.impl
+            f,
+            (k, k),
+            strides=s,
+            padding="SAME" if k > 1 else "VALID",
+            use_bias=False,
+            impl=self.impl,
+            layout=self.layout,
         )
-        norm = lambda: nn.GroupNorm(num_groups=self.norm_groups)
+        norm = lambda: layers.GroupNorm(num_groups=self.norm_groups, layout=self.layout)
+        channels = 0 if self.layout == "CHWN" else -1
         y = nn.relu(norm()(conv(self.features, 3, self.strides)(x)))
         y = norm()(conv(self.features, 3, 1)(y))
-        if self.strides != 1 or x.shape[-1] != self.features:
+        if self.strides != 1 or x.shape[channels] != self.features:
             if self.shortcut == "projection":
                 x = norm()(conv(self.features, 1, self.strides)(x))
             else:
                 x = x[:, :: self.strides, :: self.strides, :]
-                extra = self.features - x.shape[-1]
-                x = jnp.pad(x, [(0, 0)] * 3 + [(extra // 2, extra - extra // 2)])
+                extra = self.features - x.shape[channels]
+                pads = [(0, 0)] * 4
+                pads[channels] = (extra // 2, extra - extra // 2)
+                x = jnp.pad(x, pads)
         return nn.relu(x + y)
 
 
@@ -171,14 +181,16 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        x = layers.Conv(self.widths[0], (3, 3), padding="SAME", use_bias=False, impl=self.impl)(x)
-        x = nn.relu(nn.GroupNorm(num_groups=self.norm_groups)(x))
+        layout = "CHWN" if layers.resolve_impl(self.impl) == "patches" else "NHWC"
+        x = layers.swap_batch_and_channels(x) if layout == "CHWN" else x
+        x = layers.Conv(self.widths[0], (3, 3), padding="SAME", use_bias=False, impl=self.impl, layout=layout)(x)
+        x = nn.relu(layers.GroupNorm(num_groups=self.norm_groups, layout=layout)(x))
         for stage, (blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
             for block in range(blocks):
                 strides = 2 if stage > 0 and block == 0 else 1
-                x = ResidualBlock(width, strides, self.shortcut, self.norm_groups, self.impl)(x)
-        x = jnp.mean(x, axis=(1, 2))
-        return nn.Dense(self.num_classes)(x)
+                x = ResidualBlock(width, strides, self.shortcut, self.norm_groups, self.impl, layout)(x)
+        x = jnp.mean(x, axis=(1, 2))  # [B, C], or [C, B] in CHWN
+        return nn.Dense(self.num_classes)(x.T if layout == "CHWN" else x)
 
 
 def ResNet18(num_classes: int, **kwargs) -> ResNet:

@@ -127,6 +127,37 @@ def test_chwn_max_pool_and_crop_are_flax_on_the_swapped_axes():
     )
 
 
+@pytest.mark.parametrize("groups", [1, 2, 4])
+def test_chwn_group_norm_is_flax_group_norm_on_the_swapped_axes(groups):
+    x = jax.random.normal(jax.random.PRNGKey(1), (3, 6, 5, 8)) * 3 + 1  # [B, H, W, C]
+    ref = nn.GroupNorm(num_groups=groups)
+    mine = layers.GroupNorm(num_groups=groups, layout="CHWN")
+    swap = layers.swap_batch_and_channels
+    params = ref.init(jax.random.PRNGKey(0), x)
+    jax.tree.map(np.testing.assert_array_equal, mine.init(jax.random.PRNGKey(0), swap(x)), params)
+    params = jax.tree.map(lambda a: a + jax.random.normal(jax.random.PRNGKey(2), a.shape), params)  # not 1 and 0
+    chwn = lambda p, x: swap(mine.apply(p, swap(x)))
+
+    def outputs_and_grads(f):
+        loss = lambda p, x: jnp.sum(jnp.sin(f(p, x)) * jnp.arange(8))
+        return jax.jit(lambda p, x: (f(p, x), jax.grad(loss, argnums=(0, 1))(p, x)))(params, x)
+
+    assert_close(outputs_and_grads(chwn), outputs_and_grads(ref.apply))
+    y = mine.apply(params, swap(x))  # the NHWC module is flax's own
+    np.testing.assert_array_equal(layers.GroupNorm(num_groups=groups).apply(params, x), ref.apply(params, x))
+    assert y.shape == (8, 6, 5, 3)
+
+
+def test_chwn_group_norm_refuses_what_it_does_not_cover():
+    x = jnp.ones((4, 3, 3, 2))
+    with pytest.raises(ValueError, match="layout='CHWN' needs num_groups \\(not group_size\\)"):
+        layers.GroupNorm(num_groups=None, group_size=2, layout="CHWN").init(jax.random.PRNGKey(0), x)
+    with pytest.raises(ValueError, match="num_groups: 3 does not divide the number of channels \\(4\\)"):
+        layers.GroupNorm(num_groups=3, layout="CHWN").init(jax.random.PRNGKey(0), x)
+    with pytest.raises(ValueError, match="layout: unknown layout 'NCHW'"):
+        layers.GroupNorm(num_groups=2, layout="NCHW")
+
+
 def test_chwn_refuses_what_it_does_not_cover():
     x = jnp.ones((4, 8, 8, 2))  # [C, H, W, B]
     with pytest.raises(ValueError, match="layout: unknown layout 'NCHW'; valid: NHWC, CHWN"):

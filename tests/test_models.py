@@ -166,7 +166,7 @@ def test_cnn_is_flax_cnn_with_fast_convolutions_on_cpu():
         assert not used & {"conv_general_dilated", "select_and_scatter_add"}, used
 
 
-@pytest.mark.parametrize("name", ["lenet5", "resnet18"])
+@pytest.mark.parametrize("name", ["lenet5", "resnet18", "resnet20", "vgg11"])
 def test_conv_models_agree_across_implementations(name):
     module, shape, _ = small(name)
     x = jax.random.normal(jax.random.PRNGKey(1), (2, *shape))
