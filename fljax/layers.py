@@ -267,12 +267,12 @@ def _patch_conv_chwn_fwd(x, kernel, strides, dilation, precision, preferred_elem
     patches = _chwn_patches(x, window, strides, dilation)
     out = patches.shape[2:]
     patches = patches.reshape(-1, math.prod(out))
+    # [N, K] x [K, positions] with the kernel transposed first (the barrier keeps XLA from folding
+    # the transpose into the product): a YNNPACK product run in place, not an Eigen one run
+    # asynchronously (measured: the CNN round 263 -> 249 ms, ResNet-20 within noise).
+    kernel_t = lax.optimization_barrier(kernel.reshape(-1, cout).T)
     y = lax.dot_general(
-        kernel.reshape(-1, cout),
-        patches,
-        (((0,), (0,)), ((), ())),
-        precision=precision,
-        preferred_element_type=preferred_element_type,
+        kernel_t, patches, (((1,), (0,)), ((), ())), precision=precision, preferred_element_type=preferred_element_type
     )
     return y.reshape(cout, *out), (x, patches, kernel)
 
