@@ -57,6 +57,7 @@ from experiments.timing import (
     torch_version,
 )
 from fljax.aggregators import REGISTRY
+from fljax.allocator import restart_with_tcmalloc
 
 WORKLOADS = {  # model -> (input shape of one example, classes): the datasets each model is used on
     "logreg": ((28, 28, 1), 10),
@@ -315,4 +316,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+    restart_with_tcmalloc()  # the command line again under tcmalloc where the system has it (FLJAX_TCMALLOC=0: not)
     app.run(main)

@@ -25,6 +25,7 @@ from absl import app, flags
 import fljax
 from experiments.timing import now, synthetic_data, table
 from fljax.aggregators import REGISTRY
+from fljax.allocator import restart_with_tcmalloc
 
 WORKLOADS = {
     "lr_mnist": dict(
@@ -222,4 +223,5 @@ def define_flags() -> None:
 
 if __name__ == "__main__":
     define_flags()
+    restart_with_tcmalloc()  # the command line again under tcmalloc where the system has it (FLJAX_TCMALLOC=0: not)
     app.run(main)

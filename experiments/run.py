@@ -32,6 +32,7 @@ from fljax import aggregators as aggregators_lib
 from fljax import checkpoint as checkpoint_lib
 from fljax import flat_settings, multihost
 from fljax import sharding as sharding_lib
+from fljax.allocator import restart_with_tcmalloc
 from fljax.attacks import DATA_ATTACKS, MODEL_ATTACKS
 from fljax.client import use_cpu_cores as use_cores
 from fljax.experiment import (
@@ -607,4 +608,5 @@ def cli(argv) -> int:
 
 
 if __name__ == "__main__":
+    restart_with_tcmalloc()  # the command line again under tcmalloc where the system has it (FLJAX_TCMALLOC=0: not)
     app.run(lambda argv: sys.exit(cli(argv)), flags_parser=parse_flags)

@@ -38,6 +38,9 @@ def pytest_configure(config):
         os.environ["JAX_COMPILATION_CACHE_DIR"] = config._fljax_jax_cache
         for name, value in _CACHE_VARS.items():
             os.environ.setdefault(name, value)
+    # The command lines the tests start do not restart themselves under tcmalloc (fljax.allocator:
+    # ~1.4 s of imports again per process; the allocator changes no result).
+    os.environ.setdefault("FLJAX_TCMALLOC", "0")
     xla_flags = os.environ.get("XLA_FLAGS", "")
     if not hasattr(config, "workerinput") and "xla_backend_optimization_level" not in xla_flags:
         os.environ["XLA_FLAGS"] = (
