@@ -47,10 +47,12 @@ def find_tcmalloc() -> Optional[str]:
 
 def restart_with_tcmalloc() -> None:
     """Replaces this process with the same command line under tcmalloc (``os.execve`` with
-    ``LD_PRELOAD``), where the system has tcmalloc and it is not loaded yet; does nothing where
-    tcmalloc is missing or loaded, ``FLJAX_TCMALLOC=0`` is set, or on a second call after the
-    restart. For command-line programs, first thing in ``main`` (nothing printed or written yet:
+    ``LD_PRELOAD``), where the system (Linux) has tcmalloc and it is not loaded yet; does nothing
+    where tcmalloc is missing or loaded, off Linux, where ``FLJAX_TCMALLOC=0`` is set, or on a
+    second call after the restart. For command-line programs, first thing in ``main`` (nothing printed or written yet:
     the process starts over); not for notebooks or tests."""
+    if not sys.platform.startswith("linux"):  # LD_PRELOAD is the Linux loader's
+        return
     if os.environ.get(SWITCH) == "0" or os.environ.get(_RESTARTED) or tcmalloc_loaded():
         return
     library = find_tcmalloc()

@@ -28,6 +28,7 @@ def execve(monkeypatch):
     monkeypatch.setattr(allocator, "tcmalloc_loaded", lambda: False)
     monkeypatch.setattr(allocator, "find_tcmalloc", lambda: "libtcmalloc_minimal.so.4")
     monkeypatch.setattr(sys, "orig_argv", ["python3", "-m", "experiments.run", "--rounds=3"])
+    monkeypatch.setattr(sys, "platform", "linux")
     return calls
 
 
@@ -44,13 +45,15 @@ def test_restarts_the_same_command_line_with_tcmalloc_preloaded(execve, monkeypa
 
 @pytest.mark.parametrize(
     "case",
-    ["switched off", "restarted already", "loaded already", "not installed"],
+    ["switched off", "restarted already", "loaded already", "not installed", "not Linux"],
 )
 def test_does_nothing_when_it_should_not_restart(execve, monkeypatch, case):
     if case == "switched off":
         monkeypatch.setenv(allocator.SWITCH, "0")
     elif case == "restarted already":  # a preload that failed must not loop
         monkeypatch.setenv("FLJAX_TCMALLOC_RESTARTED", "1")
+    elif case == "not Linux":
+        monkeypatch.setattr(sys, "platform", "darwin")
     elif case == "loaded already":
         monkeypatch.setattr(allocator, "tcmalloc_loaded", lambda: True)
     else:
