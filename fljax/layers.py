@@ -296,9 +296,9 @@ _patch_conv_chwn.defvjp(_patch_conv_chwn_fwd, _patch_conv_chwn_bwd)
 
 
 def crop_for_pool(x: Array, kernel_size: Sequence[int], window: Sequence[int]) -> Array:
-    """``x [B, *spatial, C]`` (or CHWN ``[C, *spatial, B]``) without the trailing rows (and columns) that a stride-1 VALID
-    convolution of ``kernel_size`` followed by a VALID non-overlapping max-pool of ``window``
-    never uses: the convolution's last outputs that do not fill a pooling window are dropped by
+    """``x [B, *spatial, C]`` (or CHWN ``[C, *spatial, B]``) without the trailing rows (and
+    columns) that a stride-1 VALID convolution of ``kernel_size`` followed by a VALID
+    non-overlapping max-pool of ``window`` never uses: the convolution's last outputs that do not fill a pooling window are dropped by
     the pool, so they need not be computed. Values and gradients are unchanged (the dropped
     outputs have gradient zero, and so do the cropped inputs); Fang et al.'s CNN on 28x28 inputs
     computes 10x10 instead of 11x11 outputs in its second convolution (17% of its FLOPs)."""
@@ -336,7 +336,7 @@ class Conv(nn.Conv):
     def __call__(self, inputs: Array) -> Array:
         if self.layout == "NHWC":
             return super().__call__(inputs)
-        kernel_size = tuple(self.kernel_size) if not isinstance(self.kernel_size, int) else (self.kernel_size,)
+        kernel_size = (self.kernel_size,) if isinstance(self.kernel_size, int) else tuple(self.kernel_size)
         unsupported = [
             name
             for name, bad in (
@@ -423,13 +423,10 @@ class GroupNorm(nn.GroupNorm):
         axes = tuple(range(1, grouped.ndim - 1))  # the group's channels and the spatial axes
         mean = grouped.mean(axes, keepdims=True)
         var = jnp.maximum(0.0, (grouped * grouped).mean(axes, keepdims=True) - mean * mean)
-        mean, var = (jnp.broadcast_to(a, grouped.shape[:1] + (channels // groups,) + a.shape[2:]) for a in (mean, var))
-        mean, var = (a.reshape(channels, *a.shape[2:]) for a in (mean, var))
+        y = ((grouped - mean) * lax.rsqrt(var + self.epsilon)).reshape(x.shape)
         per_channel = (channels,) + (1,) * (x.ndim - 1)
-        mul = lax.rsqrt(var + self.epsilon)
         if self.use_scale:
-            mul = mul * self.param("scale", self.scale_init, (channels,), self.param_dtype).reshape(per_channel)
-        y = (x - mean) * mul
+            y = y * self.param("scale", self.scale_init, (channels,), self.param_dtype).reshape(per_channel)
         if self.use_bias:
             y = y + self.param("bias", self.bias_init, (channels,), self.param_dtype).reshape(per_channel)
         return y.astype(self.dtype or x.dtype)
@@ -446,10 +443,10 @@ def _broadcast(value, n: int) -> tuple:
 
 
 def _first_max_pool(x: Array, window: Sequence[int]) -> Array:
-    """Non-overlapping max-pool of ``x [B, *spatial, C]`` or ``[C, *spatial, B]`` (trailing rows that do not fill a
-    window dropped, like VALID pooling) whose gradient goes to the first maximum of each window
-    in row-major order, as XLA's ``select_and_scatter`` (``flax.linen.max_pool``'s gradient)
-    breaks ties."""
+    """Non-overlapping max-pool of ``x [B, *spatial, C]`` or ``[C, *spatial, B]`` (trailing rows
+    that do not fill a window dropped, like VALID pooling) whose gradient goes to the first
+    maximum of each window in row-major order, as XLA's ``select_and_scatter``
+    (``flax.linen.max_pool``'s gradient) breaks ties."""
     spatial = x.shape[1:-1]
     out = [n // k for n, k in zip(spatial, window)]
     x = x[(slice(None), *[slice(0, m * k) for m, k in zip(out, window)])]
