@@ -82,6 +82,22 @@ def swap_batch_and_channels(x: Array) -> Array:
     return jnp.swapaxes(x, 0, -1)
 
 
+def layout_for(impl: str = "auto") -> str:
+    """The layout fljax's models run their convolutions in: ``"CHWN"`` with patch convolutions
+    (CPU), flax's ``"NHWC"`` with XLA's."""
+    return "CHWN" if resolve_impl(impl) == "patches" else "NHWC"
+
+
+def from_nhwc(x: Array, layout: str) -> Array:
+    """``x`` (NHWC) in ``layout``."""
+    return swap_batch_and_channels(x) if _check_layout(layout) == "CHWN" else x
+
+
+def to_nhwc(x: Array, layout: str) -> Array:
+    """``x`` (in ``layout``) in NHWC; also ``[C, B]`` features to ``[B, C]``."""
+    return swap_batch_and_channels(x) if _check_layout(layout) == "CHWN" else x
+
+
 def _pads(spatial, window, strides, padding, dilation):
     """``(dilation, [(lo, hi)] pads)`` of ``padding`` (a string or explicit pairs) for ``spatial``."""
     dilation = tuple(dilation or (1,) * len(spatial))

@@ -67,12 +67,12 @@ class CNN(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        chwn = layers.resolve_impl(self.impl) == "patches"
-        x = layers.swap_batch_and_channels(x) if chwn else x
+        layout = layers.layout_for(self.impl)
+        x = layers.from_nhwc(x, layout)
         for features in (30, 50):  # each convolution computes only the outputs its pool keeps
-            conv = layers.Conv(features, (3, 3), padding="VALID", impl=self.impl, layout="CHWN" if chwn else "NHWC")
+            conv = layers.Conv(features, (3, 3), padding="VALID", impl=self.impl, layout=layout)
             x = layers.max_pool(nn.relu(conv(layers.crop_for_pool(x, (3, 3), (2, 2)))), (2, 2), impl=self.impl)
-        x = layers.swap_batch_and_channels(x) if chwn else x
+        x = layers.to_nhwc(x, layout)
         x = nn.relu(nn.Dense(200)(x.reshape(x.shape[0], -1)))
         return nn.Dense(self.num_classes)(x)
 
@@ -94,14 +94,13 @@ class LeNet5(nn.Module):
     @nn.compact
     def __call__(self, x):
         pad = [(max(0, (32 - n) // 2), max(0, 32 - n - (32 - n) // 2)) for n in x.shape[1:3]]
-        chwn = layers.resolve_impl(self.impl) == "patches"
-        layout = "CHWN" if chwn else "NHWC"
-        x = layers.swap_batch_and_channels(x) if chwn else x
+        layout = layers.layout_for(self.impl)
+        x = layers.from_nhwc(x, layout)
         x = nn.relu(layers.Conv(6, (5, 5), padding=pad, impl=self.impl, layout=layout)(x))
         x = layers.max_pool(x, (2, 2), strides=(2, 2), impl=self.impl)
         x = nn.relu(layers.Conv(16, (5, 5), padding="VALID", impl=self.impl, layout=layout)(x))
         x = layers.max_pool(x, (2, 2), strides=(2, 2), impl=self.impl)
-        x = layers.swap_batch_and_channels(x) if chwn else x
+        x = layers.to_nhwc(x, layout)
         x = x.reshape(x.shape[0], -1)
         x = nn.relu(nn.Dense(120)(x))
         x = nn.relu(nn.Dense(84)(x))
@@ -181,16 +180,16 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        layout = "CHWN" if layers.resolve_impl(self.impl) == "patches" else "NHWC"
-        x = layers.swap_batch_and_channels(x) if layout == "CHWN" else x
+        layout = layers.layout_for(self.impl)
+        x = layers.from_nhwc(x, layout)
         x = layers.Conv(self.widths[0], (3, 3), padding="SAME", use_bias=False, impl=self.impl, layout=layout)(x)
         x = nn.relu(layers.GroupNorm(num_groups=self.norm_groups, layout=layout)(x))
         for stage, (blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
             for block in range(blocks):
                 strides = 2 if stage > 0 and block == 0 else 1
                 x = ResidualBlock(width, strides, self.shortcut, self.norm_groups, self.impl, layout)(x)
-        x = jnp.mean(x, axis=(1, 2))  # [B, C], or [C, B] in CHWN
-        return nn.Dense(self.num_classes)(x.T if layout == "CHWN" else x)
+        x = layers.to_nhwc(jnp.mean(x, axis=(1, 2)), layout)  # [B, C] ([C, B] in CHWN before)
+        return nn.Dense(self.num_classes)(x)
 
 
 def ResNet18(num_classes: int, **kwargs) -> ResNet:

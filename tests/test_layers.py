@@ -255,3 +255,16 @@ def test_max_pool_overlapping_windows_use_flax():
             layers.max_pool(x, (3, 3), strides=(1, 1), padding=padding, impl="patches"),
             nn.max_pool(x, (3, 3), strides=(1, 1), padding=padding),
         )
+
+
+def test_models_pick_chwn_exactly_where_convolutions_are_patches():
+    on_cpu = jax.default_backend() == "cpu"
+    assert layers.layout_for("auto") == ("CHWN" if on_cpu else "NHWC")
+    assert (layers.layout_for("patches"), layers.layout_for("xla")) == ("CHWN", "NHWC")
+    x = jnp.arange(2 * 3 * 4 * 5.0).reshape(2, 3, 4, 5)
+    chwn = layers.from_nhwc(x, "CHWN")
+    assert chwn.shape == (5, 3, 4, 2) and chwn[4, 2, 3, 1] == x[1, 2, 3, 4]
+    np.testing.assert_array_equal(layers.to_nhwc(chwn, "CHWN"), x)
+    assert layers.from_nhwc(x, "NHWC") is x and layers.to_nhwc(x, "NHWC") is x
+    with pytest.raises(ValueError, match="layout: unknown layout 'NCHW'"):
+        layers.from_nhwc(x, "NCHW")
