@@ -60,20 +60,19 @@ def resolve_impl(impl: str = "auto") -> str:
     return impl
 
 
-def _channels_last(lhs_shape, rhs_shape, dimension_numbers) -> bool:
-    """Whether ``dimension_numbers`` put channels last (NHWC input, HWIO kernel, NHWC output)."""
-    n = len(lhs_shape)
-    expected = lax.ConvDimensionNumbers(
-        (0, n - 1, *range(1, n - 1)), (n - 1, n - 2, *range(n - 2)), (0, n - 1, *range(1, n - 1))
-    )
-    return lax.conv_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers) == expected
-
-
-def _chwn(n: int) -> lax.ConvDimensionNumbers:
-    """Dimension numbers of the ``"CHWN"`` layout for ``n``-dimensional operands: input and
-    output ``[C, *spatial, B]``, kernel ``[*window, C_in, C_out]`` (HWIO, as in NHWC)."""
+def _dimension_numbers(layout: str, n: int) -> lax.ConvDimensionNumbers:
+    """Dimension numbers of ``layout`` for ``n``-dimensional operands: input and output
+    ``[B, *spatial, C]`` (NHWC) or ``[C, *spatial, B]`` (CHWN), kernel ``[*window, C_in, C_out]``
+    (HWIO) in both."""
     spatial = tuple(range(1, n - 1))
-    return lax.ConvDimensionNumbers((n - 1, 0, *spatial), (n - 1, n - 2, *range(n - 2)), (n - 1, 0, *spatial))
+    io = (0, n - 1, *spatial) if layout == "NHWC" else (n - 1, 0, *spatial)
+    return lax.ConvDimensionNumbers(io, (n - 1, n - 2, *range(n - 2)), io)
+
+
+def _patch_layout(lhs_shape, rhs_shape, dimension_numbers) -> Optional[str]:
+    """The layout (``LAYOUTS``) that ``dimension_numbers`` describe, ``None`` for any other."""
+    given = lax.conv_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers)
+    return next((layout for layout in LAYOUTS if given == _dimension_numbers(layout, len(lhs_shape))), None)
 
 
 def swap_batch_and_channels(x: Array) -> Array:
@@ -177,14 +176,11 @@ def conv_general_dilated(
     )
     if resolved == "xla":
         return conv()
-    chwn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == _chwn(lhs.ndim)
+    layout = _patch_layout(lhs.shape, rhs.shape, dimension_numbers)
     unsupported = [
         name
         for name, bad in (
-            (
-                "channels-last or CHWN dimension_numbers",
-                not (chwn or _channels_last(lhs.shape, rhs.shape, dimension_numbers)),
-            ),
+            ("channels-last or CHWN dimension_numbers", layout is None),
             ("lhs_dilation of 1", any(d != 1 for d in (lhs_dilation or ()))),
             ("feature_group_count=1", feature_group_count != 1),
             ("batch_group_count=1", batch_group_count != 1),
@@ -199,7 +195,7 @@ def conv_general_dilated(
     dilation, pads = _pads(lhs.shape[1:-1], window, window_strides, padding, rhs_dilation)
     if any(lo or hi for lo, hi in pads):  # padded outside the custom gradient: its transpose is a slice
         lhs = lax.pad(lhs, jnp.zeros((), lhs.dtype), [(0, 0, 0), *[(lo, hi, 0) for lo, hi in pads], (0, 0, 0)])
-    patch_conv = _patch_conv_chwn if chwn else _patch_conv
+    patch_conv = _patch_conv_chwn if layout == "CHWN" else _patch_conv
     return patch_conv(lhs, rhs, tuple(window_strides), tuple(dilation), precision, preferred_element_type)
 
 
@@ -314,10 +310,11 @@ _patch_conv_chwn.defvjp(_patch_conv_chwn_fwd, _patch_conv_chwn_bwd)
 def crop_for_pool(x: Array, kernel_size: Sequence[int], window: Sequence[int]) -> Array:
     """``x [B, *spatial, C]`` (or CHWN ``[C, *spatial, B]``) without the trailing rows (and
     columns) that a stride-1 VALID convolution of ``kernel_size`` followed by a VALID
-    non-overlapping max-pool of ``window`` never uses: the convolution's last outputs that do not fill a pooling window are dropped by
-    the pool, so they need not be computed. Values and gradients are unchanged (the dropped
-    outputs have gradient zero, and so do the cropped inputs); Fang et al.'s CNN on 28x28 inputs
-    computes 10x10 instead of 11x11 outputs in its second convolution (17% of its FLOPs)."""
+    non-overlapping max-pool of ``window`` never uses: the convolution's last outputs that do
+    not fill a pooling window are dropped by the pool, so they need not be computed. Values and
+    gradients are unchanged (the dropped outputs have gradient zero, and so do the cropped
+    inputs); Fang et al.'s CNN on 28x28 inputs computes 10x10 instead of 11x11 outputs in its
+    second convolution (17% of its FLOPs)."""
     keep = []
     for n, k, w in zip(x.shape[1:-1], kernel_size, window):
         used = (n - k + 1) // w * w
@@ -382,7 +379,7 @@ class Conv(nn.Conv):
             _broadcast(self.strides, len(kernel_size)),
             padding,
             rhs_dilation=_broadcast(self.kernel_dilation, len(kernel_size)),
-            dimension_numbers=_chwn(inputs.ndim),
+            dimension_numbers=_dimension_numbers("CHWN", inputs.ndim),
             precision=self.precision,
         )
         return y if bias is None else y + bias.reshape(-1, *(1,) * (y.ndim - 1))
