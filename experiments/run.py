@@ -362,6 +362,8 @@ def describe(config) -> dict:
         "bias": f"bias, p={c.bias}",
         "shards": f"shards, {c.shards_per_client} per client",
     }.get(c.partition, c.partition)
+    if c.malicious_data == "iid":
+        part += " of the honest clients; malicious clients: IID samples"
     attack, extra = [], []
     for spec, registry in ((parts.model_attack, MODEL_ATTACKS), (parts.data_attack, DATA_ATTACKS)):
         if spec is not None:

@@ -40,7 +40,17 @@ from fljax import flat_settings
 from fljax import models as models_lib
 from fljax import momentum as momentum_lib
 from fljax.client import EXECUTIONS, classification_loss, fedavg, fedsgd
-from fljax.data import METHODS, NATURAL_DATASETS, Dataset, FederatedData, check_name, federate, load
+from fljax.data import (
+    MALICIOUS_DATA,
+    METHODS,
+    NATURAL_DATASETS,
+    Dataset,
+    FederatedData,
+    check_name,
+    federate,
+    federate_honest,
+    load,
+)
 from fljax.metrics import make_evaluate, with_rule_metrics
 from fljax.models import Model
 from fljax.precision import PRECISIONS, mixed_precision, with_matmul_precision
@@ -91,6 +101,12 @@ class ExperimentConfig(flat_settings.FlatSettings):
     num_clients: int = _field(100, "clients in the population")
     clients_per_round: int = _field(100, "clients sampled each round (1..num_clients)")
     num_malicious: int = _field(20, "malicious clients in the population (ids 0..num_malicious-1)")
+    malicious_data: str = _field(
+        "share",
+        "what the malicious clients hold: share (their share of --partition, like any client) or iid "
+        "(--partition deals all the data over the honest clients; each malicious one holds an IID sample "
+        "of an honest client's size: Karimireddy et al. 2022's code)",
+    )
     num_byzantine: Optional[int] = _field(
         None,
         "f the rule (and an attack that simulates one) assumes, unless its "
@@ -171,15 +187,17 @@ def config_dict(config: ExperimentConfig) -> dict:
     if flat:
         raise ValueError(f"config_dict: --{', --'.join(flat)} set: call scoped(config) first")
     out = {name: getattr(config, name) for name in SETTINGS}
+    defaults = {f.name: f.default for f in dataclasses.fields(ExperimentConfig)}
     for name in RECORDED_WHEN_SET:
-        if out[name] is None:
+        if out[name] == defaults[name]:
             del out[name]
     return out
 
 
-RECORDED_WHEN_SET = ("train_examples",)
-"""Settings added after sweep cell format 3, recorded only when set: a run that leaves them unset
-is the run it was before they existed, so its cells and checkpoints keep their keys."""
+RECORDED_WHEN_SET = ("train_examples", "malicious_data")
+"""Settings added after sweep cell format 3, recorded only away from their defaults: a run that
+leaves them there is the run it was before they existed, so its cells and checkpoints keep their
+keys."""
 
 
 RUN_FIXED = {
@@ -488,6 +506,19 @@ def _validate(c: ExperimentConfig) -> None:
     _check(c.dirichlet_alpha > 0, f"--dirichlet_alpha must be > 0, got {c.dirichlet_alpha!r}")
     _check(0 <= c.bias <= 1, f"--bias must be in [0, 1], got {c.bias!r}")
     _check(c.partition in METHODS, f"--partition: unknown partition {c.partition!r}; valid: {', '.join(METHODS)}")
+    _check(
+        c.malicious_data in MALICIOUS_DATA,
+        f"--malicious_data must be one of {', '.join(MALICIOUS_DATA)}, got {c.malicious_data!r}",
+    )
+    _check(
+        c.malicious_data != "iid" or c.partition != "natural",
+        "--malicious_data=iid needs a partition of the data to deal over the honest clients, got --partition=natural",
+    )
+    _check(
+        c.malicious_data != "iid" or c.num_malicious < c.num_clients,
+        f"--malicious_data=iid needs an honest client to hold the data: --num_malicious in "
+        f"0..num_clients-1={c.num_clients - 1}, got {c.num_malicious}",
+    )
     _check(c.model in models_lib.MODELS, f"--model: unknown model {c.model!r}; valid: {', '.join(models_lib.MODELS)}")
     _check(
         c.execution in EXECUTIONS,
@@ -743,15 +774,11 @@ def build(config: ExperimentConfig) -> Experiment:
         )
     key = jax.random.PRNGKey(config.seed)
     k_part, k_run = jax.random.split(key)
-    data = federate(
-        dataset,
-        config.num_clients,
-        config.partition,
-        key=k_part,
-        alpha=config.dirichlet_alpha,
-        p=config.bias,
-        shards_per_client=config.shards_per_client,
-    )
+    split = dict(key=k_part, alpha=config.dirichlet_alpha, p=config.bias, shards_per_client=config.shards_per_client)
+    if config.malicious_data == "iid":
+        data = federate_honest(dataset, config.num_clients, config.num_malicious, config.partition, **split)
+    else:
+        data = federate(dataset, config.num_clients, config.partition, **split)
     model = models_lib.get(config.model, dataset.x_train.shape[1:], dataset.num_classes)
     warn_clip_below_model_norm(config, lambda: jax.jit(model.init)(k_run))  # any key's norm is about the same
     data_attack, model_attack = build_attacks(config, dataset.num_classes, dataset.x_train, model=model, data=data)

@@ -156,6 +156,63 @@ def test_federate_builds_index_rows():
     assert fed.num_clients == 7 and int(fed.client_counts.sum()) == len(ds.y_train)
 
 
+def test_federate_honest_deals_all_data_to_the_honest_clients_and_iid_samples_to_the_malicious():
+    ds = data.load("digits")
+    n, labels = len(ds.y_train), np.asarray(ds.y_train)
+    fed = data.federate_honest(ds, 12, 2, "shards", key=KEY, shards_per_client=1)
+    rows = members(np.asarray(fed.client_indices), np.asarray(fed.client_counts))
+    assert len(rows) == 12
+    # The label-sorted shards go to the 10 honest clients (ids 2..11): every example exactly once,
+    # so no label is lost to the attackers; each honest client holds a few neighbouring labels.
+    np.testing.assert_array_equal(np.sort(np.concatenate(rows[2:])), np.arange(n))
+    assert all(len(np.unique(labels[r])) <= 3 for r in rows[2:])
+    # Each malicious client (ids 0, 1) holds an IID sample of an honest client's size: distinct
+    # examples of (nearly) every label, not one shard's one or two.
+    for r in rows[:2]:
+        assert len(r) in (n // 10, n // 10 + 1) and len(np.unique(r)) == len(r)
+        assert len(np.unique(labels[r])) >= 9
+    assert not np.array_equal(rows[0], rows[1])
+    again = data.federate_honest(ds, 12, 2, "shards", key=KEY, shards_per_client=1)
+    np.testing.assert_array_equal(np.asarray(again.client_indices), np.asarray(fed.client_indices))
+    # More attackers than honest clients: malicious client j holds honest shard j mod H's IID sample.
+    many = data.federate_honest(ds, 12, 8, "iid", key=KEY)
+    many_rows = members(np.asarray(many.client_indices), np.asarray(many.client_counts))
+    np.testing.assert_array_equal(many_rows[0], many_rows[4])
+    assert not np.array_equal(many_rows[0], many_rows[1])
+    # No attacker: the partition of the honest clients alone.
+    none = data.federate_honest(ds, 12, 0, "shards", key=KEY, shards_per_client=1)
+    np.testing.assert_array_equal(
+        np.asarray(none.client_indices),
+        np.asarray(data.federate(ds, 12, "shards", key=jax.random.split(KEY)[0], shards_per_client=1).client_indices),
+    )
+    with pytest.raises(ValueError, match=r"malicious_data: iid needs num_malicious in 0..num_clients-1=11 .*got 12"):
+        data.federate_honest(ds, 12, 12, "iid", key=KEY)
+    with pytest.raises(ValueError, match="malicious_data: iid needs a partition of the data, not natural clients"):
+        data.federate_honest(ds, 12, 2, "natural", key=KEY)
+
+
+def test_runner_malicious_data_iid_builds_that_split_and_is_recorded_only_when_set():
+    from experiments.run import describe
+    from fljax.experiment import ExperimentConfig, build, config_dict, validate
+
+    config = ExperimentConfig(
+        dataset="digits", partition="shards", shards_per_client=1, num_clients=12, clients_per_round=12,
+        num_malicious=2, malicious_data="iid",
+    )  # fmt: skip
+    exp = build(config)
+    rows = members(np.asarray(exp.data.client_indices), np.asarray(exp.data.client_counts))
+    np.testing.assert_array_equal(np.sort(np.concatenate(rows[2:])), np.arange(len(exp.data.y)))
+    assert "malicious_data" not in config_dict(ExperimentConfig())  # earlier cells keep their keys
+    assert config_dict(config)["malicious_data"] == "iid"
+    assert "of the honest clients; malicious clients: IID samples" in str(describe(config))
+    with pytest.raises(ValueError, match="--malicious_data must be one of share, iid, got 'honest'"):
+        validate(ExperimentConfig(malicious_data="honest"))
+    with pytest.raises(ValueError, match="--malicious_data=iid needs a partition .*got --partition=natural"):
+        validate(ExperimentConfig(dataset="synthetic:femnist", partition="natural", malicious_data="iid"))
+    with pytest.raises(ValueError, match=r"--malicious_data=iid needs an honest client .*0..num_clients-1=9, got 10"):
+        validate(ExperimentConfig(num_clients=10, clients_per_round=10, num_malicious=10, malicious_data="iid"))
+
+
 # name -> (input shape, classes) of the real datasets (TFDS's catalog), by bare name
 TFDS_SHAPES = {
     "cifar10": ((32, 32, 3), 10),

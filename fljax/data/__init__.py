@@ -15,7 +15,7 @@ from fljax.data.datasets import (
     tfds_dataset,
 )
 from fljax.data.edge import EDGE_SOURCES, edge_digits
-from fljax.data.federated import METHODS, FederatedData, federate
+from fljax.data.federated import MALICIOUS_DATA, METHODS, FederatedData, federate, federate_honest
 from fljax.data.idx import read_idx
 from fljax.data.leaf import femnist, shakespeare
 from fljax.data.natural import natural
@@ -26,6 +26,7 @@ __all__ = [
     "DATASETS",
     "EDGE_SOURCES",
     "EMBEDDED",
+    "MALICIOUS_DATA",
     "METHODS",
     "NATURAL_DATASETS",
     "PARTITIONS",
@@ -39,6 +40,7 @@ __all__ = [
     "dirichlet",
     "edge_digits",
     "federate",
+    "federate_honest",
     "femnist",
     "idx_dataset",
     "iid",

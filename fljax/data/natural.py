@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from fljax.data.partition import _pack
+from fljax.data.partition import pack
 
 
 def natural(key: jax.Array, train_clients: np.ndarray | None, num_clients: int, dataset: str = "the dataset"):
@@ -44,4 +44,4 @@ def natural(key: jax.Array, train_clients: np.ndarray | None, num_clients: int, 
     by_client = np.argsort(train_clients, kind="stable")
     bounds = np.searchsorted(train_clients[by_client], np.arange(total + 1))
     order = np.asarray(jax.random.permutation(key, total))[:num_clients]
-    return _pack([by_client[bounds[w] : bounds[w + 1]] for w in order])
+    return pack([by_client[bounds[w] : bounds[w + 1]] for w in order])

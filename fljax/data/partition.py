@@ -17,7 +17,8 @@ import numpy as np
 PARTITIONS = ("iid", "dirichlet", "shards", "bias")
 
 
-def _pack(groups: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def pack(groups: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """``(table, counts)`` of the clients' example indices ``groups``, rows zero-padded."""
     counts = np.array([len(g) for g in groups], np.int32)
     table = np.zeros((len(groups), max(1, counts.max(initial=0))), np.int32)
     for c, g in enumerate(groups):
@@ -34,7 +35,7 @@ def shuffle_clients(key: jax.Array, table: np.ndarray, counts: np.ndarray) -> tu
 def iid(key: jax.Array, labels: np.ndarray, num_clients: int):
     """Shuffle, then split into ``num_clients`` near-equal shards."""
     order = np.asarray(jax.random.permutation(key, len(labels)))
-    return _pack(np.array_split(order, num_clients))
+    return pack(np.array_split(order, num_clients))
 
 
 def dirichlet(key: jax.Array, labels: np.ndarray, num_clients: int, alpha: float, num_classes: int):
@@ -55,7 +56,7 @@ def dirichlet(key: jax.Array, labels: np.ndarray, num_clients: int, alpha: float
         cuts = (np.cumsum(shares)[:-1] * len(members)).astype(int)
         for client, part in enumerate(np.split(members, cuts)):
             groups[client].append(part)
-    return _pack([np.concatenate(g) for g in groups])
+    return pack([np.concatenate(g) for g in groups])
 
 
 def shards(key: jax.Array, labels: np.ndarray, num_clients: int, shards_per_client: int = 2):
@@ -66,7 +67,7 @@ def shards(key: jax.Array, labels: np.ndarray, num_clients: int, shards_per_clie
     order = np.lexsort((tiebreak, labels))
     pieces = np.array_split(order, num_clients * shards_per_client)
     assignment = np.asarray(jax.random.permutation(k_assign, len(pieces))).reshape(num_clients, shards_per_client)
-    return _pack([np.concatenate([pieces[s] for s in row]) for row in assignment])
+    return pack([np.concatenate([pieces[s] for s in row]) for row in assignment])
 
 
 def bias(key: jax.Array, labels: np.ndarray, num_clients: int, p: float, num_classes: int):
@@ -94,7 +95,7 @@ def bias(key: jax.Array, labels: np.ndarray, num_clients: int, p: float, num_cla
         if len(members) == 0:
             raise ValueError(f"partition: bias needs num_clients >= num_classes ({num_classes}), got {num_clients}")
         client[sel] = members[np.minimum((u[sel] * len(members)).astype(int), len(members) - 1)]
-    return _pack([np.flatnonzero(client == c) for c in range(num_clients)])
+    return pack([np.flatnonzero(client == c) for c in range(num_clients)])
 
 
 def partition(
