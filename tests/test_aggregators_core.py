@@ -91,6 +91,30 @@ def test_krum_scores_use_squared_distances_to_n_minus_f_minus_2_neighbours():
     np.testing.assert_allclose(ctx_out, [10, 5, 13, 52, 458], rtol=1e-6)
 
 
+def test_krum_distance_power_four_is_karimireddy_et_al_s_score_and_outweighs_copies():
+    # Two copies at 0 (mimic), then 3, 5.2, 7.4; f = 1: two neighbours each.
+    x = np.array([[0.0], [0.0], [3.0], [5.2], [7.4]])
+    # p = 2: 0 -> 0 + 9 = 9 (twice); 3 -> 2.2^2 + 3^2 = 13.84; 5.2 -> 2 * 2.2^2 = 9.68; 7.4 -> 2.2^2 + 4.4^2 = 24.2
+    out, w = agg_with_info(krum(num_byzantine=1), x)
+    np.testing.assert_allclose(out, [0.0])
+    np.testing.assert_allclose(w, [1, 0, 0, 0, 0])
+    # p = 4 (the authors' code squares the squared distances): 0 -> 81 (twice); 3 -> 23.43 + 81 = 104.4;
+    # 5.2 -> 2 * 23.43 = 46.85; 7.4 -> 23.43 + 374.8 = 398.2: the copies lose to 5.2.
+    rule = krum(num_byzantine=1, distance_power=4)
+    out, w = agg_with_info(rule, x)
+    np.testing.assert_allclose(out, [5.2], rtol=1e-6)
+    np.testing.assert_allclose(w, [0, 0, 0, 1, 0])
+    ctx = fljax.AggregationContext(jnp.ones(5), jax.random.PRNGKey(0), jnp.arange(5), jnp.zeros(1), jnp.zeros(1))
+    scores = rule.update(jnp.asarray(x, jnp.float32), (), ctx)[2]["scores"]
+    np.testing.assert_allclose(scores, [81, 81, 2.2**4 + 81, 2 * 2.2**4, 2.2**4 + 4.4**4], rtol=1e-5)
+    # p = 1, unsquared (FLPoison's): 0 -> 3 (twice); 5.2 -> 4.4: the copies win again.
+    out, _ = agg_with_info(multi_krum(num_byzantine=1, num_selected=1, distance_power=1), x)
+    np.testing.assert_allclose(out, [0.0])
+    for bad in (0, -2, float("inf"), "4"):
+        with pytest.raises(ValueError, match=r"krum: distance_power must be a (finite )?number > 0"):
+            krum(num_byzantine=1, distance_power=bad)
+
+
 def test_multi_krum_averages_the_lowest_scores():
     x = np.array([[0.0], [1.0], [3.0], [7.0], [20.0]])
     out, w = agg_with_info(multi_krum(num_byzantine=1, num_selected=2), x)

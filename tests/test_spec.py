@@ -114,7 +114,7 @@ def test_build_checks_arguments_against_the_factory_signature():
     with pytest.raises(
         ValueError,
         match=r"^--aggregator: krum: unknown argument 'num_byzantin' \(did you mean "
-        r"num_byzantine\?\); valid: num_byzantine$",
+        r"num_byzantine\?\); valid: num_byzantine, distance_power$",
     ):
         aggregators.REGISTRY.build("krum(num_byzantin=2)", where="--aggregator")
     with pytest.raises(ValueError, match="median: unknown argument 'f'; valid: none, median takes no arguments"):
@@ -261,7 +261,7 @@ def test_help_lists_every_registered_component_with_its_signature_defaults():
     lines = catalogue("aggregator").splitlines()
     default = inspect.signature(aggregators.foolsgold).parameters["kappa"].default
     assert f"  foolsgold(kappa={default!r}, feature_importance=False)" in lines
-    assert "  krum(num_byzantine=<f>)" in lines and "  norm_clipping(max_norm=<required>, weighted=True)" in lines
+    assert "  krum(num_byzantine=<f>, distance_power=2.0)" in lines and "  norm_clipping(max_norm=<required>, weighted=True)" in lines
     assert "kappa" not in runner.FLAGS["aggregator"].help.split("foolsgold")[0]  # no hand-written defaults
 
 

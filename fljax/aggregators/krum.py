@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import jax.numpy as jnp
@@ -27,7 +28,7 @@ def _check_krum(rule: str, n: int, f: int) -> None:
     )
 
 
-def multi_krum(num_byzantine: int, num_selected: Optional[int] = None) -> Aggregator:
+def multi_krum(num_byzantine: int, num_selected: Optional[int] = None, distance_power: float = 2.0) -> Aggregator:
     """Multi-Krum: the average of the ``m`` updates with the lowest Krum scores.
 
     The score of update i is the sum of SQUARED Euclidean distances to its ``n - f - 2``
@@ -38,6 +39,10 @@ def multi_krum(num_byzantine: int, num_selected: Optional[int] = None) -> Aggreg
     Args:
       num_byzantine: f, the number of Byzantine clients tolerated; needs n > 2f + 2.
       num_selected: m, how many lowest-score updates to average (default ``n - f``); m = 1 is Krum.
+      distance_power: p, the score sums ``||x_i - x_j||^p`` over the same nearest neighbours:
+        2 is the paper's; 4 is what Karimireddy et al.'s code computes (ICLR 2022; it squares
+        the squared distances), which weighs far neighbours more, so that copies of one update
+        (mimic) gain less from their zero distances; 1 is FLPoison's.
 
     References:
       Blanchard, El Mhamdi, Guerraoui, Stainer, "Machine Learning with Adversaries: Byzantine
@@ -46,10 +51,13 @@ def multi_krum(num_byzantine: int, num_selected: Optional[int] = None) -> Aggreg
     Examples:
       >>> agg = multi_krum(num_byzantine=1, num_selected=2)
     """
-    f = _common.check_num_byzantine("multi_krum", num_byzantine)
-    if num_selected is not None:
-        _common.check_positive("multi_krum", "num_selected", num_selected, integer=True)
     rule = "krum" if num_selected == 1 else "multi_krum"
+    f = _common.check_num_byzantine(rule, num_byzantine)
+    if num_selected is not None:
+        _common.check_positive(rule, "num_selected", num_selected, integer=True)
+    _common.check_positive(rule, "distance_power", distance_power)
+    if not math.isfinite(distance_power):
+        raise ValueError(f"{rule}: distance_power must be a finite number > 0, got {distance_power!r}")
 
     def m_of(n: int) -> int:
         return n - f if num_selected is None else num_selected
@@ -60,7 +68,8 @@ def multi_krum(num_byzantine: int, num_selected: Optional[int] = None) -> Aggreg
 
     def aggregate(updates, context):
         n = updates.shape[0]
-        scores = krum_scores(_common.pairwise_sq_distances(updates), n - f - 2)
+        sq_dist = _common.pairwise_sq_distances(updates)
+        scores = krum_scores(sq_dist if distance_power == 2 else sq_dist ** (distance_power / 2), n - f - 2)
         m = m_of(n)
         chosen = jnp.argsort(scores, stable=True)[:m]
         weights = jnp.zeros(n, updates.dtype).at[chosen].set(1.0)
@@ -71,9 +80,10 @@ def multi_krum(num_byzantine: int, num_selected: Optional[int] = None) -> Aggreg
     return _common.stateless(aggregate, requirement=requirement)
 
 
-def krum(num_byzantine: int) -> Aggregator:
+def krum(num_byzantine: int, distance_power: float = 2.0) -> Aggregator:
     """Krum: the single update whose summed squared distance to its ``n - f - 2`` nearest
-    neighbours is smallest. Needs n > 2f + 2.
+    neighbours is smallest. Needs n > 2f + 2. ``distance_power``: as in ``multi_krum`` (2: the
+    paper; 4: Karimireddy et al.'s code).
 
     References:
       Blanchard, El Mhamdi, Guerraoui, Stainer, "Machine Learning with Adversaries: Byzantine
@@ -84,4 +94,4 @@ def krum(num_byzantine: int) -> Aggregator:
       >>> fljax.aggregate(krum(num_byzantine=1), updates)  # scores .0325, .0125, .025, .0625, 154
       Array([0.1], dtype=float32)
     """
-    return multi_krum(num_byzantine, num_selected=1)
+    return multi_krum(num_byzantine, num_selected=1, distance_power=distance_power)
