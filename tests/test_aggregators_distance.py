@@ -180,6 +180,24 @@ def test_rfa_one_step_by_hand_and_many_steps_reach_the_geometric_median():
     )
 
 
+def test_rfa_from_zero_is_karimireddy_et_al_s_start():
+    # From the origin, nu = 0.5: b_i = 1/max(0.5, |x_i|) = 1/0.5, 1/1, 1/10 -> z1 = (0 + 1 + 1) / 3.1
+    x = [[0.0], [1.0], [10.0]]
+    z1 = 2 / 3.1
+    np.testing.assert_allclose(run(rfa(num_iterations=1, nu=0.5, start="zero"), x)[0], [z1], rtol=1e-6)
+    # second step from z1: b_i = 1/max(0.5, |z1 - x_i|)
+    b = 1 / np.maximum(0.5, np.abs(z1 - np.array([0.0, 1.0, 10.0])))
+    z2 = (b @ np.array([0.0, 1.0, 10.0])) / b.sum()
+    np.testing.assert_allclose(run(rfa(num_iterations=2, nu=0.5, start="zero"), x)[0], [z2], rtol=1e-6)
+    # The mean start's first step lands elsewhere; many steps from either reach the geometric median.
+    assert abs(run(rfa(num_iterations=1, nu=0.5), x)[0][0] - z1) > 0.1
+    far = np.random.default_rng(9).normal(size=(8, 3)) + 100.0
+    gm = run(geometric_median(tol=1e-9, max_iter=1000), far)[0]
+    np.testing.assert_allclose(run(rfa(num_iterations=300, start="zero"), far)[0], gm, atol=1e-3)
+    with pytest.raises(ValueError, match="rfa: start must be 'mean' or 'zero', got 'median'"):
+        rfa(start="median")
+
+
 @pytest.mark.parametrize("rule", [geometric_median(), rfa(num_iterations=3)])
 def test_weiszfeld_rules_permutation_invariant_and_translation_equivariant(rule):
     rng = np.random.default_rng(10)

@@ -181,7 +181,7 @@ def geometric_median(
     return _common.stateless(aggregate, count_weighted=weighted)
 
 
-def rfa(num_iterations: Optional[int] = 3, nu: float = 1e-6, weighted: bool = True) -> Aggregator:
+def rfa(num_iterations: Optional[int] = 3, nu: float = 1e-6, weighted: bool = True, start: str = "mean") -> Aggregator:
     """RFA: a fixed number T of smoothed Weiszfeld steps from the weighted mean.
 
     The few-iteration variant the paper runs in federated rounds (T = 3 by default; T = 1 is
@@ -193,6 +193,9 @@ def rfa(num_iterations: Optional[int] = 3, nu: float = 1e-6, weighted: bool = Tr
       num_iterations: T >= 1 Weiszfeld steps.
       nu: smoothing nu > 0.
       weighted: ``a_i`` = example counts; ``False``: uniform.
+      start: where the steps start: ``"mean"`` (the weighted mean, the paper's) or ``"zero"``
+        (the origin, as Karimireddy et al.'s code, ICLR 2022, runs RFA with T = 8 and nu = 0.1
+        on gradients; few steps from the origin stop short of the geometric median).
 
     References:
       Pillutla, Kakade, Harchaoui, "Robust Aggregation for Federated Learning", IEEE Transactions
@@ -208,10 +211,12 @@ def rfa(num_iterations: Optional[int] = 3, nu: float = 1e-6, weighted: bool = Tr
     _common.check_bool(rule, "weighted", weighted)
     num_iterations = 3 if num_iterations is None else num_iterations
     _common.check_positive(rule, "num_iterations", num_iterations, integer=True)
+    if start not in ("mean", "zero"):
+        raise ValueError(f"{rule}: start must be 'mean' or 'zero', got {start!r}")
 
     def aggregate(updates, context):
         x, a = _prepare(updates, context.weights, weighted)
-        z0 = jnp.dot(a, x, precision=_HI)
+        z0 = jnp.dot(a, x, precision=_HI) if start == "mean" else jnp.zeros(x.shape[1:], x.dtype)
         z_prev = jax.lax.fori_loop(0, num_iterations - 1, lambda _, z: weiszfeld_step(z, x, a, nu), z0)
         b = _weiszfeld_weights(z_prev, x, a, nu)
         z = jnp.dot(b, x, precision=_HI) / jnp.sum(b)
