@@ -261,7 +261,10 @@ def test_help_lists_every_registered_component_with_its_signature_defaults():
     lines = catalogue("aggregator").splitlines()
     default = inspect.signature(aggregators.foolsgold).parameters["kappa"].default
     assert f"  foolsgold(kappa={default!r}, feature_importance=False)" in lines
-    assert "  krum(num_byzantine=<f>, distance_power=2.0)" in lines and "  norm_clipping(max_norm=<required>, weighted=True)" in lines
+    assert (
+        "  krum(num_byzantine=<f>, distance_power=2.0)" in lines
+        and "  norm_clipping(max_norm=<required>, weighted=True)" in lines
+    )
     assert "kappa" not in runner.FLAGS["aggregator"].help.split("foolsgold")[0]  # no hand-written defaults
 
 
