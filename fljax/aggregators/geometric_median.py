@@ -195,7 +195,7 @@ def rfa(num_iterations: Optional[int] = 3, nu: float = 1e-6, weighted: bool = Tr
       weighted: ``a_i`` = example counts; ``False``: uniform.
       start: where the steps start: ``"mean"`` (the weighted mean, the paper's) or ``"zero"``
         (the origin, as Karimireddy et al.'s code, ICLR 2022, runs RFA with T = 8 and nu = 0.1
-        on gradients; few steps from the origin stop short of the geometric median).
+        on gradients). The start matters when T is too small to converge.
 
     References:
       Pillutla, Kakade, Harchaoui, "Robust Aggregation for Federated Learning", IEEE Transactions
