@@ -7,6 +7,7 @@ import dataclasses
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -134,6 +135,36 @@ def test_rerun_skips_finished_cells(grid):
     assert {p: os.stat(p).st_mtime_ns for p in _cell_files(out)} == before
     finals = lambda cells: json.dumps([r["final"] for r in cells])  # NaN (no attacker's TPR) compares equal as text
     assert finals(again.cells) == finals(grid[2].cells)
+
+
+def test_final_evaluations_reports_each_seeds_mean_over_its_last_k(grid, tmp_path):
+    """Karimireddy et al.'s metric: a rerun with ``final_evaluations=2`` computes nothing, keeps
+    the cell files (the last evaluation) and reports every seed's mean of its last two."""
+    out = str(tmp_path / "copy")
+    shutil.copytree(grid[0], out)
+    before = {os.path.basename(p): open(p).read() for p in _cell_files(out)}
+    spec = dataclasses.replace(SPEC, final_evaluations=2)
+    again = sweep.run_sweep(spec, out, log=lambda *a: None, progress=False)
+    assert again.computed == [] and len(again.skipped) == 8
+    assert {os.path.basename(p): open(p).read() for p in _cell_files(out)} == before
+    for cell in again.cells:
+        for metric in ("accuracy", "loss"):
+            per_seed = np.mean(np.asarray(cell["evals"][metric]), axis=1)
+            np.testing.assert_allclose(cell["final"][metric]["values"], per_seed, rtol=1e-12)
+            np.testing.assert_allclose(cell["final"][metric]["mean"], per_seed.mean(), rtol=1e-12)
+        raw = json.load(open(os.path.join(out, "cells", cell["name"] + ".json")))["final"]["accuracy"]["values"]
+        assert raw == [a[-1] for a in cell["evals"]["accuracy"]]  # the file: the last evaluation
+    assert any(
+        c["final"]["accuracy"]["values"] != [a[-1] for a in c["evals"]["accuracy"]] for c in again.cells
+    )  # the two differ somewhere, so the check above can fail
+    assert "each seed's mean over its last 2 evaluations" in open(os.path.join(out, "results.md")).read()
+    with pytest.raises(
+        ValueError, match=r"--final_evaluations must be in 1..2 \(the evaluations of 2 rounds every 1\), got 3"
+    ):
+        sweep.run_sweep(dataclasses.replace(SPEC, final_evaluations=3), out, log=lambda *a: None, progress=False)
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="--final_evaluations must be an integer >= 1"):
+            dataclasses.replace(SPEC, final_evaluations=bad)
 
 
 def test_corrupt_or_partial_cell_is_recomputed(grid):
@@ -401,11 +432,18 @@ def test_run_and_sweep_take_a_preset_with_flags_on_top():
         run.FLAGS.unparse_flags()
         run.FLAGS(["run", "--config=baruch2019", "--rounds=3", "--dataset=tfds:mnist"])  # the preset's short name
         by_name = run.config_with_preset(run.FLAGS.config)
+        run.FLAGS.unparse_flags()
+        run.FLAGS(["run", "--config=karimireddy2022_mimic"])
+        mimic = sweep.spec_from_flags()
+        run.FLAGS.unparse_flags()
+        run.FLAGS(["run", "--config=karimireddy2022_mimic", "--final_evaluations=1"])
+        mimic_last = sweep.spec_from_flags()
     finally:
         run.FLAGS.unparse_flags()
     assert (config.rounds, config.dataset, config.attack, config.num_clients) == (3, "tfds:mnist", "alie", 50)
     assert spec.base == config and spec.aggregators == ["mean", "krum", "trimmed_mean", "bulyan", "median"]
     assert by_name == config
+    assert (spec.final_evaluations, mimic.final_evaluations, mimic_last.final_evaluations) == (1, 5, 1)
 
 
 def test_cli_reports_missing_names():

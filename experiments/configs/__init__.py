@@ -46,6 +46,9 @@ class SweepSpec:
       pending: names the preset uses that were not registered when it was written (for the
         reader; a name still missing at run time stops the sweep with the full list).
       description: what the preset reproduces.
+      final_evaluations: k: each seed's reported evaluation metrics are the mean of its last k
+        evaluations (Karimireddy et al. report the mean of the last five epochs'); 1 (default):
+        the last evaluation. The cell files keep every evaluation; only the report changes.
     """
 
     base: ExperimentConfig
@@ -57,10 +60,14 @@ class SweepSpec:
     grid: dict = dataclasses.field(default_factory=dict)
     pending: Sequence[str] = ()
     description: str = ""
+    final_evaluations: int = 1
     attack_settings: None = None  # retired: the specs carry the arguments
     aggregator_settings: None = None
 
     def __post_init__(self):
+        k = self.final_evaluations
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"--final_evaluations must be an integer >= 1, got {k!r}")
         for name in ("attack_settings", "aggregator_settings"):
             if getattr(self, name):
                 axis = name.split("_")[0] + "s"

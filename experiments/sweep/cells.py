@@ -56,6 +56,24 @@ def summarize(seeds, diverged_round, history) -> dict:
     }
 
 
+def num_evaluations(config: ExperimentConfig) -> int:
+    """The evaluations of a run: every ``eval_every`` rounds and after the last."""
+    return config.rounds // config.eval_every + (1 if config.rounds % config.eval_every else 0)
+
+
+def windowed(result: dict, k: int) -> dict:
+    """``result`` with each evaluation metric's ``final`` over the mean of every seed's last ``k``
+    evaluations instead of its last one (a seed with a NaN among them is left out, as at the last
+    evaluation); ``k = 1``: ``result`` itself."""
+    if k == 1:
+        return result
+    final = dict(result["final"])
+    for metric, values in result["evals"].items():
+        if metric in final:
+            final[metric] = _nan_stats(np.mean(np.asarray(values, np.float64)[:, -k:], axis=1))
+    return {**result, "final": final}
+
+
 def run_cell(cell: Cell, seeds: Sequence[int], cache: ProgramCache, seed_execution: str = "vmap") -> dict:
     """Builds ``cell`` and runs all ``seeds`` as one program; returns its result dict."""
     t0 = time.perf_counter()

@@ -54,6 +54,11 @@ flags.DEFINE_multi_string(
     "separate values with ';' when they hold commas (--grid='client_lr=0.05;0.1'); components vary through "
     "--attacks / --aggregators",
 )
+flags.DEFINE_integer(
+    "final_evaluations",
+    None,
+    "report each seed's mean over its last k evaluations (default: the preset's, else 1, the last one)",
+)
 flags.DEFINE_string("output_dir", "results/sweep", "where the cells and the results go (a rerun resumes)")
 flags.DEFINE_bool(
     "compare_sequential_seeds", False, "also time the first cell's seeds one by one against the vmapped run"
@@ -123,6 +128,8 @@ def spec_from_flags() -> SweepSpec:
                     f"got {','.join(FLAGS[axis].value)}"
                 ) from None
             spec = dataclasses.replace(spec, **{axis: values})
+    if FLAGS.final_evaluations is not None:
+        spec = dataclasses.replace(spec, final_evaluations=FLAGS.final_evaluations)
     if FLAGS.grid:
         grid = dict(spec.grid)
         for item in FLAGS.grid:

@@ -14,7 +14,7 @@ import jax
 
 from experiments import run as run_lib
 from experiments.configs import SweepSpec
-from experiments.sweep.cells import compare_seed_execution, load_cell, run_cell
+from experiments.sweep.cells import compare_seed_execution, load_cell, num_evaluations, run_cell, windowed
 from experiments.sweep.grid import _notice_once, check_cell, check_registered, make_cells
 from experiments.sweep.outputs import write_outputs
 from experiments.sweep.programs import SEED_EXECUTIONS, ProgramCache, resolve_seed_execution
@@ -109,6 +109,14 @@ def _run_sweep(spec, output_dir, *, log, progress, compare_sequential_seeds, all
             runnable.append(cell)
     for item in invalid:
         log(f"cannot run {item['name']}: {item['reason']}")
+    k = spec.final_evaluations
+    for cell in runnable:
+        count = num_evaluations(cell.config)
+        if k > count:
+            raise ValueError(
+                f"--final_evaluations must be in 1..{count} (the evaluations of {cell.config.rounds} rounds every "
+                f"{cell.config.eval_every}), got {k}"
+            )
     cell_dir = os.path.join(output_dir, "cells") if output_dir else None
     seed_vmap = None
     if compare_sequential_seeds and runnable:
@@ -153,7 +161,7 @@ def _run_sweep(spec, output_dir, *, log, progress, compare_sequential_seeds, all
                             f"{output_dir} from now on"
                         )
                         run_lib.write_json_atomic(os.path.join(output_dir, "cells", cell.name + ".json"), result)
-                f, t = result["final"], result["timing"]
+                f, t = windowed(result, k)["final"], result["timing"]
                 say(
                     f"{cell.name}: accuracy {f['accuracy']['mean']:.4f} +- {f['accuracy']['std']:.4f}"
                     + (f", ASR {f['attack_success_rate']['mean']:.4f}" if "attack_success_rate" in f else "")
@@ -162,7 +170,7 @@ def _run_sweep(spec, output_dir, *, log, progress, compare_sequential_seeds, all
                     + "]"
                 )
         if result is not None:
-            results.append(result)
+            results.append(windowed(result, k))
         if bar is not None:
             bar.update(1)
     if bar is not None:

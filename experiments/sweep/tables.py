@@ -65,7 +65,12 @@ def markdown(result: SweepResult) -> str:
         f"{base.num_clients} clients ({base.clients_per_round} per round), {base.rounds} rounds of {base.protocol}, "
         f"seeds {', '.join(map(str, spec.seeds))} (one {t['seed_execution']} program per cell; data partition "
         f"seed {base.seed}). "
-        f"Entries: mean ± std over seeds of the final evaluation.",
+        "Entries: mean ± std over seeds of the final evaluation"
+        + (
+            f" (each seed's mean over its last {spec.final_evaluations} evaluations)."
+            if spec.final_evaluations > 1
+            else "."
+        ),
         "",
         f"Wall time {t['wall_seconds']:.1f} s on {t['backend']}: {t['computed']} cells computed "
         f"({t['run_seconds']:.1f} s running, {t['compile_seconds']:.1f} s compiling; {t['programs_compiled']} programs "
