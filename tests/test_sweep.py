@@ -462,6 +462,23 @@ def test_cli_reports_missing_names():
         timeout=120,
     )
     assert proc.returncode == 2 and "attack not_an_attack" in proc.stderr and "Registered attacks" in proc.stderr
+    proc = subprocess.run(  # a window longer than the run: one line, before any data is loaded
+        [
+            sys.executable,
+            "-m",
+            "experiments.sweep",
+            "--config=karimireddy2022_mimic",
+            "--rounds=60",
+            "--progress=false",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == (
+        "error: --final_evaluations must be in 1..2 (the evaluations of 60 rounds every 30), got 5"
+    )
 
 
 @pytest.mark.parametrize(

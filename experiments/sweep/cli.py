@@ -13,7 +13,7 @@ from experiments import run as run_lib
 from experiments.configs import SweepSpec, load_config_file, replace_fields
 from experiments.sweep.grid import PARTITION_FIELDS, check_registered, make_cells
 from experiments.sweep.programs import SEED_EXECUTIONS
-from experiments.sweep.runner import run_sweep
+from experiments.sweep.runner import check_final_evaluations, run_sweep
 from fljax import spec as spec_lib
 from fljax.experiment import ExperimentConfig, catalogue
 
@@ -156,7 +156,7 @@ def main(argv) -> int:
         run_lib._writable_location("output_dir", FLAGS.output_dir, "directory")
         spec = spec_from_flags()
         spec = check_registered(spec, FLAGS.allow_missing)
-        make_cells(spec)  # malformed axes fail here, before any data is loaded
+        check_final_evaluations(spec, make_cells(spec))  # malformed axes fail here, before any data is loaded
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

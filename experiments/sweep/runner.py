@@ -92,6 +92,17 @@ def run_sweep(
         )
 
 
+def check_final_evaluations(spec: SweepSpec, cells) -> None:
+    """Refuses a ``final_evaluations`` above some cell's number of evaluations."""
+    for cell in cells:
+        count = num_evaluations(cell.config)
+        if spec.final_evaluations > count:
+            raise ValueError(
+                f"--final_evaluations must be in 1..{count} (the evaluations of {cell.config.rounds} rounds every "
+                f"{cell.config.eval_every}), got {spec.final_evaluations}"
+            )
+
+
 def _run_sweep(spec, output_dir, *, log, progress, compare_sequential_seeds, allow_missing, cache, seed_execution):
     start = time.perf_counter()
     if seed_execution not in SEED_EXECUTIONS:
@@ -109,14 +120,8 @@ def _run_sweep(spec, output_dir, *, log, progress, compare_sequential_seeds, all
             runnable.append(cell)
     for item in invalid:
         log(f"cannot run {item['name']}: {item['reason']}")
+    check_final_evaluations(spec, runnable)
     k = spec.final_evaluations
-    for cell in runnable:
-        count = num_evaluations(cell.config)
-        if k > count:
-            raise ValueError(
-                f"--final_evaluations must be in 1..{count} (the evaluations of {cell.config.rounds} rounds every "
-                f"{cell.config.eval_every}), got {k}"
-            )
     cell_dir = os.path.join(output_dir, "cells") if output_dir else None
     seed_vmap = None
     if compare_sequential_seeds and runnable:
