@@ -36,6 +36,7 @@ from fljax.allocator import restart_with_tcmalloc
 from fljax.attacks import DATA_ATTACKS, MODEL_ATTACKS
 from fljax.client import use_cpu_cores as use_cores
 from fljax.experiment import (
+    DEFAULTS,
     SETTINGS,
     Experiment,
     ExperimentConfig,
@@ -188,7 +189,7 @@ def _nanmean(values) -> float:
 def open_workdir(workdir: str, config) -> "checkpoint_lib.RunCheckpointer":
     """The run's checkpointer in ``workdir``; records the (scoped) config there, or refuses
     (``ValueError``) a workdir that holds a run with another config."""
-    defaults = {f.name: f.default for f in dataclasses.fields(config) if f.name in SETTINGS}
+    defaults = {name: DEFAULTS[name] for name in SETTINGS}
     return checkpoint_lib.RunCheckpointer(workdir, config_dict(scoped(config)), defaults=defaults)
 
 

@@ -179,6 +179,9 @@ class ExperimentConfig(flat_settings.FlatSettings):
 SETTINGS = tuple(f.name for f in dataclasses.fields(ExperimentConfig) if f.name not in flat_settings.FIELDS)
 """The config's fields in the scoped form: every setting but the deprecated flat ones."""
 
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(ExperimentConfig)}
+"""Every config field's default value, by name."""
+
 
 def config_dict(config: ExperimentConfig) -> dict:
     """``config`` as a JSON-ready dict in the scoped form (the deprecated flat fields left out;
@@ -187,9 +190,8 @@ def config_dict(config: ExperimentConfig) -> dict:
     if flat:
         raise ValueError(f"config_dict: --{', --'.join(flat)} set: call scoped(config) first")
     out = {name: getattr(config, name) for name in SETTINGS}
-    defaults = {f.name: f.default for f in dataclasses.fields(ExperimentConfig)}
     for name in RECORDED_WHEN_SET:
-        if out[name] == defaults[name]:
+        if out[name] == DEFAULTS[name]:
             del out[name]
     return out
 
@@ -450,11 +452,10 @@ def inapplicable(config: ExperimentConfig, given=()) -> list[str]:
     """The settings of ``APPLIES_WITH`` that ``config`` sets where they do not apply: away from
     their defaults, or named in ``given`` (the flags a command line gives, even at their
     default value), while the setting they go with has another value."""
-    defaults = {f.name: f.default for f in dataclasses.fields(ExperimentConfig)}
     return [
         name
         for name, (other, value) in APPLIES_WITH.items()
-        if getattr(config, other) != value and (name in given or getattr(config, name) != defaults[name])
+        if getattr(config, other) != value and (name in given or getattr(config, name) != DEFAULTS[name])
     ]
 
 

@@ -93,8 +93,9 @@ def from_nhwc(x: Array, layout: str) -> Array:
 
 
 def to_nhwc(x: Array, layout: str) -> Array:
-    """``x`` (in ``layout``) in NHWC; also ``[C, B]`` features to ``[B, C]``."""
-    return swap_batch_and_channels(x) if _check_layout(layout) == "CHWN" else x
+    """``x`` (in ``layout``) in NHWC; also ``[C, B]`` features to ``[B, C]``. The swap is its own
+    inverse, so this is ``from_nhwc`` read the other way."""
+    return from_nhwc(x, layout)
 
 
 def _pads(spatial, window, strides, padding, dilation):

@@ -19,6 +19,7 @@ from fljax import spec as spec_lib
 from fljax.data import METHODS, load
 from fljax.experiment import (
     APPLIES_WITH,
+    DEFAULTS,
     ExperimentConfig,
     attack_names,
     build_aggregator,
@@ -220,15 +221,12 @@ def make_cells(spec: SweepSpec, log: Callable = lambda message: None) -> list[Ce
         # The shared base's settings that do not apply to this cell (the base's dirichlet_alpha in
         # an iid cell, its flat --kappa in a median cell) are left out of it; check_unused refuses
         # those that apply to no cell.
-        config = dataclasses.replace(config, **{n: _DEFAULTS[n] for n in inapplicable(config)})
+        config = dataclasses.replace(config, **{n: DEFAULTS[n] for n in inapplicable(config)})
         config = scoped(config, notice=notice, refuse_unused=False)
         label = "__".join([attack, rule, f"m{frac:g}", part] + [f"{k}-{v}" for k, v in zip(grid, extra)])
         cells.append(Cell(axes, config, f"{_label(label)}__{cell_key(config, spec.seeds)}"))
     check_unused(given, cells)
     return cells
-
-
-_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ExperimentConfig)}
 
 
 def check_unused(configs: Sequence[ExperimentConfig], cells: Sequence[Cell]) -> None:
